@@ -1,0 +1,176 @@
+// The .tensors file format (tensorizer data versions 1-5), as pure functions.
+//
+// docs/format.md is the normative description; this header is its code. A
+// file is: magic "|TZR|", a 60-byte file header, a u64 metadata length L and
+// L bytes of metadata (one entry per tensor, then zero padding), then one
+// record per tensor (a self-describing header immediately followed by the raw
+// data), then eight zero bytes. All integers are little-endian, all offsets
+// absolute. Writers reserve L = 262144, so the first tensor header sits at
+// byte 262217.
+//
+// Parsing functions take a byte span and the total file size and check every
+// length and offset against both before anything is allocated, so a hostile
+// file can make them fail but never allocate more than the file justifies.
+// Encoding functions produce exactly the bytes tensorizer 2.12.1 writes.
+//
+// Thread-safety: everything here is a pure function or a plain value.
+#pragma once
+
+#include <array>
+#include <cstddef>
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "tensorizer/status.h"
+
+namespace tensorizer {
+
+inline constexpr std::string_view kMagic = "|TZR|";
+inline constexpr uint64_t kFileHeaderEnd = 65;        // magic + file header
+inline constexpr uint64_t kMetadataStart = 73;        // after the u64 metadata length
+inline constexpr uint64_t kMetadataReserve = 262144;  // what writers reserve
+inline constexpr uint64_t kFirstTensorOffset = kMetadataStart + kMetadataReserve;
+inline constexpr uint32_t kMinDataVersion = 1;
+inline constexpr uint32_t kMaxDataVersion = 5;
+
+// Data versions and the feature that first needs each one.
+inline constexpr uint32_t kVersionPlain = 1;
+inline constexpr uint32_t kVersionOpaque = 2;      // a dtype numpy cannot name
+inline constexpr uint32_t kVersionEncrypted = 3;   // crypt-info in every header
+inline constexpr uint32_t kVersionMeta = 4;        // meta tensors; feature flags
+inline constexpr uint32_t kVersionLongShape = 5;   // a dimension >= 2^32
+
+// Feature flag bits (meaningful from data version 4 on).
+inline constexpr uint64_t kFlagEncrypted = 1;
+inline constexpr uint64_t kFlagVersionedMetadata = 2;
+inline constexpr uint64_t kKnownFlags = kFlagEncrypted | kFlagVersionedMetadata;
+
+enum class TensorType : uint8_t { kParam = 0, kBuffer = 1, kStateDict = 2 };
+enum class HashType : uint8_t { kCrc32 = 0, kSha256 = 1 };
+
+struct FileHeader {
+  uint32_t version = kVersionPlain;
+  uint64_t flags = 0;            // the low 64 of the 256 flag bits
+  uint64_t tensor_size = 0;      // sum of data lengths ("total_file_bytes")
+  uint64_t tensor_count = 0;
+  uint64_t metadata_length = 0;  // L, read at offset 65
+
+  bool has_crypt_info() const {
+    return version == kVersionEncrypted || (version >= kVersionMeta && (flags & kFlagEncrypted));
+  }
+  bool versioned_metadata() const { return version >= kVersionMeta && (flags & kFlagVersionedMetadata); }
+};
+
+// One metadata entry: where a tensor's record is and what it holds.
+struct TensorEntry {
+  std::string name;  // raw bytes: UTF-8, or 0x1E + a JSON array for paths
+  TensorType type = TensorType::kParam;
+  std::string dtype;  // numpy dtype.str, or "<V2\0torch.bfloat16" style
+  std::vector<uint64_t> shape;
+  uint64_t header_offset = 0;
+  uint64_t data_offset = 0;
+  uint64_t data_length = 0;
+  uint32_t metadata_version = 1;  // 5: u64 shape dims in entry and header
+
+  uint64_t header_length() const { return data_offset - header_offset; }
+  uint64_t record_end() const { return data_offset + data_length; }
+};
+
+struct Index {
+  FileHeader header;
+  std::vector<TensorEntry> entries;  // in file order
+  // Bytes [0, prefix_length) hold the header and the whole metadata block.
+  uint64_t prefix_length() const { return kMetadataStart + header.metadata_length; }
+};
+
+// What a dtype string says about the element layout.
+struct DtypeInfo {
+  uint64_t itemsize = 0;
+  char kind = 0;              // numpy kind letter: f, i, u, b, c, V
+  std::string opaque_name;    // "torch.bfloat16" for opaque dtypes, else empty
+};
+Result<DtypeInfo> ParseDtype(std::string_view dtype);
+
+// Bytes the data of a tensor occupies when not stored (meta tensors get a
+// zero-filled buffer of this size); fails on overflow.
+Result<uint64_t> ExpectedDataLength(const TensorEntry& entry);
+// A meta tensor: stored with no data although its shape says it has some.
+Result<bool> IsMetaTensor(const TensorEntry& entry);
+
+// Parses the file header from the first bytes of a file (needs >= 73 bytes).
+Result<FileHeader> ParseFileHeader(const uint8_t* data, size_t size, uint64_t file_size);
+
+// Parses the header and index from the file prefix [0, size). `size` must be
+// at least Index::prefix_length(); call ParseFileHeader first to learn it.
+// Checks: counts and lengths fit the metadata block; every record lies inside
+// the file, after the metadata block, in file order and without overlap.
+Result<Index> ParseIndex(const uint8_t* data, size_t size, uint64_t file_size);
+
+struct StoredHash {
+  HashType type;
+  std::string value;  // raw bytes: CRC32 as u32 LE (4 bytes), SHA-256 (32)
+  size_t offset = 0;  // where the value starts inside the header
+};
+
+// A parsed per-tensor header.
+struct TensorHeader {
+  uint64_t header_size = 0;
+  uint16_t module_idx = 0;
+  TensorType type = TensorType::kParam;
+  std::string name;
+  std::string dtype;
+  std::vector<uint64_t> shape;
+  std::vector<StoredHash> hashes;
+  // The crypt-info block, u64 length prefix included, when the file has one.
+  size_t crypt_info_offset = 0;
+  size_t crypt_info_size = 0;
+  int64_t data_length = 0;
+};
+
+// Parses a tensor header from exactly its bytes. `long_shape` selects u64
+// dims (metadata version 5); `has_crypt_info` comes from the file header.
+Result<TensorHeader> ParseTensorHeader(const uint8_t* data, size_t size, bool long_shape,
+                                       bool has_crypt_info);
+
+// Checks that a tensor header agrees with the index entry that points at it.
+Status CheckHeaderMatchesEntry(const TensorHeader& header, const TensorEntry& entry);
+
+// The bytes hashes are computed over before the data: the header with every
+// hash value zeroed and the crypt-info block (with its length) cut out.
+std::string HashedHeaderBytes(const uint8_t* data, const TensorHeader& header);
+
+// --- Encoding -----------------------------------------------------------
+
+// What a writer knows about one tensor before hashing it.
+struct TensorRecordSpec {
+  std::string name;
+  TensorType type = TensorType::kParam;
+  uint16_t module_idx = 0;
+  std::string dtype;
+  std::vector<uint64_t> shape;
+  uint64_t data_length = 0;
+  bool long_shape = false;  // encode dims as u64 (metadata version 5)
+};
+
+// An encoded tensor header whose hash values are still zero.
+struct EncodedHeader {
+  std::string bytes;
+  size_t crc32_offset = 0;   // where the 4 CRC32 bytes go
+  size_t sha256_offset = 0;  // where the 32 SHA-256 bytes go
+};
+Result<EncodedHeader> EncodeTensorHeader(const TensorRecordSpec& spec);
+
+// One metadata entry; `versioned` prefixes the u32 metadata version tag.
+Result<std::string> EncodeMetadataEntry(const TensorRecordSpec& spec, uint64_t header_offset,
+                                        uint64_t data_offset, bool versioned);
+
+// Magic + 60-byte file header + the u64 metadata length: 73 bytes.
+std::string EncodeFileHeader(const FileHeader& header);
+
+// True when some dimension needs u64 encoding.
+bool NeedsLongShape(const std::vector<uint64_t>& shape);
+
+}  // namespace tensorizer

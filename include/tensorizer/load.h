@@ -1,0 +1,93 @@
+// Loading tensors from a Source into one memory arena.
+//
+// Arena: one anonymous mapping, 2 MiB aligned and advised for transparent
+// huge pages. Where the destination memory comes from decides the speed of a
+// CPU load: the kernel faults ordinary memory in 4 KiB at a time, which caps
+// pread into it at ~1 GB/s on a small machine, while huge pages fault 2 MiB at
+// a time. Tensors handed to users are views on the arena; it lives as long as
+// any holder of its shared_ptr.
+//
+// Load: executes a LoadPlan with a pool of worker threads. Workers take jobs
+// in file order, scatter-read each range straight into the arena, parse and
+// check each tensor header against the index, verify hashes while the bytes
+// are hot when asked, and publish each tensor as soon as all its bytes are in
+// place: WaitTensor(i) returns as soon as tensor i is ready, before the rest
+// of the file has arrived. The first error stops all workers; every waiter
+// then gets it.
+//
+// Thread-safety: WaitTensor/Wait/accessors may be called from any thread.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <vector>
+
+#include "tensorizer/format.h"
+#include "tensorizer/plan.h"
+#include "tensorizer/source.h"
+#include "tensorizer/status.h"
+
+namespace tensorizer {
+
+class Arena {
+ public:
+  static Result<std::shared_ptr<Arena>> Allocate(uint64_t bytes, bool huge_pages);
+  ~Arena();
+  Arena(const Arena&) = delete;
+  Arena& operator=(const Arena&) = delete;
+  uint8_t* data() const { return data_; }
+  uint64_t size() const { return size_; }
+
+ private:
+  Arena(void* map, uint64_t map_bytes, uint8_t* data, uint64_t size)
+      : map_(map), map_bytes_(map_bytes), data_(data), size_(size) {}
+  void* map_;
+  uint64_t map_bytes_;
+  uint8_t* data_;
+  uint64_t size_;
+};
+
+// Reads and parses the file header and index: one read of the first 262217
+// bytes (what tensorizer files need), a second only for a larger index.
+Result<Index> ReadIndex(const Source& source);
+
+struct LoadOptions {
+  int num_threads = 0;               // 0: one per available core
+  bool verify_hash = false;
+  uint64_t chunk_bytes = 16ull << 20;
+  bool huge_pages = true;
+};
+
+class Load {
+ public:
+  // Plans and starts loading `selected` (increasing entry indices).
+  static Result<std::unique_ptr<Load>> Start(std::shared_ptr<const Source> source,
+                                             std::shared_ptr<const Index> index,
+                                             const std::vector<size_t>& selected,
+                                             const LoadOptions& options);
+  ~Load();  // cancels outstanding work and joins the workers
+
+  // Blocks until tensor i (position in `selected`) is in place and checked.
+  Status WaitTensor(size_t i);
+  // Blocks until every tensor is in place (or the first error).
+  Status Wait();
+
+  size_t tensor_count() const;
+  const TensorEntry& entry(size_t i) const;
+  // Valid once WaitTensor(i) succeeded.
+  const TensorHeader& header(size_t i) const;
+  // The bytes its hashes cover before the data (see HashedHeaderBytes).
+  std::string hashed_header(size_t i) const;
+  uint64_t arena_offset(size_t i) const;
+  uint64_t arena_bytes(size_t i) const;
+  const std::shared_ptr<Arena>& arena() const;
+  uint64_t bytes_read() const;
+
+  struct State;
+
+ private:
+  explicit Load(std::unique_ptr<State> state);
+  std::unique_ptr<State> state_;
+};
+
+}  // namespace tensorizer

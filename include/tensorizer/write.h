@@ -1,0 +1,98 @@
+// Writing .tensors files.
+//
+// Sink: positional writes to the destination, plus the commit step. A file
+// sink opened by path writes to a temporary name beside the target and
+// renames it over the target only in Commit(), so a failed or abandoned save
+// leaves nothing under the target name; Abort() removes the temporary file.
+//
+// Writer: appends tensors in batches. For each batch it lays out the records
+// after the current end, pre-allocates the space, then hashes and writes the
+// records in parallel (each worker hashes a piece and writes it while it is
+// still in cache), and finally rewrites the metadata block, the terminator and
+// the file header. The file is a valid .tensors file after every Write(), as
+// with tensorizer. The data version is the lowest one the content needs
+// (1; 2 for opaque dtypes; 4 for meta tensors; 5 for a dimension >= 2^32).
+//
+// Thread-safety: one Writer is used by one thread at a time.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "tensorizer/format.h"
+#include "tensorizer/status.h"
+
+namespace tensorizer {
+
+class Sink {
+ public:
+  virtual ~Sink() = default;
+  virtual Status WriteAt(uint64_t offset, const void* data, uint64_t length) = 0;
+  // Reserves [offset, offset + length) ahead of the writes; best effort.
+  virtual void Preallocate(uint64_t offset, uint64_t length) = 0;
+  virtual Status Commit() = 0;
+  virtual void Abort() = 0;
+  virtual const std::string& uri() const = 0;
+};
+
+// Writes `path` through a temporary file renamed over it on Commit().
+Result<std::unique_ptr<Sink>> CreateFileSink(const std::string& path);
+// Writes into a descriptor the caller owns (duplicated here). No rename:
+// Commit() only flushes nothing more; Abort() leaves the descriptor's file.
+Result<std::unique_ptr<Sink>> CreateFdSink(int fd, const std::string& name);
+
+struct TensorWrite {
+  std::string name;
+  TensorType type = TensorType::kParam;
+  uint16_t module_idx = 0;
+  std::string dtype;
+  std::vector<uint64_t> shape;
+  const uint8_t* data = nullptr;  // data_length bytes; unused for meta tensors
+  uint64_t data_length = 0;
+  bool meta = false;              // stored with its shape but no data
+};
+
+struct WriterOptions {
+  int num_threads = 0;  // 0: one per available core
+  uint64_t chunk_bytes = 8ull << 20;
+};
+
+class Writer {
+ public:
+  // Writes the provisional header and the empty metadata block.
+  static Result<std::unique_ptr<Writer>> Create(std::unique_ptr<Sink> sink,
+                                                const WriterOptions& options);
+  ~Writer();  // aborts unless closed
+
+  Status Write(const std::vector<TensorWrite>& tensors);
+  // Finalizes and commits. After an error the writer is aborted instead.
+  Status Close();
+  void Abort();
+
+  uint32_t version() const { return header_.version; }
+  uint64_t tensor_size() const { return header_.tensor_size; }
+  uint64_t tensor_count() const { return header_.tensor_count; }
+  bool closed() const { return closed_; }
+
+ private:
+  struct Record {
+    TensorRecordSpec spec;
+    uint64_t header_offset;
+    uint64_t data_offset;
+  };
+  Writer(std::unique_ptr<Sink> sink, const WriterOptions& options)
+      : sink_(std::move(sink)), options_(options) {}
+  Status WriteTrailer();
+
+  std::unique_ptr<Sink> sink_;
+  WriterOptions options_;
+  FileHeader header_;
+  std::vector<Record> records_;
+  uint64_t end_ = kFirstTensorOffset;  // where the next record goes
+  bool closed_ = false;
+  bool broken_ = false;
+};
+
+}  // namespace tensorizer

@@ -1,0 +1,285 @@
+// The _core extension: a thin, mechanical layer over the C++ engine.
+//
+// It releases the GIL around all I/O and hashing, hands the load arena to
+// Python as a NumPy uint8 array whose owner keeps the arena alive (torch wraps
+// it zero-copy with torch.from_numpy), and raises errors through a factory the
+// Python package installs (tensorizer/_errors.py), so the mapping from status
+// codes to exception types lives in one place, in Python.
+#include <nanobind/nanobind.h>
+#include <nanobind/ndarray.h>
+#include <nanobind/stl/optional.h>
+#include <nanobind/stl/shared_ptr.h>
+#include <nanobind/stl/string.h>
+#include <nanobind/stl/tuple.h>
+#include <nanobind/stl/unique_ptr.h>
+#include <nanobind/stl/vector.h>
+
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "format/hash.h"
+#include "tensorizer/format.h"
+#include "tensorizer/load.h"
+#include "tensorizer/source.h"
+#include "tensorizer/write.h"
+
+namespace nb = nanobind;
+using namespace nb::literals;
+
+namespace tensorizer {
+namespace {
+
+nb::object& ErrorFactory() {
+  static nb::object* factory = new nb::object();  // leaked: outlives interpreter teardown order
+  return *factory;
+}
+
+[[noreturn]] void Raise(const Status& st) {
+  nb::object& f = ErrorFactory();
+  if (!f.is_valid()) throw std::runtime_error(st.ToString());
+  nb::object exc = f(StatusCodeName(st.code()), st.message(), st.sys_errno());
+  PyErr_SetObject(reinterpret_cast<PyObject*>(Py_TYPE(exc.ptr())), exc.ptr());
+  throw nb::python_error();
+}
+
+void Check(const Status& st) {
+  if (!st.ok()) Raise(st);
+}
+
+template <typename T>
+T Take(Result<T>&& r) {
+  if (!r.ok()) Raise(r.status());
+  return std::move(r).value();
+}
+
+nb::bytes Bytes(const std::string& s) { return nb::bytes(s.data(), s.size()); }
+
+// An open .tensors file: its source and parsed index.
+class PyReader {
+ public:
+  explicit PyReader(std::shared_ptr<const Source> source) : source_(std::move(source)) {
+    Result<Index> index = [&] {
+      nb::gil_scoped_release release;
+      return ReadIndex(*source_);
+    }();
+    index_ = std::make_shared<const Index>(Take(std::move(index)));
+  }
+
+  const std::string& uri() const { return source_->uri(); }
+  uint64_t file_size() const { return source_->size(); }
+  const Index& index() const { return *index_; }
+
+  nb::list entries() const {
+    nb::list out;
+    for (const TensorEntry& e : index_->entries) {
+      nb::tuple shape = nb::steal<nb::tuple>(PyTuple_New(static_cast<Py_ssize_t>(e.shape.size())));
+      for (size_t i = 0; i < e.shape.size(); ++i) {
+        PyTuple_SET_ITEM(shape.ptr(), i, PyLong_FromUnsignedLongLong(e.shape[i]));
+      }
+      out.append(nb::make_tuple(Bytes(e.name), static_cast<int>(e.type), Bytes(e.dtype), shape,
+                                e.header_offset, e.data_offset, e.data_length,
+                                e.metadata_version));
+    }
+    return out;
+  }
+
+  std::unique_ptr<Load> StartLoad(const std::vector<size_t>& selected, bool verify_hash,
+                                  int num_threads, uint64_t chunk_bytes, bool huge_pages) {
+    LoadOptions o;
+    o.verify_hash = verify_hash;
+    o.num_threads = num_threads;
+    o.chunk_bytes = chunk_bytes;
+    o.huge_pages = huge_pages;
+    Result<std::unique_ptr<Load>> load = [&] {
+      nb::gil_scoped_release release;
+      return Load::Start(source_, index_, selected, o);
+    }();
+    return Take(std::move(load));
+  }
+
+ private:
+  std::shared_ptr<const Source> source_;
+  std::shared_ptr<const Index> index_;
+};
+
+using ArenaArray = nb::ndarray<nb::numpy, uint8_t, nb::ndim<1>>;
+
+ArenaArray ArenaView(const Load& load) {
+  // The capsule owns a shared_ptr to the arena: NumPy arrays (and the torch
+  // tensors made from them) keep the memory alive, whatever happens to Load.
+  auto* keep = new std::shared_ptr<Arena>(load.arena());
+  nb::capsule owner(keep, [](void* p) noexcept { delete static_cast<std::shared_ptr<Arena>*>(p); });
+  size_t shape[1] = {static_cast<size_t>((*keep)->size())};
+  return ArenaArray((*keep)->data(), 1, shape, owner);
+}
+
+nb::tuple TensorInfo(const Load& load, size_t i) {
+  const TensorHeader& h = load.header(i);
+  nb::list hashes;
+  for (const StoredHash& sh : h.hashes) {
+    hashes.append(nb::make_tuple(static_cast<int>(sh.type), Bytes(sh.value)));
+  }
+  return nb::make_tuple(load.arena_offset(i), load.arena_bytes(i), h.module_idx, hashes,
+                        Bytes(load.hashed_header(i)));
+}
+
+using ByteArray = nb::ndarray<const uint8_t, nb::ndim<1>, nb::c_contig, nb::device::cpu>;
+
+struct PendingTensor {
+  TensorWrite write;
+};
+
+class PyWriter {
+ public:
+  explicit PyWriter(std::unique_ptr<Writer> w) : w_(std::move(w)) {}
+
+  // tensors: list of (name: bytes, type: int, module_idx: int, dtype: bytes,
+  // shape: tuple[int], data: uint8 array or None for a meta tensor).
+  void Write(nb::list tensors) {
+    std::vector<TensorWrite> batch;
+    batch.reserve(tensors.size());
+    for (nb::handle item : tensors) {
+      nb::tuple t = nb::borrow<nb::tuple>(item);
+      TensorWrite w;
+      w.name = nb::cast<std::string>(t[0]);
+      w.type = static_cast<TensorType>(nb::cast<int>(t[1]));
+      w.module_idx = nb::cast<uint16_t>(t[2]);
+      w.dtype = nb::cast<std::string>(t[3]);
+      w.shape = nb::cast<std::vector<uint64_t>>(t[4]);
+      if (t[5].is_none()) {
+        w.meta = true;
+      } else {
+        ByteArray data = nb::cast<ByteArray>(t[5]);
+        w.data = data.data();
+        w.data_length = data.shape(0);
+      }
+      batch.push_back(std::move(w));
+    }
+    Status st;
+    {
+      nb::gil_scoped_release release;
+      st = w_->Write(batch);
+    }
+    Check(st);
+  }
+
+  void Close() {
+    Status st;
+    {
+      nb::gil_scoped_release release;
+      st = w_->Close();
+    }
+    Check(st);
+  }
+
+  Writer& writer() { return *w_; }
+
+ private:
+  std::unique_ptr<Writer> w_;
+};
+
+}  // namespace
+}  // namespace tensorizer
+
+NB_MODULE(_core, m) {
+  using namespace tensorizer;
+  m.doc() = "tensorizer C++ engine";
+
+  m.def("_set_error_factory", [](nb::object f) { ErrorFactory() = std::move(f); });
+
+  nb::class_<PyReader>(m, "Reader")
+      .def_static("open_path", [](const std::string& path) {
+        Result<std::unique_ptr<Source>> s = [&] {
+          nb::gil_scoped_release release;
+          return OpenSource(path);
+        }();
+        return std::make_unique<PyReader>(std::shared_ptr<const Source>(Take(std::move(s))));
+      })
+      .def_static("open_fd", [](int fd, const std::string& name) {
+        return std::make_unique<PyReader>(
+            std::shared_ptr<const Source>(Take(OpenFdSource(fd, name))));
+      })
+      .def_static("open_bytes", [](nb::bytes data, const std::string& name) {
+        std::string copy(data.c_str(), data.size());
+        return std::make_unique<PyReader>(
+            std::shared_ptr<const Source>(MakeMemorySource(std::move(copy), name)));
+      })
+      .def_prop_ro("uri", &PyReader::uri)
+      .def_prop_ro("file_size", &PyReader::file_size)
+      .def_prop_ro("version", [](const PyReader& r) { return r.index().header.version; })
+      .def_prop_ro("flags", [](const PyReader& r) { return r.index().header.flags; })
+      .def_prop_ro("tensor_size", [](const PyReader& r) { return r.index().header.tensor_size; })
+      .def_prop_ro("tensor_count", [](const PyReader& r) { return r.index().header.tensor_count; })
+      .def_prop_ro("has_crypt_info",
+                   [](const PyReader& r) { return r.index().header.has_crypt_info(); })
+      .def_prop_ro("prefix_length", [](const PyReader& r) { return r.index().prefix_length(); })
+      .def("entries", &PyReader::entries)
+      .def("start_load", &PyReader::StartLoad, "selected"_a, "verify_hash"_a = false,
+           "num_threads"_a = 0, "chunk_bytes"_a = 16ull << 20, "huge_pages"_a = true);
+
+  nb::class_<Load>(m, "Load")
+      .def("wait_tensor",
+           [](Load& l, size_t i) {
+             if (i >= l.tensor_count()) throw nb::index_error();
+             Status st;
+             {
+               nb::gil_scoped_release release;
+               st = l.WaitTensor(i);
+             }
+             Check(st);
+           })
+      .def("wait",
+           [](Load& l) {
+             Status st;
+             {
+               nb::gil_scoped_release release;
+               st = l.Wait();
+             }
+             Check(st);
+           })
+      .def("arena", &ArenaView)
+      .def("tensor_info", [](const Load& l, size_t i) {
+        if (i >= l.tensor_count()) throw nb::index_error();
+        return TensorInfo(l, i);
+      })
+      .def_prop_ro("tensor_count", &Load::tensor_count)
+      .def_prop_ro("bytes_read", &Load::bytes_read);
+
+  nb::class_<PyWriter>(m, "Writer")
+      .def_static("create", [](const std::string& path, int num_threads) {
+        WriterOptions o;
+        o.num_threads = num_threads;
+        auto sink = Take(CreateFileSink(path));
+        return std::make_unique<PyWriter>(Take(Writer::Create(std::move(sink), o)));
+      }, "path"_a, "num_threads"_a = 0)
+      .def_static("from_fd", [](int fd, const std::string& name, int num_threads) {
+        WriterOptions o;
+        o.num_threads = num_threads;
+        auto sink = Take(CreateFdSink(fd, name));
+        return std::make_unique<PyWriter>(Take(Writer::Create(std::move(sink), o)));
+      }, "fd"_a, "name"_a, "num_threads"_a = 0)
+      .def("write", &PyWriter::Write)
+      .def("close", &PyWriter::Close)
+      .def("abort", [](PyWriter& w) { w.writer().Abort(); })
+      .def_prop_ro("closed", [](PyWriter& w) { return w.writer().closed(); })
+      .def_prop_ro("version", [](PyWriter& w) { return w.writer().version(); })
+      .def_prop_ro("tensor_size", [](PyWriter& w) { return w.writer().tensor_size(); })
+      .def_prop_ro("tensor_count", [](PyWriter& w) { return w.writer().tensor_count(); });
+
+  // CRC32 and SHA-256 of prefix || data, as tensorizer stores them; used by
+  // verify_module to hash tensors already in memory.
+  m.def("tensor_hashes", [](nb::bytes prefix, ByteArray data) {
+    uint32_t crc;
+    std::string sha;
+    {
+      nb::gil_scoped_release release;
+      internal::TensorHasher h;
+      h.Update(prefix.c_str(), prefix.size());
+      h.Update(data.data(), data.shape(0));
+      crc = h.crc32();
+      sha = h.FinishSha256();
+    }
+    return nb::make_tuple(crc, nb::bytes(sha.data(), sha.size()));
+  });
+}

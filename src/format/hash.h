@@ -1,0 +1,46 @@
+// Streaming CRC32 (zlib's polynomial, as tensorizer stores it) and SHA-256.
+// CRC32 uses ISA-L's carry-less-multiply kernel when the build found it (an
+// order of magnitude faster than zlib's table code, and the same function),
+// else zlib. SHA-256 is OpenSSL's, which uses the CPU's SHA extensions.
+// Not thread-safe per object; use one hasher per thread.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <string>
+
+namespace tensorizer::internal {
+
+uint32_t Crc32Update(uint32_t crc, const void* data, size_t size);
+
+class Sha256 {
+ public:
+  Sha256();
+  ~Sha256();
+  Sha256(const Sha256&) = delete;
+  Sha256& operator=(const Sha256&) = delete;
+  void Update(const void* data, size_t size);
+  std::string Finish();  // 32 raw bytes
+
+ private:
+  struct Ctx;
+  std::unique_ptr<Ctx> ctx_;
+};
+
+// Both hashes tensorizer stores, fed the same bytes.
+class TensorHasher {
+ public:
+  void Update(const void* data, size_t size) {
+    crc_ = Crc32Update(crc_, data, size);
+    sha_.Update(data, size);
+  }
+  uint32_t crc32() const { return crc_; }
+  std::string FinishSha256() { return sha_.Finish(); }
+
+ private:
+  uint32_t crc_ = 0;
+  Sha256 sha_;
+};
+
+}  // namespace tensorizer::internal

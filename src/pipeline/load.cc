@@ -1,0 +1,310 @@
+// The load pipeline: see include/tensorizer/load.h for the contract.
+//
+// Steps per job (one worker): for each read of the job, build the iovec from
+// its segments (header buffer or arena), issue one scatter read, then walk
+// the segments in order: a header segment is parsed and checked (and seeds
+// the hashers when verifying); a data segment feeds the hashers. A tensor's
+// remaining-read counter drops once per read that touched it; at zero the
+// tensor is published. Invariant: a tensor is published only after its header
+// was checked and, when verifying, its hashes matched.
+#include "tensorizer/load.h"
+
+#include <sys/mman.h>
+
+#include <algorithm>
+#include <atomic>
+#include <condition_variable>
+#include <cstring>
+#include <mutex>
+#include <thread>
+
+#include "format/hash.h"
+
+namespace tensorizer {
+
+namespace {
+
+constexpr uint64_t kHugePage = 2ull << 20;
+
+std::string HexBytes(const std::string& s) {
+  static const char* digits = "0123456789abcdef";
+  std::string out;
+  for (unsigned char c : s) {
+    out.push_back(digits[c >> 4]);
+    out.push_back(digits[c & 15]);
+  }
+  return out;
+}
+
+std::string DisplayName(const std::string& name) {
+  std::string out;
+  for (unsigned char c : name) {
+    if (c >= 0x20 && c < 0x7f) out.push_back(static_cast<char>(c));
+  }
+  return out;
+}
+
+}  // namespace
+
+Result<Index> ReadIndex(const Source& source) {
+  const std::string what = "reading the index of " + source.uri();
+  uint64_t size = source.size();
+  std::vector<uint8_t> prefix(std::min<uint64_t>(size, kFirstTensorOffset));
+  TZR_RETURN_IF_ERROR(source.ReadAt(0, prefix.data(), prefix.size()).WithContext(what));
+  auto header = ParseFileHeader(prefix.data(), prefix.size(), size);
+  if (!header.ok()) return header.status().WithContext(what);
+  uint64_t need = kMetadataStart + header->metadata_length;  // <= size, checked by the parser
+  if (need > prefix.size()) {
+    uint64_t have = prefix.size();
+    prefix.resize(need);
+    TZR_RETURN_IF_ERROR(
+        source.ReadAt(have, prefix.data() + have, need - have).WithContext(what));
+  }
+  auto index = ParseIndex(prefix.data(), prefix.size(), size);
+  if (!index.ok()) return index.status().WithContext(what);
+  return index;
+}
+
+Result<std::shared_ptr<Arena>> Arena::Allocate(uint64_t bytes, bool huge_pages) {
+  // Map a little extra so the data can start on a 2 MiB boundary, which the
+  // kernel needs before it backs the range with huge pages.
+  const bool use_huge = huge_pages && bytes >= kHugePage;
+  uint64_t map_bytes = std::max<uint64_t>(bytes, 1) + (use_huge ? kHugePage : 0);
+  void* map = ::mmap(nullptr, map_bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS,
+                     -1, 0);
+  if (map == MAP_FAILED) {
+    return Status::ResourceExhausted("cannot map a " + std::to_string(bytes) +
+                                     "-byte arena: " + std::strerror(errno));
+  }
+  auto base = reinterpret_cast<uintptr_t>(map);
+  uintptr_t data = use_huge ? (base + kHugePage - 1) / kHugePage * kHugePage : base;
+  if (use_huge) {
+    // Advisory: where THP is off the arena simply stays on 4 KiB pages.
+    ::madvise(reinterpret_cast<void*>(data), (bytes + kHugePage - 1) / kHugePage * kHugePage,
+              MADV_HUGEPAGE);
+  }
+  return std::shared_ptr<Arena>(
+      new Arena(map, map_bytes, reinterpret_cast<uint8_t*>(data), bytes));
+}
+
+Arena::~Arena() { ::munmap(map_, map_bytes_); }
+
+struct TensorState {
+  std::atomic<uint32_t> reads_left{0};
+  bool ready = false;  // guarded by State::mu
+  TensorHeader header;
+  std::unique_ptr<internal::TensorHasher> hasher;
+  uint64_t data_hashed = 0;
+};
+
+struct Load::State {
+  std::shared_ptr<const Source> source;
+  std::shared_ptr<const Index> index;
+  LoadPlan plan;
+  LoadOptions options;
+  std::shared_ptr<Arena> arena;
+  std::vector<uint8_t> headers;
+  std::vector<TensorState> tensors;
+  std::atomic<size_t> next_job{0};
+  std::atomic<bool> failed{false};
+  std::atomic<uint64_t> bytes_read{0};
+  std::mutex mu;
+  std::condition_variable cv;
+  Status error;  // guarded by mu
+  std::vector<std::thread> workers;
+  size_t workers_running = 0;  // guarded by mu
+
+  void Fail(const Status& st) {
+    std::lock_guard<std::mutex> lock(mu);
+    if (error.ok()) error = st;
+    failed = true;
+    cv.notify_all();
+  }
+
+  void Publish(uint32_t t) {
+    std::lock_guard<std::mutex> lock(mu);
+    tensors[t].ready = true;
+    cv.notify_all();
+  }
+
+  Status FinishHashes(uint32_t t) {
+    TensorState& ts = tensors[t];
+    const TensorEntry& e = index->entries[plan.tensors[t].entry];
+    uint32_t crc = ts.hasher->crc32();
+    std::string sha = ts.hasher->FinishSha256();
+    ts.hasher.reset();
+    for (const StoredHash& h : ts.header.hashes) {
+      if (h.type == HashType::kCrc32) {
+        uint32_t stored = 0;
+        std::memcpy(&stored, h.value.data(), 4);
+        if (stored != crc) {
+          char buf[64];
+          snprintf(buf, sizeof buf, "Expected %u, got %u.", stored, crc);
+          return Status::HashMismatch("Tensor '" + DisplayName(e.name) + "' in " +
+                                      source->uri() + " failed CRC32 verification. " + buf);
+        }
+      }
+    }
+    for (const StoredHash& h : ts.header.hashes) {
+      if (h.type == HashType::kSha256 && h.value != sha) {
+        return Status::HashMismatch("Tensor '" + DisplayName(e.name) + "' in " + source->uri() +
+                                    " failed SHA256 verification. Expected " +
+                                    HexBytes(h.value) + ", got " + HexBytes(sha) + ".");
+      }
+    }
+    return Status::Ok();
+  }
+
+  Status OnHeader(uint32_t t) {
+    const PlannedTensor& pt = plan.tensors[t];
+    const TensorEntry& e = index->entries[pt.entry];
+    const uint8_t* p = headers.data() + pt.header_offset;
+    auto h = ParseTensorHeader(p, e.header_length(), e.metadata_version == kVersionLongShape,
+                               index->header.has_crypt_info());
+    if (!h.ok()) return h.status();
+    TZR_RETURN_IF_ERROR(CheckHeaderMatchesEntry(*h, e));
+    TensorState& ts = tensors[t];
+    ts.header = std::move(h).value();
+    if (index->header.has_crypt_info() && ts.header.crypt_info_size > 8 + 2 && e.data_length > 0) {
+      // Anything beyond an empty crypt-info (u16 chunk count 0) means the data
+      // is ciphertext; decryption is not part of this build.
+      return Status::Cryptography("tensor '" + DisplayName(e.name) + "' in " + source->uri() +
+                                  " is encrypted, and decryption is not supported yet");
+    }
+    if (options.verify_hash) {
+      ts.hasher = std::make_unique<internal::TensorHasher>();
+      std::string hashed = HashedHeaderBytes(p, ts.header);
+      ts.hasher->Update(hashed.data(), hashed.size());
+      if (e.data_length == 0) return FinishHashes(t);
+    }
+    return Status::Ok();
+  }
+
+  Status RunRead(const ReadOp& op) {
+    iovec iov[512];
+    std::vector<iovec> big;
+    iovec* v = op.segment_count <= 512 ? iov : (big.resize(op.segment_count), big.data());
+    for (uint32_t s = 0; s < op.segment_count; ++s) {
+      const ReadSegment& seg = plan.segments[op.first_segment + s];
+      uint8_t* base = seg.header ? headers.data() : arena->data();
+      v[s] = iovec{base + seg.dst_offset, seg.length};
+    }
+    TZR_RETURN_IF_ERROR(source->ReadAtV(op.file_offset, v, static_cast<int>(op.segment_count)));
+    bytes_read += op.length;
+    uint32_t last_tensor = UINT32_MAX;
+    for (uint32_t s = 0; s < op.segment_count; ++s) {
+      const ReadSegment& seg = plan.segments[op.first_segment + s];
+      if (seg.header) {
+        TZR_RETURN_IF_ERROR(OnHeader(seg.tensor));
+      } else if (options.verify_hash) {
+        TensorState& ts = tensors[seg.tensor];
+        ts.hasher->Update(arena->data() + seg.dst_offset, seg.length);
+        ts.data_hashed += seg.length;
+        if (ts.data_hashed == index->entries[plan.tensors[seg.tensor].entry].data_length) {
+          TZR_RETURN_IF_ERROR(FinishHashes(seg.tensor));
+        }
+      }
+      // Count each tensor once per read, after its last segment here.
+      bool last_of_tensor = s + 1 == op.segment_count ||
+                            plan.segments[op.first_segment + s + 1].tensor != seg.tensor;
+      if (last_of_tensor && seg.tensor != last_tensor) {
+        last_tensor = seg.tensor;
+        if (tensors[seg.tensor].reads_left.fetch_sub(1) == 1) Publish(seg.tensor);
+      }
+    }
+    return Status::Ok();
+  }
+
+  void Work() {
+    while (!failed) {
+      size_t j = next_job.fetch_add(1);
+      if (j >= plan.job_count()) break;
+      for (uint32_t r = plan.job_starts[j]; r < plan.job_end(j) && !failed; ++r) {
+        Status st = RunRead(plan.reads[r]);
+        if (!st.ok()) {
+          Fail(st);
+          break;
+        }
+      }
+    }
+    std::lock_guard<std::mutex> lock(mu);
+    --workers_running;
+    cv.notify_all();
+  }
+};
+
+Load::Load(std::unique_ptr<State> state) : state_(std::move(state)) {}
+
+Load::~Load() {
+  state_->failed = true;  // stop taking jobs; in-flight reads finish
+  for (auto& t : state_->workers) t.join();
+}
+
+Result<std::unique_ptr<Load>> Load::Start(std::shared_ptr<const Source> source,
+                                          std::shared_ptr<const Index> index,
+                                          const std::vector<size_t>& selected,
+                                          const LoadOptions& options) {
+  auto st = std::make_unique<State>();
+  PlanOptions po;
+  po.chunk_bytes = options.chunk_bytes;
+  po.verify_hash = options.verify_hash;
+  auto plan = MakeLoadPlan(*index, selected, po);
+  if (!plan.ok()) return plan.status().WithContext("planning load of " + source->uri());
+  st->plan = std::move(plan).value();
+  st->source = std::move(source);
+  st->index = std::move(index);
+  st->options = options;
+  auto arena = Arena::Allocate(st->plan.arena_bytes, options.huge_pages);
+  if (!arena.ok()) return arena.status().WithContext("loading " + st->source->uri());
+  st->arena = std::move(arena).value();
+  st->headers.resize(st->plan.header_bytes);
+  st->tensors = std::vector<TensorState>(st->plan.tensors.size());
+  for (size_t i = 0; i < st->plan.tensors.size(); ++i) {
+    st->tensors[i].reads_left = st->plan.tensors[i].read_count;
+  }
+  int threads = options.num_threads > 0 ? options.num_threads
+                                        : static_cast<int>(std::thread::hardware_concurrency());
+  threads = std::max(1, std::min<int>(threads, static_cast<int>(st->plan.job_count())));
+  if (st->plan.job_count() == 0) threads = 0;
+  State* raw = st.get();
+  raw->workers_running = static_cast<size_t>(threads);
+  for (int i = 0; i < threads; ++i) raw->workers.emplace_back([raw] { raw->Work(); });
+  return std::unique_ptr<Load>(new Load(std::move(st)));
+}
+
+Status Load::WaitTensor(size_t i) {
+  State& s = *state_;
+  std::unique_lock<std::mutex> lock(s.mu);
+  s.cv.wait(lock, [&] { return s.tensors[i].ready || !s.error.ok() || s.workers_running == 0; });
+  if (s.tensors[i].ready) return Status::Ok();
+  if (!s.error.ok()) return s.error;
+  return Status::IoError("load of " + s.source->uri() + " ended before tensor " +
+                         std::to_string(i) + " was read");
+}
+
+Status Load::Wait() {
+  State& s = *state_;
+  {
+    std::unique_lock<std::mutex> lock(s.mu);
+    s.cv.wait(lock, [&] { return s.workers_running == 0; });
+    if (!s.error.ok()) return s.error;
+  }
+  for (size_t i = 0; i < s.tensors.size(); ++i) TZR_RETURN_IF_ERROR(WaitTensor(i));
+  return Status::Ok();
+}
+
+size_t Load::tensor_count() const { return state_->plan.tensors.size(); }
+const TensorEntry& Load::entry(size_t i) const {
+  return state_->index->entries[state_->plan.tensors[i].entry];
+}
+const TensorHeader& Load::header(size_t i) const { return state_->tensors[i].header; }
+std::string Load::hashed_header(size_t i) const {
+  return HashedHeaderBytes(state_->headers.data() + state_->plan.tensors[i].header_offset,
+                           state_->tensors[i].header);
+}
+uint64_t Load::arena_offset(size_t i) const { return state_->plan.tensors[i].arena_offset; }
+uint64_t Load::arena_bytes(size_t i) const { return state_->plan.tensors[i].arena_bytes; }
+const std::shared_ptr<Arena>& Load::arena() const { return state_->arena; }
+uint64_t Load::bytes_read() const { return state_->bytes_read; }
+
+}  // namespace tensorizer

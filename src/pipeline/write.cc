@@ -1,0 +1,190 @@
+// Writer: see include/tensorizer/write.h for the contract.
+//
+// Order of a batch, chosen so that a crash mid-batch leaves the previous
+// valid file header in place: (1) check that the metadata still fits, (2)
+// preallocate, (3) hash + write every record in parallel, (4) metadata block,
+// (5) terminator, (6) file header last.
+#include "tensorizer/write.h"
+
+#include <algorithm>
+#include <cstring>
+#include <atomic>
+#include <mutex>
+#include <thread>
+
+#include "format/hash.h"
+
+namespace tensorizer {
+
+Result<std::unique_ptr<Writer>> Writer::Create(std::unique_ptr<Sink> sink,
+                                               const WriterOptions& options) {
+  std::unique_ptr<Writer> w(new Writer(std::move(sink), options));
+  w->header_.metadata_length = kMetadataReserve;
+  std::string start = EncodeFileHeader(w->header_);
+  start.resize(kFirstTensorOffset, '\0');
+  Status st = w->sink_->WriteAt(0, start.data(), start.size());
+  if (!st.ok()) {
+    w->Abort();
+    return st;
+  }
+  return w;
+}
+
+Writer::~Writer() {
+  if (!closed_) Abort();
+}
+
+void Writer::Abort() {
+  if (closed_) return;
+  sink_->Abort();
+  closed_ = true;
+  broken_ = true;
+}
+
+Status Writer::WriteTrailer() {
+  uint64_t zero = 0;
+  TZR_RETURN_IF_ERROR(sink_->WriteAt(end_, &zero, sizeof zero));
+  std::string head = EncodeFileHeader(header_);
+  return sink_->WriteAt(0, head.data(), head.size());
+}
+
+Status Writer::Write(const std::vector<TensorWrite>& tensors) {
+  if (closed_) return Status::InvalidArgument("writing to " + sink_->uri() + " after close");
+  // Lay out the batch and the new header without touching the file yet.
+  FileHeader next = header_;
+  std::vector<Record> batch;
+  std::vector<EncodedHeader> encoded;
+  uint64_t pos = end_;
+  for (const TensorWrite& t : tensors) {
+    Record r;
+    r.spec.name = t.name;
+    r.spec.type = t.type;
+    r.spec.module_idx = t.module_idx;
+    r.spec.dtype = t.dtype;
+    r.spec.shape = t.shape;
+    r.spec.data_length = t.meta ? 0 : t.data_length;
+    r.spec.long_shape = NeedsLongShape(t.shape);
+    auto dinfo = ParseDtype(t.dtype);
+    if (!dinfo.ok()) return dinfo.status().WithContext("tensor '" + t.name + "'");
+    if (!dinfo->opaque_name.empty()) next.version = std::max(next.version, kVersionOpaque);
+    if (t.meta) next.version = std::max(next.version, kVersionMeta);
+    if (r.spec.long_shape) {
+      next.version = std::max(next.version, kVersionLongShape);
+      next.flags |= kFlagVersionedMetadata;
+    }
+    auto h = EncodeTensorHeader(r.spec);
+    if (!h.ok()) return h.status().WithContext("tensor '" + t.name + "'");
+    r.header_offset = pos;
+    r.data_offset = pos + h->bytes.size();
+    pos = r.data_offset + r.spec.data_length;
+    next.tensor_size += r.spec.data_length;
+    next.tensor_count++;
+    batch.push_back(r);
+    encoded.push_back(std::move(h).value());
+  }
+  std::string metadata;
+  const bool versioned = next.versioned_metadata();
+  for (const auto* list : {&records_, &batch}) {
+    for (const Record& r : *list) {
+      auto entry = EncodeMetadataEntry(r.spec, r.header_offset, r.data_offset, versioned);
+      if (!entry.ok()) return entry.status();
+      metadata += *entry;
+    }
+  }
+  if (metadata.size() > kMetadataReserve) {
+    return Status::ResourceExhausted("Metadata overflow: the index of " +
+                                     std::to_string(next.tensor_count) + " tensors needs " +
+                                     std::to_string(metadata.size()) + " bytes, more than the " +
+                                     std::to_string(kMetadataReserve) + " reserved in " +
+                                     sink_->uri());
+  }
+
+  broken_ = true;  // until the batch is fully written
+  sink_->Preallocate(end_, pos + 8 - end_);
+
+  // Largest records first, so the pool ends with small ones and stays busy.
+  std::vector<size_t> order(batch.size());
+  for (size_t i = 0; i < order.size(); ++i) order[i] = i;
+  std::stable_sort(order.begin(), order.end(), [&](size_t a, size_t b) {
+    return batch[a].spec.data_length > batch[b].spec.data_length;
+  });
+  std::atomic<size_t> next_item{0};
+  std::mutex mu;
+  Status first_error;
+  auto work = [&] {
+    while (true) {
+      {
+        std::lock_guard<std::mutex> lock(mu);
+        if (!first_error.ok()) return;
+      }
+      size_t k = next_item.fetch_add(1);
+      if (k >= order.size()) return;
+      size_t i = order[k];
+      const Record& r = batch[i];
+      EncodedHeader& h = encoded[i];
+      internal::TensorHasher hasher;
+      hasher.Update(h.bytes.data(), h.bytes.size());  // hash values are still zero
+      Status st;
+      const uint8_t* data = tensors[i].data;
+      for (uint64_t done = 0; st.ok() && done < r.spec.data_length;) {
+        uint64_t n = std::min(options_.chunk_bytes, r.spec.data_length - done);
+        hasher.Update(data + done, n);
+        st = sink_->WriteAt(r.data_offset + done, data + done, n);
+        done += n;
+      }
+      if (st.ok()) {
+        uint32_t crc = hasher.crc32();
+        std::memcpy(h.bytes.data() + h.crc32_offset, &crc, 4);
+        std::string sha = hasher.FinishSha256();
+        std::memcpy(h.bytes.data() + h.sha256_offset, sha.data(), 32);
+        st = sink_->WriteAt(r.header_offset, h.bytes.data(), h.bytes.size());
+      }
+      if (!st.ok()) {
+        std::lock_guard<std::mutex> lock(mu);
+        if (first_error.ok()) first_error = st;
+        return;
+      }
+    }
+  };
+  int threads = options_.num_threads > 0 ? options_.num_threads
+                                         : static_cast<int>(std::thread::hardware_concurrency());
+  threads = std::max(1, std::min<int>(threads, static_cast<int>(order.size())));
+  std::vector<std::thread> pool;
+  for (int t = 1; t < threads; ++t) pool.emplace_back(work);
+  work();
+  for (auto& t : pool) t.join();
+  Status st = first_error;
+  if (st.ok()) st = sink_->WriteAt(kMetadataStart, metadata.data(), metadata.size());
+  if (st.ok()) {
+    end_ = pos;
+    header_ = next;
+    for (Record& r : batch) records_.push_back(std::move(r));
+    st = WriteTrailer();
+  }
+  if (!st.ok()) {
+    // The destination is now inconsistent: drop it rather than leave a
+    // half-written file behind.
+    Abort();
+    return st;
+  }
+  broken_ = false;
+  return Status::Ok();
+}
+
+Status Writer::Close() {
+  if (closed_) return Status::Ok();
+  if (broken_) {
+    Abort();
+    return Status::IoError("an earlier write to " + sink_->uri() + " failed; nothing was saved");
+  }
+  Status st = WriteTrailer();
+  if (st.ok()) st = sink_->Commit();
+  if (!st.ok()) {
+    Abort();
+    return st;
+  }
+  closed_ = true;
+  return Status::Ok();
+}
+
+}  // namespace tensorizer

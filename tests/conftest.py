@@ -1,0 +1,37 @@
+import os
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_REF_PYTHON = REPO_ROOT / ".venv-ref" / "bin" / "python"
+
+
+def pytest_report_header(config):
+    try:
+        import tensorizer
+    except ImportError as exc:
+        ours = f"not importable ({exc})"
+    else:
+        ours = f"{getattr(tensorizer, '__version__', '?')} from {tensorizer.__file__}"
+    ref = os.environ.get("TENSORIZER_REF_PYTHON") or str(DEFAULT_REF_PYTHON)
+    return [f"tensorizer under test: {ours}", f"reference interpreter: {ref}"]
+
+
+@pytest.fixture(scope="session")
+def ref_python() -> str:
+    """The interpreter of the venv holding the reference tensorizer 2.12.1.
+
+    Never skips: the venv is created by our own scripts, so its absence is a
+    broken environment, not an optional feature.
+    """
+    path = os.environ.get("TENSORIZER_REF_PYTHON") or str(DEFAULT_REF_PYTHON)
+    if not (os.path.isfile(path) and os.access(path, os.X_OK)):
+        pytest.fail(
+            f"reference interpreter not found at {path!r}: create the venv with"
+            " tensorizer==2.12.1 at .venv-ref (python -m venv"
+            " --system-site-packages .venv-ref && .venv-ref/bin/pip install"
+            " tensorizer==2.12.1) or point TENSORIZER_REF_PYTHON at one",
+            pytrace=False,
+        )
+    return path
