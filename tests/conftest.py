@@ -1,7 +1,14 @@
 import os
+import sys
 from pathlib import Path
 
 import pytest
+
+# interop_cases is shared with ref_driver.py; make it importable whatever
+# pytest's import mode.
+TESTS_DIR = str(Path(__file__).resolve().parent)
+if TESTS_DIR not in sys.path:
+    sys.path.insert(0, TESTS_DIR)
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_REF_PYTHON = REPO_ROOT / ".venv-ref" / "bin" / "python"

@@ -24,16 +24,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import pickle
 import sys
 import traceback
 import warnings
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-
-import interop_cases  # noqa: E402
-import tensorizer  # noqa: E402
+# Run as a script, so this file's directory is sys.path[0].
+import interop_cases
+import tensorizer
 
 warnings.filterwarnings("ignore")
 

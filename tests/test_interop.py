@@ -20,15 +20,17 @@ import json
 import os
 import pickle
 import subprocess
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+import interop_cases as ic
 import pytest
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-
-import interop_cases as ic  # noqa: E402
+# Payload construction touches experimental/deprecated dtypes on purpose.
+pytestmark = [
+    pytest.mark.filterwarnings("ignore:ComplexHalf support is experimental"),
+    pytest.mark.filterwarnings("ignore:torch.quantize_per_tensor"),
+]
 
 REF_DRIVER = Path(__file__).resolve().parent / "ref_driver.py"
 REF_VERSION = "2.12.1"
@@ -36,11 +38,7 @@ REF_VERSION = "2.12.1"
 PROLOGUE_BYTES = 262217
 
 READABLE = [c for c in ic.CASES if c.write_error is None]
-LOADS = [
-    pytest.param(c, o, id=f"{c.name}-{o.id}")
-    for c in READABLE
-    for o in c.options
-]
+LOADS = [pytest.param(c, o, id=f"{c.name}-{o.id}") for c in READABLE for o in c.options]
 REF_LOADS = [p for p in LOADS if p.values[0].ref_reads]
 OPAQUE_ONLY_LOADS = [p for p in LOADS if not p.values[0].ref_reads]
 
@@ -69,8 +67,10 @@ def _diff(a, b, path="", out=None, limit=20):
                 _diff(a[k], b[k], f"{path}.{k}", out, limit)
     elif isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
         if len(a) != len(b) or type(a) is not type(b):
-            out.append(f"{path}: length/type {type(a).__name__}[{len(a)}] != {type(b).__name__}[{len(b)}]"
-                       f"\n    ours: {_short(a)}\n    want: {_short(b)}")
+            out.append(
+                f"{path}: length/type {type(a).__name__}[{len(a)}] != {type(b).__name__}[{len(b)}]"
+                f"\n    ours: {_short(a)}\n    want: {_short(b)}"
+            )
             return out
         for i, (x, y) in enumerate(zip(a, b)):
             _diff(x, y, f"{path}[{i}]", out, limit)
@@ -120,6 +120,7 @@ def run_reference(ref_python: str, jobs: list, workdir: Path, label: str) -> lis
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     proc = subprocess.run(
         [ref_python, str(REF_DRIVER), "batch", str(jobs_path), str(out_path)],
+        check=False,
         capture_output=True,
         text=True,
         env=env,
@@ -166,7 +167,7 @@ def reference(ref_python, interop_dir) -> Written:
     results = run_reference(ref_python, jobs, interop_dir, "reference")
     errors = {c.name: r for c, r in zip(ic.CASES, results)}
     summaries = {
-        (c.name, o.id): r for (c, o), r in zip(loads, results[len(ic.CASES):])
+        (c.name, o.id): r for (c, o), r in zip(loads, results[len(ic.CASES) :])
     }
     return Written(paths, errors, summaries)
 
@@ -199,7 +200,11 @@ def reference_on_ours(ref_python, interop_dir, ours_written) -> Written:
         for o in c.options
     ]
     jobs = [_dump_job(c, o, ours_written.paths[c.name]) for c, o in loads]
-    results = run_reference(ref_python, jobs, interop_dir, "reference_on_ours") if jobs else []
+    results = (
+        run_reference(ref_python, jobs, interop_dir, "reference_on_ours")
+        if jobs
+        else []
+    )
     summaries = {(c.name, o.id): r for (c, o), r in zip(loads, results)}
     return Written(ours_written.paths, ours_written.errors, summaries)
 
@@ -251,7 +256,11 @@ def test_reference_reads_itself(reference, case, options):
 def test_ours_reads_reference_file(ours, reference, case, options):
     path = _require_written(reference, case, "reference")
     actual = ic.summarize(ours, path, case, options)
-    assert_same(actual, reference.summaries[(case.name, options.id)], "our load of the reference file")
+    assert_same(
+        actual,
+        reference.summaries[(case.name, options.id)],
+        "our load of the reference file",
+    )
 
 
 @pytest.mark.parametrize("case, options", OPAQUE_ONLY_LOADS)
@@ -262,9 +271,13 @@ def test_ours_reads_reference_file_the_reference_cannot(ours, reference, case, o
     actual = ic.summarize(ours, path, case, options)
     assert_same(actual["read_tensors"], ic.expected_read_tensors(case), "read_tensors")
     items = actual["mapping"]
-    assert not (isinstance(items, tuple) and items[:1] == (ic.ERROR,)), actual.get("_errors")
+    assert not (isinstance(items, tuple) and items[:1] == (ic.ERROR,)), actual.get(
+        "_errors"
+    )
     flat = [(k, v["tensor"]) for k, v in items["items"]]
-    assert_same(flat, [(t[2], t[3]) for t in ic.expected_read_tensors(case)], "mapping items")
+    assert_same(
+        flat, [(t[2], t[3]) for t in ic.expected_read_tensors(case)], "mapping items"
+    )
 
 
 # --------------------------------------------------------------------------
@@ -276,7 +289,11 @@ def test_ours_reads_reference_file_the_reference_cannot(ours, reference, case, o
 def test_reference_reads_our_file(reference_on_ours, reference, case, options):
     _require_written(reference_on_ours, case, "our writer")
     actual = reference_on_ours.summaries[(case.name, options.id)]
-    assert_same(actual, reference.summaries[(case.name, options.id)], "reference load of our file")
+    assert_same(
+        actual,
+        reference.summaries[(case.name, options.id)],
+        "reference load of our file",
+    )
 
 
 # --------------------------------------------------------------------------
@@ -288,7 +305,9 @@ def test_reference_reads_our_file(reference_on_ours, reference, case, options):
 def test_same_file_header(ours_written, reference, case):
     ref_header = ic.read_file_header(_require_written(reference, case, "reference"))
     our_header = ic.read_file_header(_require_written(ours_written, case, "our writer"))
-    assert ref_header["version"] == case.version, "harness: unexpected reference data version"
+    assert ref_header["version"] == case.version, (
+        "harness: unexpected reference data version"
+    )
     assert our_header == ref_header
 
 
@@ -310,7 +329,9 @@ def test_same_layout_encrypted(ours_written, reference, case):
     our_path = _require_written(ours_written, case, "our writer")
     assert os.path.getsize(our_path) == os.path.getsize(ref_path)
     with open(our_path, "rb") as a, open(ref_path, "rb") as b:
-        assert a.read(PROLOGUE_BYTES) == b.read(PROLOGUE_BYTES), _first_difference(our_path, ref_path)
+        assert a.read(PROLOGUE_BYTES) == b.read(PROLOGUE_BYTES), _first_difference(
+            our_path, ref_path
+        )
 
 
 def _first_difference(our_path: str, ref_path: str) -> str:
@@ -325,8 +346,8 @@ def _first_difference(our_path: str, ref_path: str) -> str:
                 lo = max(0, i - 16)
                 return (
                     f"first difference at byte {at}:\n"
-                    f"  ours [{offset + lo}:]: {x[lo:i + 32].hex(' ')}\n"
-                    f"  ref  [{offset + lo}:]: {y[lo:i + 32].hex(' ')}"
+                    f"  ours [{offset + lo}:]: {x[lo : i + 32].hex(' ')}\n"
+                    f"  ref  [{offset + lo}:]: {y[lo : i + 32].hex(' ')}"
                 )
             if not x:
                 return "files are identical"
@@ -339,14 +360,18 @@ def test_golden_file(ours, tmp_path, reference):
     ic.CASES_BY_NAME["golden"].write(ours, path)
     golden = ic.golden_bytes()
     with open(reference.paths["golden"], "rb") as f:
-        assert f.read() == golden, "harness: the reference no longer writes the golden bytes"
+        assert f.read() == golden, (
+            "harness: the reference no longer writes the golden bytes"
+        )
     with open(path, "rb") as f:
         data = f.read()
     assert len(data) == 262327
     if data != golden:
         with open(tmp_path / "want.tensors", "wb") as f:
             f.write(golden)
-        pytest.fail(_first_difference(path, str(tmp_path / "want.tensors")), pytrace=False)
+        pytest.fail(
+            _first_difference(path, str(tmp_path / "want.tensors")), pytrace=False
+        )
 
 
 # --------------------------------------------------------------------------
