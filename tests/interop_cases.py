@@ -737,8 +737,18 @@ ERROR = "!error"
 
 
 def error_record(exc: BaseException) -> tuple:
-    """How an exception appears in a summary: compared by type name only."""
-    return (ERROR, type(exc).__name__)
+    """How an exception appears in a summary: its class name and the names
+    along its MRO.  Ours matches the reference's error if the reference's
+    class name is anywhere in our MRO (ours may raise a subclass)."""
+    return (ERROR, type(exc).__name__, tuple(c.__name__ for c in type(exc).__mro__))
+
+
+def is_error(value) -> bool:
+    return isinstance(value, tuple) and value[:1] == (ERROR,)
+
+
+def same_error(ours: tuple, want: tuple) -> bool:
+    return want[1] in ours[2]
 
 
 class _TensorRecorder:
