@@ -124,6 +124,11 @@ nb::tuple TensorInfo(const Load& load, size_t i) {
                         Bytes(load.hashed_header(i)));
 }
 
+std::string BytesArg(nb::handle h) {
+  nb::bytes b = nb::cast<nb::bytes>(h);
+  return std::string(b.c_str(), b.size());
+}
+
 using ByteArray = nb::ndarray<const uint8_t, nb::ndim<1>, nb::c_contig, nb::device::cpu>;
 
 struct PendingTensor {
@@ -142,10 +147,10 @@ class PyWriter {
     for (nb::handle item : tensors) {
       nb::tuple t = nb::borrow<nb::tuple>(item);
       TensorWrite w;
-      w.name = nb::cast<std::string>(t[0]);
+      w.name = BytesArg(t[0]);
       w.type = static_cast<TensorType>(nb::cast<int>(t[1]));
       w.module_idx = nb::cast<uint16_t>(t[2]);
-      w.dtype = nb::cast<std::string>(t[3]);
+      w.dtype = BytesArg(t[3]);
       w.shape = nb::cast<std::vector<uint64_t>>(t[4]);
       if (t[5].is_none()) {
         w.meta = true;

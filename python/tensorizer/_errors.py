@@ -1,0 +1,62 @@
+"""The one place where engine errors become Python exceptions.
+
+The C++ engine reports failures as (code, message, errno). Each code maps to
+the exception type that tensorizer users already catch; every class here also
+derives from the builtin that matches it (ValueError for bad files, OSError
+for I/O, KeyError for missing names).
+"""
+
+import errno as _errno
+
+from . import _core
+
+
+class CryptographyError(Exception):
+    """Encrypted data could not be read or written as asked."""
+
+
+class HashMismatchError(Exception):
+    """A tensor's stored hash does not match its bytes."""
+
+
+class TensorizerFormatError(ValueError):
+    """The bytes are not a valid .tensors file."""
+
+
+class UnsupportedVersionError(TensorizerFormatError):
+    """A .tensors file from a data version or with features we do not know."""
+
+
+class TensorizerIOError(OSError):
+    """Reading or writing the underlying storage failed."""
+
+
+class TensorNotFoundError(KeyError):
+    """A tensor or object named by the caller does not exist."""
+
+    def __str__(self):
+        return str(self.args[0]) if self.args else ""
+
+
+def _make_error(code: str, message: str, sys_errno: int) -> BaseException:
+    if code == "hash_mismatch":
+        return HashMismatchError(message)
+    if code == "cryptography":
+        return CryptographyError(message)
+    if code == "format_error":
+        return TensorizerFormatError(message)
+    if code == "unsupported_version":
+        return UnsupportedVersionError(message)
+    if code == "io_error":
+        return TensorizerIOError(sys_errno or _errno.EIO, message)
+    if code == "not_found":
+        return TensorNotFoundError(message)
+    if code == "invalid_argument":
+        return ValueError(message)
+    if code == "resource_exhausted":
+        # The reference raises RuntimeError("Metadata overflow") here.
+        return RuntimeError(message)
+    return RuntimeError(message)
+
+
+_core._set_error_factory(_make_error)

@@ -1,0 +1,143 @@
+"""Tensor names as paths, and the nested structure they form.
+
+A name is a path of components (str, or int for list positions). A path of
+one string is stored as its UTF-8 bytes; any other path is stored as the
+record separator 0x1E followed by compact JSON of the component list (RFC
+7464 style), e.g. b'\\x1e["model","layer",0,"weight"]'.
+"""
+
+import json
+import types
+from typing import Any, Dict, Iterable, Tuple, Union
+
+Path = Tuple[Union[str, int], ...]
+
+_RS = 0x1E
+
+
+def encode_path(path: Path) -> bytes:
+    if len(path) == 1 and isinstance(path[0], str):
+        return path[0].encode("utf-8")
+    return b"\x1e" + json.dumps(
+        list(path), ensure_ascii=True, separators=(",", ":")
+    ).encode("ascii")
+
+
+def decode_name(raw: bytes) -> Path:
+    """The path a stored name encodes; names that are not valid JSON paths
+    are plain strings, as in tensorizer."""
+    if (
+        len(raw) >= 3
+        and raw[0] == _RS
+        and raw[1:2] == b"["
+        and raw[-1:] == b"]"
+        and b"\n" not in raw
+        and b"\r" not in raw
+    ):
+        try:
+            parts = json.loads(raw[1:].decode("utf-8"))
+        except (UnicodeDecodeError, ValueError):
+            parts = None
+        if (
+            isinstance(parts, list)
+            and parts
+            and all(
+                (isinstance(p, str) or (type(p) is int and p >= 0)) for p in parts
+            )
+        ):
+            return tuple(parts)
+    return (raw.decode("utf-8"),)
+
+
+def normalize(path: Path) -> Union[str, Path]:
+    """What filter functions and read_tensors see: a str for one-string
+    paths, else the tuple."""
+    if len(path) == 1 and isinstance(path[0], str):
+        return path[0]
+    return path
+
+
+def display(path: Path) -> str:
+    n = normalize(path)
+    return n if isinstance(n, str) else ".".join(map(str, n))
+
+
+class PathRegistry:
+    """Rejects names that cannot coexist in one nested structure."""
+
+    def __init__(self):
+        self.root: Dict[Any, Any] = {}
+
+    def add(self, path: Path, leaf: Any = True) -> None:
+        if not path:
+            raise ValueError("Tensor path must not be empty")
+        node = self.root
+        for i, part in enumerate(path):
+            if node and type(next(iter(node))) is not type(part):
+                raise ValueError(
+                    f"Conflicting tensor paths: {path!r} mixes key types"
+                    " at one level"
+                )
+            last = i == len(path) - 1
+            child = node.get(part)
+            if last:
+                if child is not None:
+                    raise ValueError(
+                        f"Conflicting tensor paths: {display(path)!r} is"
+                        " already used"
+                    )
+                node[part] = _Leaf(leaf)
+            else:
+                if child is None:
+                    child = node[part] = {}
+                elif isinstance(child, _Leaf):
+                    raise ValueError(
+                        f"Conflicting tensor paths: {display(path[: i + 1])!r}"
+                        " is both a tensor and a prefix of another"
+                    )
+                node = child
+
+    def filter(self, keep) -> None:
+        def prune(node):
+            for k in list(node):
+                v = node[k]
+                if isinstance(v, _Leaf):
+                    if not keep(v.value):
+                        del node[k]
+                else:
+                    prune(v)
+                    if not v:
+                        del node[k]
+
+        prune(self.root)
+
+
+class _Leaf:
+    __slots__ = ("value",)
+
+    def __init__(self, value):
+        self.value = value
+
+
+def is_leaf(node) -> bool:
+    return isinstance(node, _Leaf)
+
+
+def leaves(node) -> Iterable[Any]:
+    if isinstance(node, _Leaf):
+        yield node.value
+        return
+    for v in node.values():
+        yield from leaves(v)
+
+
+def build(node, value_of, as_proxy: bool):
+    """Turns a structure node into mappings (proxies) or dicts/lists."""
+    if isinstance(node, _Leaf):
+        return value_of(node.value)
+    items = {k: build(v, value_of, as_proxy) for k, v in node.items()}
+    if as_proxy:
+        return types.MappingProxyType(items)
+    if items and isinstance(next(iter(items)), int):
+        return [items[k] for k in sorted(items)]
+    return items

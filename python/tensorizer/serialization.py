@@ -1,0 +1,889 @@
+"""TensorSerializer and TensorDeserializer: tensorizer 2.12's API over the
+C++ engine.
+
+The engine does the I/O, hashing and layout (tensorizer._core). This module
+is the torch glue: it turns tensors into byte views for the writer, and
+views on the engine's load arena back into tensors, without copying on CPU.
+"""
+
+import collections.abc
+import contextlib
+import dataclasses
+import enum
+import io
+import logging
+import os
+import tempfile
+import types
+import typing
+from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple, Union
+
+import numpy as np
+import torch
+
+from . import _core, _paths, stream_io, utils
+from ._dtypes import OPAQUE_DTYPE_SEP, dtype_to_str, numpy_dtype_for, str_to_dtype
+from ._errors import CryptographyError, HashMismatchError
+
+__all__ = [
+    "TensorSerializer",
+    "TensorDeserializer",
+    "TensorType",
+    "HashType",
+    "TensorHash",
+    "TensorEntry",
+    "HashMismatchError",
+    "CryptographyError",
+    "EncryptionParams",
+    "DecryptionParams",
+    "FilterFuncType",
+]
+
+logger = logging.getLogger(__name__)
+
+TENSORIZER_MAGIC = b"|TZR|"
+NON_OPAQUE_TENSORIZER_VERSION = 1
+OPAQUE_TENSORIZER_VERSION = 2
+ENCRYPTION_TENSORIZER_VERSION = 3
+META_TENSOR_TENSORIZER_VERSION = 4
+LONG_TENSOR_TENSORIZER_VERSION = 5
+TENSORIZER_VERSION = 5
+
+FilterFuncType = Callable[[Union[str, Tuple[Union[str, int], ...]]], bool]
+
+# A batch of writes copies device and non-contiguous tensors to host memory
+# first; flush before the copies pass this many bytes, so host memory stays
+# bounded for models larger than RAM.
+_WRITE_BATCH_COPY_BYTES = 1 << 30
+
+
+class TensorType(enum.IntEnum):
+    PARAM = 0
+    BUFFER = 1
+    STATE_DICT = 2
+
+
+class HashType(enum.IntEnum):
+    CRC32 = 0
+    SHA256 = 1
+
+
+@dataclasses.dataclass
+class TensorHash:
+    type: HashType
+    hash: Union[int, bytes]
+
+
+@dataclasses.dataclass
+class TensorEntry:
+    name: Union[str, Tuple[Union[str, int], ...]]
+    type: TensorType
+    dtype: str
+    shape: Tuple[int, ...]
+    offset: int
+    data_offset: int
+    data_length: int
+    hashes: Optional[List[TensorHash]]
+    header_hashes: Optional[Dict[HashType, Any]]
+    metadata_version: int = 1
+
+
+class EncryptionParams:
+    """Encryption settings for TensorSerializer (see docs: encryption is not
+    part of this release; passing these raises CryptographyError)."""
+
+    def __init__(self, key: bytes):
+        if not isinstance(key, (bytes, bytearray, memoryview)):
+            raise TypeError("key must be a bytes-like object")
+        if len(key) != 32:
+            raise ValueError("Invalid key length, must be 32 bytes")
+        self.key = bytes(key)
+
+
+class DecryptionParams:
+    """Decryption settings for TensorDeserializer (see EncryptionParams)."""
+
+    def __init__(self):
+        self.key: Optional[bytes] = None
+        self.source: Optional[bytes] = None
+
+    @classmethod
+    def from_key(cls, key: bytes) -> "DecryptionParams":
+        if not isinstance(key, (bytes, bytearray, memoryview)):
+            raise TypeError("key must be a bytes-like object")
+        if len(key) != 32:
+            raise ValueError("Invalid key length, must be 32 bytes")
+        p = cls()
+        p.key = bytes(key)
+        return p
+
+    @classmethod
+    def from_string(cls, source, *, encoding: str = "utf-8") -> "DecryptionParams":
+        if not source:
+            raise ValueError("Source cannot be empty")
+        p = cls()
+        p.source = source.encode(encoding) if isinstance(source, str) else bytes(source)
+        return p
+
+
+def _not_supported_encryption():
+    return CryptographyError(
+        "Encrypted .tensors files are not supported by this release yet"
+    )
+
+
+def _cpu_count(limit: Optional[int]) -> int:
+    if limit is not None:
+        return limit
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:
+        return os.cpu_count() or 1
+
+
+def _file_name(file_obj) -> str:
+    name = getattr(file_obj, "name", None)
+    if isinstance(name, (str, bytes, os.PathLike)):
+        return os.fsdecode(name)
+    return f"<{type(file_obj).__name__}>"
+
+
+def _fileno(file_obj) -> Optional[int]:
+    try:
+        fd = file_obj.fileno()
+    except (AttributeError, OSError, io.UnsupportedOperation, ValueError):
+        return None
+    return fd if isinstance(fd, int) and fd >= 0 else None
+
+
+def _byte_view(tensor: torch.Tensor) -> Tuple[Optional[np.ndarray], Optional[torch.Tensor]]:
+    """A flat uint8 numpy view of a tensor's bytes, and the host tensor that
+    owns them (a copy only when the tensor is on a device or not contiguous)."""
+    t = tensor.detach()
+    if t.is_meta:
+        return None, None
+    if t.device.type != "cpu":
+        t = t.to("cpu")
+    t = t.resolve_conj().resolve_neg().contiguous()
+    return t.reshape(-1).view(torch.uint8).numpy(), t
+
+
+class TensorSerializer:
+    """Writes tensors, state dicts and modules to a .tensors file.
+
+    A path destination is written under a temporary name and renamed into
+    place by close(); a failed write leaves nothing at the path. The file is
+    a valid .tensors file after every write call, as with tensorizer.
+    """
+
+    @dataclasses.dataclass
+    class _WriteSpec:
+        idx: int
+        path: Tuple[Union[str, int], ...]
+        tensor_type: TensorType
+        tensor: Union[torch.Tensor, np.ndarray]
+        callback: Optional[Callable[[], Any]] = None
+
+    def __init__(
+        self,
+        file_obj,
+        compress_tensors: bool = False,
+        *,
+        encryption: Optional[EncryptionParams] = None,
+        limit_cpu_concurrency: Optional[int] = None,
+    ) -> None:
+        self._writer = None
+        self._file = None
+        self._mirror = None
+        if encryption is not None and not isinstance(encryption, EncryptionParams):
+            raise TypeError(
+                "encryption parameter: expected EncryptionParams instance"
+                f" or None, {encryption.__class__.__name__} found"
+            )
+        if encryption is not None:
+            raise _not_supported_encryption()
+        if limit_cpu_concurrency is not None:
+            if not isinstance(limit_cpu_concurrency, int):
+                raise TypeError("limit_cpu_concurrency: expected int or None")
+            if limit_cpu_concurrency < 1:
+                raise ValueError("limit_cpu_concurrency must be positive or None")
+        self.cpu_limit = _cpu_count(limit_cpu_concurrency)
+        self.compress_tensors = compress_tensors
+        self.total_compressed_tensor_bytes = 0
+        self._registry = _paths.PathRegistry()
+
+        if isinstance(file_obj, (str, bytes, os.PathLike)):
+            path = os.fsdecode(file_obj)
+            stream_io.check_local_write(path)
+            parent = os.path.dirname(os.path.abspath(path))
+            os.makedirs(parent, exist_ok=True)
+            self._writer = _core.Writer.create(path, self.cpu_limit)
+            self.name = path
+        elif isinstance(file_obj, int):
+            self._writer = _core.Writer.from_fd(file_obj, f"<fd {file_obj}>", self.cpu_limit)
+            self.name = f"<fd {file_obj}>"
+        else:
+            self._check_file_object(file_obj)
+            self._file = file_obj
+            self.name = _file_name(file_obj)
+            fd = _fileno(file_obj)
+            if fd is not None:
+                file_obj.flush()
+                self._writer = _core.Writer.from_fd(fd, self.name, self.cpu_limit)
+            else:
+                # A file object without a descriptor (BytesIO): write to an
+                # anonymous temporary file and mirror it after each call.
+                self._mirror = tempfile.TemporaryFile()
+                self._writer = _core.Writer.from_fd(
+                    self._mirror.fileno(), self.name, self.cpu_limit
+                )
+                self._sync_mirror()
+
+    @staticmethod
+    def _check_file_object(file_obj) -> None:
+        if isinstance(file_obj, io.TextIOBase):
+            raise ValueError("file_obj must be opened in binary mode (mode 'wb+')")
+        readable = getattr(file_obj, "readable", None)
+        writable = getattr(file_obj, "writable", None)
+        if not (callable(readable) and readable() and callable(writable) and writable()):
+            raise ValueError(
+                "file_obj must be readable and writable (open it with mode 'wb+')"
+            )
+        seekable = getattr(file_obj, "seekable", None)
+        if not (callable(seekable) and seekable()):
+            raise ValueError("file_obj must support seeking for TensorSerializer")
+
+    def _sync_mirror(self) -> None:
+        if self._mirror is None:
+            return
+        self._mirror.seek(0)
+        self._file.seek(0)
+        while chunk := self._mirror.read(1 << 24):
+            self._file.write(chunk)
+        self._file.truncate()
+        self._file.flush()
+
+    @property
+    def total_tensor_bytes(self) -> int:
+        return self._writer.tensor_size if self._writer is not None else 0
+
+    def _write(self, specs) -> None:
+        if self._writer is None or self._writer.closed:
+            raise ValueError(f"TensorSerializer for {self.name} is closed")
+        batch: List[tuple] = []
+        owners: List[Any] = []
+        callbacks: List[Callable[[], Any]] = []
+        copied = 0
+
+        def flush():
+            nonlocal copied
+            if batch:
+                self._writer.write(batch)
+                self._sync_mirror()
+            for cb in callbacks:
+                cb()
+            batch.clear()
+            owners.clear()
+            callbacks.clear()
+            copied = 0
+
+        for spec in specs:
+            if not 0 <= spec.idx <= 0xFFFF:
+                raise ValueError(f"Module index {spec.idx} does not fit in 16 bits")
+            tensor = spec.tensor
+            if isinstance(tensor, np.ndarray):
+                torch.from_numpy(tensor[:0] if tensor.ndim else tensor.reshape(1)[:0])
+                dtype_str = tensor.dtype.str
+                arr = np.ascontiguousarray(tensor)
+                data = arr.reshape(-1).view(np.uint8)
+                owner = arr
+                shape = tuple(arr.shape)
+            elif isinstance(tensor, torch.Tensor):
+                dtype_str = dtype_to_str(tensor.dtype)
+                data, owner = _byte_view(tensor)
+                shape = tuple(tensor.shape)
+                if owner is not None and owner.data_ptr() != tensor.data_ptr():
+                    copied += data.nbytes
+            else:
+                raise TypeError(
+                    f"Expected a torch.Tensor or numpy.ndarray for"
+                    f" {_paths.display(spec.path)!r}, got {type(tensor).__name__}"
+                )
+            self._registry.add(spec.path)
+            batch.append(
+                (
+                    _paths.encode_path(spec.path),
+                    int(spec.tensor_type),
+                    spec.idx,
+                    dtype_str.encode("utf-8"),
+                    shape,
+                    data,
+                )
+            )
+            owners.append(owner)
+            if spec.callback is not None:
+                callbacks.append(spec.callback)
+            if copied >= _WRITE_BATCH_COPY_BYTES:
+                flush()
+        flush()
+
+    def write_tensor(
+        self,
+        idx: int,
+        name,
+        tensor_type: TensorType,
+        tensor: Union[torch.Tensor, np.ndarray],
+    ) -> None:
+        if isinstance(name, str):
+            path = (name,)
+        elif isinstance(name, (tuple, list)):
+            path = tuple(name)
+        else:
+            raise TypeError(f"Tensor name must be a str, got {type(name).__name__}")
+        self._write([self._WriteSpec(idx, path, TensorType(tensor_type), tensor)])
+
+    def write_module(
+        self,
+        m: torch.nn.Module,
+        remove_tensors: bool = False,
+        *,
+        include_non_persistent_buffers: bool = True,
+    ) -> None:
+        modules = tuple(m.named_modules())
+        non_persistent = set()
+        if not include_non_persistent_buffers:
+            for module_name, module in modules:
+                for b in getattr(module, "_non_persistent_buffers_set", ()):
+                    non_persistent.add((module_name, b))
+
+        def specs():
+            for idx, (module_name, module) in enumerate(modules):
+                members = [
+                    (name, t, TensorType.PARAM)
+                    for name, t in module.named_parameters(recurse=False)
+                ] + [
+                    (name, t, TensorType.BUFFER)
+                    for name, t in module.named_buffers(recurse=False)
+                ]
+                for name, t, ttype in members:
+                    # Unlike tensorizer 2.12, which compares "module.name" with
+                    # state_dict-style names and so drops every persistent
+                    # buffer of the root module here, match per module.
+                    if ttype is TensorType.BUFFER and (module_name, name) in non_persistent:
+                        continue
+                    cb = (
+                        (lambda mod=module, n=name: setattr(mod, n, None))
+                        if remove_tensors
+                        else None
+                    )
+                    yield self._WriteSpec(idx, (f"{module_name}.{name}",), ttype, t, cb)
+
+        self._write(specs())
+
+    def write_state_dict(self, state_dict: Union[Dict, List, Tuple]) -> None:
+        def walk(obj, prefix):
+            if isinstance(obj, torch.Tensor):
+                if not prefix:
+                    raise TypeError("write_state_dict needs a dict or a list of tensors")
+                yield self._WriteSpec(0, prefix, TensorType.STATE_DICT, obj)
+            elif isinstance(obj, collections.abc.Mapping):
+                for k, v in obj.items():
+                    if not isinstance(k, str):
+                        raise TypeError(
+                            f"Invalid key type: {type(k).__name__!r}"
+                            " (state dict keys must be strings)"
+                        )
+                    yield from walk(v, prefix + (k,))
+            elif isinstance(obj, collections.abc.Sequence) and not isinstance(
+                obj, (str, bytes)
+            ):
+                for i, v in enumerate(obj):
+                    yield from walk(v, prefix + (i,))
+            else:
+                raise TypeError(
+                    f"Cannot serialize {type(obj).__name__} at"
+                    f" {_paths.display(prefix)!r}: leaves must be torch.Tensor"
+                )
+
+        self._write(walk(state_dict, ()))
+
+    def close(self) -> None:
+        if self._writer is not None and not self._writer.closed:
+            self._writer.close()
+            self._sync_mirror()
+        if self._mirror is not None:
+            self._mirror.close()
+            self._mirror = None
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+
+    def __del__(self):
+        # Matches tensorizer: an unclosed serializer is finalized when
+        # collected. A serializer whose write failed was already aborted.
+        with contextlib.suppress(Exception):
+            self.close()
+
+
+class TensorDeserializer(
+    collections.abc.Mapping, contextlib.AbstractContextManager
+):
+    """Loads a .tensors file as a mapping of names to tensors.
+
+    Eager mode (the default) loads every selected tensor in the constructor
+    with the C++ engine: parallel reads straight into one arena, each tensor a
+    zero-copy view on it for CPU loads. lazy_load=True loads each tensor on
+    first access, in any order.
+
+    cast_only_floating (an extension): with dtype=..., cast only floating
+    point tensors, leaving integer, complex and bool tensors as stored.
+    """
+
+    def __init__(
+        self,
+        file_obj,
+        device: Optional[Union[torch.device, str, int]] = None,
+        filter_func: Optional[FilterFuncType] = None,
+        dtype: Optional[torch.dtype] = None,
+        *,
+        lazy_load: bool = False,
+        plaid_mode: Optional[bool] = None,
+        plaid_mode_buffers: Optional[int] = None,
+        num_readers: Optional[int] = None,
+        verify_hash: bool = False,
+        encryption: Optional[DecryptionParams] = None,
+        cast_only_floating: bool = False,
+    ):
+        self._reader = None
+        self._file = None
+        self._cache: Dict[tuple, torch.Tensor] = {}
+        self._loaded_info: Dict[tuple, tuple] = {}
+        self.total_bytes_read = 0
+        self.read_bytes = 0
+        self.total_compressed_tensor_bytes = 0
+
+        self._device = utils.get_device() if device is None else torch.device(device)
+        if self._device.type == "cuda":
+            if not torch.cuda.is_available():
+                raise RuntimeError(
+                    "Cannot deserialize to CUDA device because CUDA is not available"
+                )
+            if self._device.index is None and not lazy_load:
+                self._device = torch.device("cuda", torch.cuda.current_device())
+        if encryption is not None and not isinstance(encryption, DecryptionParams):
+            raise TypeError(
+                "encryption parameter: expected DecryptionParams instance"
+                f" or None, {encryption.__class__.__name__} found"
+            )
+        if dtype is not None and not isinstance(dtype, torch.dtype):
+            raise TypeError(f"dtype must be a torch.dtype or None, got {dtype!r}")
+        if num_readers is not None:
+            if not isinstance(num_readers, int) or isinstance(num_readers, bool):
+                raise TypeError(
+                    f"num_readers: expected int or None, got {num_readers.__class__.__name__}"
+                )
+            if num_readers < 1:
+                raise ValueError("num_readers must be positive")
+        self._dtype = dtype
+        self._cast_only_floating = cast_only_floating
+        self._lazy_load = lazy_load
+        self._verify_hash = verify_hash
+
+        self._reader = self._open(file_obj)
+        version = self._reader.version
+        has_crypt = self._reader.has_crypt_info
+        if encryption is not None:
+            if version < ENCRYPTION_TENSORIZER_VERSION:
+                raise CryptographyError(
+                    "Tensor decryption was requested, but the file provided comes"
+                    " from a tensorizer version predating encryption, so it must"
+                    " not be encrypted. Either set encryption=None on the"
+                    " TensorDeserializer, or ensure that the correct file was"
+                    " provided."
+                )
+            if not has_crypt:
+                raise CryptographyError(
+                    "Tensor decryption was requested, but the file provided is"
+                    " not flagged as encrypted. Either set encryption=None on the"
+                    " TensorDeserializer, or ensure that the correct file was"
+                    " provided."
+                )
+            raise _not_supported_encryption()
+        if has_crypt:
+            raise CryptographyError(
+                "Tensor is encrypted, but decryption was not requested"
+                f" ({self._reader.uri})"
+            )
+        if self._reader.flags & 2 and version < LONG_TENSOR_TENSORIZER_VERSION:
+            raise ValueError(
+                f"Invalid feature flag present in file header of {self._reader.uri}"
+                f" for a file with version {version}"
+            )
+        self.total_file_bytes = self._reader.tensor_size
+        self.total_bytes_read = self._reader.prefix_length
+
+        # Index: decode names and dtypes, then apply the filter.
+        registry = _paths.PathRegistry()
+        self._entries: Dict[tuple, TensorEntry] = {}
+        self._entry_index: Dict[tuple, int] = {}
+        self._dtypes: Dict[tuple, Tuple[torch.dtype, bool]] = {}
+        for i, (name, ttype, dtype_b, shape, hoff, doff, dlen, mver) in enumerate(
+            self._reader.entries()
+        ):
+            path = _paths.decode_name(name)
+            registry.add(path, path)
+            dtype_str = dtype_b.decode("utf-8")
+            if ttype != TensorType.STATE_DICT and len(path) > 1:
+                raise ValueError(
+                    f"{self._reader.uri}: tensor {_paths.display(path)!r} has a"
+                    " structured name but is not a state_dict entry"
+                )
+            self._dtypes[path] = str_to_dtype(dtype_str)
+            self._entries[path] = TensorEntry(
+                name=_paths.normalize(path),
+                type=TensorType(ttype),
+                dtype=dtype_str,
+                shape=tuple(shape),
+                offset=hoff,
+                data_offset=doff,
+                data_length=dlen,
+                hashes=None,
+                header_hashes=None,
+                metadata_version=mver,
+            )
+            self._entry_index[path] = i
+        if filter_func is not None:
+            self._entries = {
+                p: e for p, e in self._entries.items() if filter_func(_paths.normalize(p))
+            }
+            registry.filter(self._entries.__contains__)
+        self._structure = registry.root
+        self._num_threads = min(
+            num_readers or _cpu_count(None), max(1, len(self._entries))
+        )
+        self._last_yielded: Optional[int] = None
+        self._order = list(self._entries)
+        self._position = {p: i for i, p in enumerate(self._order)}
+        self.total_tensor_bytes = sum(self._expected_length(e) for e in self._entries.values())
+
+        if not lazy_load:
+            self._load(self._order, verify_hash)
+            self.total_tensor_bytes = sum(e.data_length for e in self._entries.values())
+            self._close_source()
+
+    # --- opening ----------------------------------------------------------
+
+    def _open(self, file_obj):
+        if isinstance(file_obj, (str, bytes, os.PathLike)):
+            path = os.fsdecode(file_obj)
+            stream_io.check_local_read(path)
+            return _core.Reader.open_path(path)
+        if isinstance(file_obj, int):
+            return _core.Reader.open_fd(file_obj, f"<fd {file_obj}>")
+        if isinstance(file_obj, io.TextIOBase):
+            raise ValueError("file_obj must be opened in binary mode")
+        readable = getattr(file_obj, "readable", None)
+        if not (callable(readable) and readable()):
+            raise ValueError("file_obj must be readable")
+        self._file = file_obj
+        name = _file_name(file_obj)
+        fd = _fileno(file_obj)
+        if fd is not None:
+            return _core.Reader.open_fd(fd, name)
+        # No descriptor: the whole stream is read into memory once.
+        if callable(getattr(file_obj, "seekable", None)) and file_obj.seekable():
+            file_obj.seek(0)
+        return _core.Reader.open_bytes(file_obj.read(), name)
+
+    def _close_source(self):
+        self._reader = None
+        if self._file is not None:
+            with contextlib.suppress(Exception):
+                self._file.close()
+            self._file = None
+
+    def close(self) -> None:
+        self._close_source()
+
+    def __exit__(self, *exc):
+        self.close()
+        return None
+
+    def __del__(self):
+        with contextlib.suppress(Exception):
+            self.close()
+
+    # --- loading ----------------------------------------------------------
+
+    def _expected_length(self, e: TensorEntry) -> int:
+        if e.data_length:
+            return e.data_length
+        base = numpy_dtype_for(e.dtype)
+        itemsize = np.dtype(base).itemsize
+        n = itemsize
+        for d in e.shape:
+            n *= d
+        return n
+
+    def _target_device(self) -> torch.device:
+        if self._device.type == "cuda" and self._device.index is None:
+            return torch.device("cuda", torch.cuda.current_device())
+        return self._device
+
+    def _load(self, paths, verify_hash: Optional[bool]) -> None:
+        """Loads the given paths (those not cached) in one engine pass."""
+        verify = self._verify_hash if verify_hash is None else verify_hash
+        todo = sorted(
+            (p for p in paths if p not in self._cache), key=self._entry_index.__getitem__
+        )
+        if not todo:
+            return
+        if self._reader is None:
+            raise RuntimeError("TensorDeserializer is closed; its file is no longer open")
+        load = self._reader.start_load(
+            [self._entry_index[p] for p in todo],
+            verify_hash=bool(verify),
+            num_threads=self._num_threads,
+        )
+        arena = load.arena()
+        device = self._target_device()
+        for i, path in enumerate(todo):
+            load.wait_tensor(i)
+            offset, nbytes, module_idx, hashes, hashed_header = load.tensor_info(i)
+            entry = self._entries[path]
+            entry.hashes = [TensorHash(HashType(t), self._hash_value(t, v)) for t, v in hashes]
+            self._loaded_info[path] = (module_idx, hashed_header)
+            self._cache[path] = self._to_tensor(arena, offset, nbytes, path, device)
+        self.total_bytes_read += load.bytes_read
+        self.read_bytes += load.bytes_read
+
+    @staticmethod
+    def _hash_value(htype: int, value: bytes):
+        if htype == HashType.CRC32:
+            return int.from_bytes(value, "little")
+        return value
+
+    def _to_tensor(self, arena, offset, nbytes, path, device) -> torch.Tensor:
+        entry = self._entries[path]
+        dtype, _ = self._dtypes[path]
+        if nbytes:
+            t = torch.from_numpy(arena[offset : offset + nbytes]).view(dtype).reshape(entry.shape)
+        else:
+            t = torch.empty(entry.shape, dtype=dtype)
+        if self._dtype is not None and t.dtype != torch.bool and t.dtype != self._dtype:
+            if not self._cast_only_floating or t.is_floating_point():
+                t = t.to(device=device, dtype=self._dtype)
+        if t.device != device:
+            t = t.to(device)
+        return torch.nn.Parameter(
+            t, requires_grad=t.dtype.is_floating_point or t.dtype.is_complex
+        )
+
+    def _get(self, path, verify_hash=None) -> torch.Tensor:
+        if path not in self._cache:
+            self._load([path], verify_hash)
+        return self._cache[path]
+
+    # --- Mapping ----------------------------------------------------------
+
+    def __getitem__(self, key):
+        node = self._structure[key]
+        if _paths.is_leaf(node):
+            return self._get(node.value)
+        self._load(list(_paths.leaves(node)), None)
+        return _paths.build(node, self._get, as_proxy=True)
+
+    def __iter__(self) -> Iterator:
+        return iter(self._structure)
+
+    def __len__(self) -> int:
+        return len(self._structure)
+
+    def __contains__(self, key) -> bool:
+        return key in self._structure
+
+    def keys(self):
+        return self._structure.keys()
+
+    def tree(self, prefix=None, *, default=None, filter_func: Optional[FilterFuncType] = None):
+        if prefix is None:
+            prefix = ()
+        elif isinstance(prefix, (str, bytes, int)) or not isinstance(
+            prefix, collections.abc.Sequence
+        ):
+            raise TypeError("prefix must be a sequence of keys (e.g. a tuple)")
+        node = self._structure
+        for part in prefix:
+            if _paths.is_leaf(node) or part not in node:
+                return default
+            node = node[part]
+        if _paths.is_leaf(node):
+            return self._get(node.value)
+        paths = [
+            p for p in _paths.leaves(node) if filter_func is None or filter_func(_paths.normalize(p))
+        ]
+        if not paths:
+            return default
+        keep = set(paths)
+        pruned = _prune(node, keep)
+        self._load(paths, None)
+        return _paths.build(pruned, self._get, as_proxy=False)
+
+    # --- iteration APIs ---------------------------------------------------
+
+    def _iter_paths(self, filter_func, num_tensors):
+        if num_tensors != -1 and (not isinstance(num_tensors, int) or num_tensors < 0):
+            raise ValueError("num_tensors must be -1 or a non-negative int")
+        start = 0 if self._last_yielded is None else self._last_yielded + 1
+        count = 0
+        for i in range(start, len(self._order)):
+            if num_tensors != -1 and count >= num_tensors:
+                return
+            path = self._order[i]
+            if filter_func is not None and not filter_func(_paths.normalize(path)):
+                continue
+            self._last_yielded = i
+            count += 1
+            yield path
+
+    def read_tensors(
+        self,
+        filter_func: Optional[FilterFuncType] = None,
+        num_tensors: int = -1,
+        verify_hash: Optional[bool] = None,
+    ) -> Iterator[Tuple[int, int, Any, torch.Tensor]]:
+        paths = list(self._iter_paths(filter_func, num_tensors))
+        self._load(paths, verify_hash)
+        for path in paths:
+            entry = self._entries[path]
+            yield (
+                self._loaded_info[path][0],
+                entry.type,
+                _paths.normalize(path),
+                self._cache[path],
+            )
+
+    def read_numpy_arrays(
+        self,
+        filter_func: Optional[FilterFuncType] = None,
+        num_tensors: int = -1,
+        allow_raw_data: bool = False,
+        verify_hash: Optional[bool] = None,
+    ):
+        if self._device.type != "cpu":
+            raise RuntimeError("read_numpy_arrays is only supported for device='cpu'")
+        paths = list(self._iter_paths(filter_func, num_tensors))
+        for path in paths:
+            entry = self._entries[path]
+            if self._dtypes[path][1] and not allow_raw_data:
+                raise ValueError(
+                    f"{_paths.display(path)!r} has an opaque dtype ({self._dtypes[path][0]})"
+                    " with no numpy equivalent; pass allow_raw_data=True to read it"
+                    " as raw integers"
+                )
+        self._load(paths, verify_hash)
+        for path in paths:
+            entry = self._entries[path]
+            t = self._cache[path].detach()
+            dtype, opaque = self._dtypes[path]
+            raw = t.reshape(-1).view(torch.uint8).numpy()
+            arr = raw.view(np.dtype(numpy_dtype_for(entry.dtype))).reshape(entry.shape)
+            yield (
+                self._loaded_info[path][0],
+                entry.type,
+                _paths.normalize(path),
+                arr,
+                opaque,
+                str(dtype) if opaque else None,
+            )
+
+    # --- modules ----------------------------------------------------------
+
+    def load_into_module(
+        self,
+        m: torch.nn.Module,
+        filter_func: Optional[FilterFuncType] = None,
+        verify_hash: Optional[bool] = None,
+    ) -> int:
+        modules = dict(m.named_modules())
+        paths = []
+        for path, entry in self._entries.items():
+            name = _paths.normalize(path)
+            if filter_func is not None and not filter_func(name):
+                continue
+            if entry.type == TensorType.STATE_DICT or not isinstance(name, str):
+                raise NotImplementedError(
+                    "This was serialized with write_state_dict or write_tensor as a"
+                    " state_dict entry; use the TensorDeserializer directly as a"
+                    " state_dict mapping instead of load_into_module"
+                )
+            paths.append(path)
+        self._load(paths, verify_hash)
+        for path in paths:
+            module_name, _, attr = path[0].rpartition(".")
+            module = modules[module_name]
+            tensor = self._cache[path]
+            if self._entries[path].type == TensorType.PARAM:
+                module.register_parameter(attr, tensor)
+            else:
+                persistent = attr not in getattr(module, "_non_persistent_buffers_set", ())
+                module.register_buffer(attr, tensor, persistent=persistent)
+        self._close_source()
+        return len(paths)
+
+    def verify_module(self, m: torch.nn.Module) -> Tuple[bool, List[Tuple[str, bool]]]:
+        tensors: Dict[str, torch.Tensor] = dict(m.state_dict())
+        tensors.update(m.named_buffers())
+        results = []
+        for path, entry in self._entries.items():
+            name = _paths.normalize(path)
+            key = name[1:] if isinstance(name, str) and name.startswith(".") else name
+            tensor = tensors.get(key, tensors.get(name))
+            if tensor is None:
+                results.append((name, False))
+                continue
+            if path not in self._loaded_info:
+                raise RuntimeError(
+                    f"No hashes found in metadata for {name}. This is usually caused"
+                    " by a TensorDeserializer that was instantiated with"
+                    " lazy_load=True, and not loaded into a module before calling"
+                    " this."
+                )
+            results.append((name, self._hashes_match(path, tensor)))
+        return all(ok for _, ok in results), results
+
+    def _hashes_match(self, path, tensor: torch.Tensor) -> bool:
+        entry = self._entries[path]
+        data, _ = _byte_view(tensor)
+        if data is None or dtype_to_str(tensor.dtype) != entry.dtype:
+            return False
+        if tuple(tensor.shape) != entry.shape:
+            return False
+        if entry.data_length == 0:
+            data = data[:0]
+        crc, sha = _core.tensor_hashes(self._loaded_info[path][1], data)
+        for h in entry.hashes or ():
+            if h.type == HashType.CRC32 and h.hash != crc:
+                return False
+            if h.type == HashType.SHA256 and h.hash != sha:
+                return False
+        return True
+
+    @property
+    def cache_status(self) -> Optional[str]:
+        return None
+
+
+def _prune(node, keep):
+    if _paths.is_leaf(node):
+        return node if node.value in keep else None
+    out = {}
+    for k, v in node.items():
+        pv = _prune(v, keep)
+        if pv is not None and (_paths.is_leaf(pv) or pv):
+            out[k] = pv
+    return out
+
+
+# Keep names importable from where tensorizer users find them.
+_ = (OPAQUE_DTYPE_SEP, typing, types)
