@@ -51,9 +51,21 @@ class Arena {
 // bytes (what tensorizer files need), a second only for a larger index.
 Result<Index> ReadIndex(const Source& source);
 
+// Which stored hashes a load checks.
+enum class HashCheck : uint8_t {
+  kNone,
+  // CRC32 where the file stores one (every unencrypted tensor), else
+  // SHA-256. CRC32 runs at memory speed; it catches accidental corruption,
+  // which is all either hash can catch, as the file does not authenticate
+  // its hashes.
+  kFast,
+  // Every stored hash, as tensorizer does; SHA-256 bounds the throughput.
+  kAll,
+};
+
 struct LoadOptions {
   int num_threads = 0;               // 0: one per available core
-  bool verify_hash = false;
+  HashCheck verify = HashCheck::kNone;
   uint64_t chunk_bytes = 16ull << 20;
   bool huge_pages = true;
 };

@@ -14,6 +14,7 @@
 #include <nanobind/stl/unique_ptr.h>
 #include <nanobind/stl/vector.h>
 
+#include <algorithm>
 #include <memory>
 #include <string>
 #include <vector>
@@ -84,10 +85,11 @@ class PyReader {
     return out;
   }
 
-  std::unique_ptr<Load> StartLoad(const std::vector<size_t>& selected, bool verify_hash,
+  // verify: 0 none, 1 fast (CRC32 where stored), 2 all stored hashes.
+  std::unique_ptr<Load> StartLoad(const std::vector<size_t>& selected, int verify,
                                   int num_threads, uint64_t chunk_bytes, bool huge_pages) {
     LoadOptions o;
-    o.verify_hash = verify_hash;
+    o.verify = static_cast<HashCheck>(std::clamp(verify, 0, 2));
     o.num_threads = num_threads;
     o.chunk_bytes = chunk_bytes;
     o.huge_pages = huge_pages;
@@ -220,7 +222,7 @@ NB_MODULE(_core, m) {
                    [](const PyReader& r) { return r.index().header.has_crypt_info(); })
       .def_prop_ro("prefix_length", [](const PyReader& r) { return r.index().prefix_length(); })
       .def("entries", &PyReader::entries)
-      .def("start_load", &PyReader::StartLoad, "selected"_a, "verify_hash"_a = false,
+      .def("start_load", &PyReader::StartLoad, "selected"_a, "verify"_a = 0,
            "num_threads"_a = 0, "chunk_bytes"_a = 16ull << 20, "huge_pages"_a = true);
 
   nb::class_<Load>(m, "Load")

@@ -132,6 +132,16 @@ def _not_supported_encryption():
     )
 
 
+def _hash_check(verify_hash) -> int:
+    """Engine hash policy: 0 none; 1 CRC32 where stored (else SHA-256), at
+    memory speed; 2 every stored hash, as tensorizer checks them."""
+    if isinstance(verify_hash, str):
+        if verify_hash.lower() == "all":
+            return 2
+        raise ValueError(f"verify_hash must be a bool or 'all', got {verify_hash!r}")
+    return 1 if verify_hash else 0
+
+
 def _cpu_count(limit: Optional[int]) -> int:
     if limit is not None:
         return limit
@@ -435,8 +445,14 @@ class TensorDeserializer(
     zero-copy view on it for CPU loads. lazy_load=True loads each tensor on
     first access, in any order.
 
-    cast_only_floating (an extension): with dtype=..., cast only floating
-    point tensors, leaving integer, complex and bool tensors as stored.
+    Extensions beyond tensorizer 2.12:
+
+    - cast_only_floating: with dtype=..., cast only floating-point tensors,
+      leaving integer, complex and bool tensors as stored (tensorizer #206).
+    - verify_hash=True checks each tensor's CRC32 (SHA-256 where no CRC32 is
+      stored), which runs at memory speed; verify_hash="all" also checks
+      SHA-256, as tensorizer does, at about 2 GB/s per core. The file does not
+      authenticate its hashes, so both guard against corruption, not forgery.
     """
 
     def __init__(
@@ -642,7 +658,7 @@ class TensorDeserializer(
             raise RuntimeError("TensorDeserializer is closed; its file is no longer open")
         load = self._reader.start_load(
             [self._entry_index[p] for p in todo],
-            verify_hash=bool(verify),
+            verify=_hash_check(verify),
             num_threads=self._num_threads,
         )
         arena = load.arena()

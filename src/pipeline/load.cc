@@ -131,7 +131,8 @@ struct Load::State {
     TensorState& ts = tensors[t];
     const TensorEntry& e = index->entries[plan.tensors[t].entry];
     uint32_t crc = ts.hasher->crc32();
-    std::string sha = ts.hasher->FinishSha256();
+    const bool checked_sha = ts.hasher->with_sha256();
+    std::string sha = checked_sha ? ts.hasher->FinishSha256() : std::string();
     ts.hasher.reset();
     for (const StoredHash& h : ts.header.hashes) {
       if (h.type == HashType::kCrc32) {
@@ -146,7 +147,7 @@ struct Load::State {
       }
     }
     for (const StoredHash& h : ts.header.hashes) {
-      if (h.type == HashType::kSha256 && h.value != sha) {
+      if (checked_sha && h.type == HashType::kSha256 && h.value != sha) {
         return Status::HashMismatch("Tensor '" + DisplayName(e.name) + "' in " + source->uri() +
                                     " failed SHA256 verification. Expected " +
                                     HexBytes(h.value) + ", got " + HexBytes(sha) + ".");
@@ -171,8 +172,11 @@ struct Load::State {
       return Status::Cryptography("tensor '" + DisplayName(e.name) + "' in " + source->uri() +
                                   " is encrypted, and decryption is not supported yet");
     }
-    if (options.verify_hash) {
-      ts.hasher = std::make_unique<internal::TensorHasher>();
+    if (options.verify != HashCheck::kNone) {
+      bool has_crc = false;
+      for (const StoredHash& sh : ts.header.hashes) has_crc |= sh.type == HashType::kCrc32;
+      ts.hasher = std::make_unique<internal::TensorHasher>(options.verify == HashCheck::kAll ||
+                                                           !has_crc);
       std::string hashed = HashedHeaderBytes(p, ts.header);
       ts.hasher->Update(hashed.data(), hashed.size());
       if (e.data_length == 0) return FinishHashes(t);
@@ -196,7 +200,7 @@ struct Load::State {
       const ReadSegment& seg = plan.segments[op.first_segment + s];
       if (seg.header) {
         TZR_RETURN_IF_ERROR(OnHeader(seg.tensor));
-      } else if (options.verify_hash) {
+      } else if (options.verify != HashCheck::kNone) {
         TensorState& ts = tensors[seg.tensor];
         ts.hasher->Update(arena->data() + seg.dst_offset, seg.length);
         ts.data_hashed += seg.length;
@@ -247,7 +251,10 @@ Result<std::unique_ptr<Load>> Load::Start(std::shared_ptr<const Source> source,
   auto st = std::make_unique<State>();
   PlanOptions po;
   po.chunk_bytes = options.chunk_bytes;
-  po.verify_hash = options.verify_hash;
+  po.verify_hash = options.verify != HashCheck::kNone;
+  // Verification hashes each piece right after reading it; pieces that fit
+  // in L2 are still there when hashed.
+  if (po.verify_hash) po.chunk_bytes = std::min<uint64_t>(po.chunk_bytes, 2ull << 20);
   auto plan = MakeLoadPlan(*index, selected, po);
   if (!plan.ok()) return plan.status().WithContext("planning load of " + source->uri());
   st->plan = std::move(plan).value();

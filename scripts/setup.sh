@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# Sets up a fresh Debian machine: system packages, pinned Python packages,
+# our package (C++ engine + Python API, built by `pip install .`), and the
+# reference tensorizer 2.12.1 in its own virtual environment (.venv-ref; it
+# has the same import name, so it cannot share site-packages with ours).
+# Idempotent: re-running only rebuilds what changed.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+APT_PACKAGES=(g++ ninja-build libssl-dev zlib1g-dev libisal-dev libgtest-dev clang libclang-rt-14-dev)
+missing=()
+for p in "${APT_PACKAGES[@]}"; do
+  dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "== apt-get install ${missing[*]}"
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+fi
+
+echo "== pip install (pinned test requirements)"
+python3 -m pip install -q -r requirements-test.txt 2>&1 | grep -v -E "^WARNING: (Running pip|Location)" || true
+
+echo "== pip install . (C++ engine + Python package)"
+python3 -m pip install -q --no-build-isolation . 2>&1 | grep -v -E "^WARNING: (Running pip|Location)" || true
+python3 -c "import tensorizer, tensorizer._core; print('tensorizer installed at', tensorizer.__file__)"
+
+if [ ! -x .venv-ref/bin/python ] || ! .venv-ref/bin/python -c "import tensorizer, sys; sys.exit(tensorizer.__version__ != '2.12.1')" 2>/dev/null; then
+  echo "== reference tensorizer 2.12.1 in .venv-ref"
+  python3 -m venv --system-site-packages .venv-ref
+  .venv-ref/bin/python -m pip install -q tensorizer==2.12.1 2>&1 | grep -v -E "^WARNING: (Running pip|Location)" || true
+fi
+.venv-ref/bin/python -c "import tensorizer; print('reference tensorizer', tensorizer.__version__, 'at', tensorizer.__file__)"

@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# Sets everything up, then runs all the tests: the C++ unit tests (CTest),
+# a C++ program built against the installed package (find_package), and the
+# Python suite (pytest).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup.sh
+
+echo "== C++ unit tests"
+cmake -S . -B build/cpp -G Ninja -DCMAKE_INSTALL_PREFIX="$PWD/build/install" >/dev/null
+ninja -C build/cpp >/dev/null
+ctest --test-dir build/cpp --output-on-failure -j2
+
+echo "== C++ package: install, then build a consumer with find_package(tensorizer)"
+cmake --install build/cpp >/dev/null
+cmake -S examples/cpp -B build/consumer -G Ninja -DCMAKE_PREFIX_PATH="$PWD/build/install" >/dev/null
+ninja -C build/consumer >/dev/null
+python3 - <<'PY'
+import torch, tensorizer
+s = tensorizer.TensorSerializer("build/consumer/check.tensors")
+s.write_state_dict({"w": torch.arange(1000, dtype=torch.float32), "b": torch.ones(3, dtype=torch.bfloat16)})
+s.close()
+PY
+build/consumer/load_file build/consumer/check.tensors
+
+echo "== Python tests"
+set +e
+python3 -m pytest -q tests "$@"
+rc=$?
+set -e
+if [ $rc -eq 5 ]; then
+  echo "pytest collected no tests: treating that as a failure" >&2
+  exit 1
+fi
+exit $rc
