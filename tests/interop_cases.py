@@ -33,6 +33,20 @@ dtype coverage (probed against the reference with torch 2.13):
   back (research §1.10: it feeds ``'<V2\\x00torch.bfloat16'`` to numpy).  Those
   cases have ``ref_reads=False``: we check our reader against the payload
   and our writer's bytes against the reference's, never the reference reader.
+* Tensor names exclude "": the reference writes it, then refuses to read the
+  file ("Invalid empty tensor path").
+
+Reference behaviours the summaries pin down (a drop-in must match them, or
+the project must decide to diverge and mark the tests):
+
+* A filter that removes every leaf under a top-level branch leaves that
+  branch's key visible, as an empty mapping.
+* load_into_module registers buffers with register_buffer's default, so
+  non-persistent buffers come back persistent (they join state_dict()).
+* Root-module tensors are stored as ".name": verify_module reports them as
+  failures (twice each), and write_module(include_non_persistent_buffers=
+  False) drops every root buffer, persistent or not.  InteropNet has a
+  root_tensors=False variant so the rest stays testable without these.
 """
 
 from __future__ import annotations
@@ -447,20 +461,27 @@ class InteropBlock(nn.Module):
 
 
 class InteropNet(nn.Module):
-    """Root parameters and buffers (stored with a leading dot), a ModuleList,
-    persistent and non-persistent buffers, a frozen integer parameter, a
-    tied weight and, optionally, a meta parameter and a bfloat16 parameter."""
+    """A ModuleList, persistent and non-persistent buffers, a tied weight and,
+    optionally, root parameters and buffers (stored with a leading dot: the
+    reference mishandles them in verify_module and drops root buffers when
+    include_non_persistent_buffers=False, so the suite also has modules
+    without them), a meta parameter, a meta buffer and a bfloat16 parameter."""
 
-    def __init__(self, *, seed: str, with_meta: bool):
+    def __init__(self, *, seed: str, with_meta: bool, root_tensors: bool = True):
         super().__init__()
-        self.w = nn.Parameter(torch.empty(4, 6))
-        self.register_buffer("buf", torch.empty(6))
-        self.register_buffer("mask", torch.empty(6, dtype=torch.bool), persistent=False)
+        if root_tensors:
+            self.w = nn.Parameter(torch.empty(4, 6))
+            self.register_buffer("buf", torch.empty(6))
+            self.register_buffer(
+                "mask", torch.empty(6, dtype=torch.bool), persistent=False
+            )
+            self.ids = nn.Parameter(
+                torch.empty(3, dtype=torch.int32), requires_grad=False
+            )
         self.blocks = nn.ModuleList([InteropBlock(6), InteropBlock(6)])
         self.head = nn.Linear(6, 3, bias=False)
         self.tied = nn.Linear(6, 3, bias=False)
         self.tied.weight = self.head.weight
-        self.ids = nn.Parameter(torch.empty(3, dtype=torch.int32), requires_grad=False)
         if with_meta:
             self.ghost = nn.Parameter(torch.empty(5, 6, device="meta"))
             self.bf16 = nn.Parameter(torch.empty(2, 3, dtype=torch.bfloat16))
@@ -471,10 +492,10 @@ class InteropNet(nn.Module):
                     tensor.copy_(filled(f"{seed}:{name}", tensor.dtype, tensor.shape))
 
 
-def _module_writer(with_meta: bool, include_non_persistent_buffers: bool | None):
+def _module_writer(shape: dict, include_non_persistent_buffers: bool | None):
     def write(tz: ModuleType, path: str) -> None:
         serializer = tz.TensorSerializer(path)
-        module = InteropNet(seed="source", with_meta=with_meta)
+        module = InteropNet(seed="source", **shape)
         if include_non_persistent_buffers is None:
             serializer.write_module(module)
         else:
@@ -486,19 +507,31 @@ def _module_writer(with_meta: bool, include_non_persistent_buffers: bool | None)
     return write
 
 
-def _module_case(name: str, *, with_meta: bool, include_npb: bool | None, version: int):
+def _module_case(
+    name: str,
+    *,
+    include_npb: bool | None,
+    version: int,
+    with_meta: bool = False,
+    root_tensors: bool = True,
+):
+    shape = {"with_meta": with_meta, "root_tensors": root_tensors}
     return Case(
         name=name,
-        write=_module_writer(with_meta, include_npb),
+        write=_module_writer(shape, include_npb),
         version=version,
         kind="module",
         options=FULL_OPTIONS
         + (
             LoadOptions(lazy_load=True, filter_prefix="blocks"),
-            LoadOptions(lazy_load=False, num_readers=4, filter_prefix=".w"),
+            LoadOptions(
+                lazy_load=False,
+                num_readers=4,
+                filter_prefix=".w" if root_tensors else "head",
+            ),
         ),
-        target_module=lambda: InteropNet(seed="target", with_meta=with_meta),
-        source_module=lambda: InteropNet(seed="source", with_meta=with_meta),
+        target_module=lambda: InteropNet(seed="target", **shape),
+        source_module=lambda: InteropNet(seed="source", **shape),
     )
 
 
@@ -647,9 +680,14 @@ def _build_cases() -> list[Case]:
         _state_dict_case("names", names_payload, 1, options=FULL_OPTIONS),
         _state_dict_case("meta", meta_payload, 4, options=FULL_OPTIONS),
         _state_dict_case("meta_opaque", meta_opaque_payload, 4, ref_reads=False),
-        _module_case("module", with_meta=False, include_npb=None, version=1),
+        _module_case("module", include_npb=None, version=1),
+        _module_case("module_persistent_only", include_npb=False, version=1),
+        _module_case("module_no_root", include_npb=True, version=1, root_tensors=False),
         _module_case(
-            "module_persistent_only", with_meta=False, include_npb=False, version=1
+            "module_no_root_persistent_only",
+            include_npb=False,
+            version=1,
+            root_tensors=False,
         ),
         _module_case("module_meta", with_meta=True, include_npb=True, version=4),
         _module_case(
