@@ -98,6 +98,9 @@ class PathRegistry:
                 node = child
 
     def filter(self, keep) -> None:
+        """Drops filtered-out leaves. Branches left empty stay, as in
+        tensorizer, so the top-level keys do not depend on the filter."""
+
         def prune(node):
             for k in list(node):
                 v = node[k]
@@ -106,8 +109,6 @@ class PathRegistry:
                         del node[k]
                 else:
                     prune(v)
-                    if not v:
-                        del node[k]
 
         prune(self.root)
 
@@ -131,11 +132,21 @@ def leaves(node) -> Iterable[Any]:
         yield from leaves(v)
 
 
+def has_leaves(node) -> bool:
+    return any(True for _ in leaves(node))
+
+
 def build(node, value_of, as_proxy: bool):
-    """Turns a structure node into mappings (proxies) or dicts/lists."""
+    """Turns a structure node into mappings (proxies) or dicts/lists. Below
+    the top level, branches a filter left empty are omitted (as tensorizer
+    builds nested levels from the tensors it loaded)."""
     if isinstance(node, _Leaf):
         return value_of(node.value)
-    items = {k: build(v, value_of, as_proxy) for k, v in node.items()}
+    items = {
+        k: build(v, value_of, as_proxy)
+        for k, v in node.items()
+        if isinstance(v, _Leaf) or has_leaves(v)
+    }
     if as_proxy:
         return types.MappingProxyType(items)
     if items and isinstance(next(iter(items)), int):

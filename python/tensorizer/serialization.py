@@ -703,7 +703,10 @@ class TensorDeserializer(
     # --- Mapping ----------------------------------------------------------
 
     def __getitem__(self, key):
-        node = self._structure[key]
+        try:
+            node = self._structure[key]
+        except (KeyError, TypeError):
+            raise KeyError(f"Tensor {key} not found") from None
         if _paths.is_leaf(node):
             return self._get(node.value)
         self._load(list(_paths.leaves(node)), None)
