@@ -280,6 +280,15 @@ class TensorSerializer:
     def _write(self, specs) -> None:
         if self._writer is None or self._writer.closed:
             raise ValueError(f"TensorSerializer for {self.name} is closed")
+        try:
+            self._write_batches(specs)
+        except BaseException:
+            # A failed write call fails the whole save: remove the temporary
+            # file now rather than leave a file without the caller's tensors.
+            self._writer.abort()
+            raise
+
+    def _write_batches(self, specs) -> None:
         batch: List[tuple] = []
         owners: List[Any] = []
         callbacks: List[Callable[[], Any]] = []
@@ -529,11 +538,6 @@ class TensorDeserializer(
             raise CryptographyError(
                 "Tensor is encrypted, but decryption was not requested"
                 f" ({self._reader.uri})"
-            )
-        if self._reader.flags & 2 and version < LONG_TENSOR_TENSORIZER_VERSION:
-            raise ValueError(
-                f"Invalid feature flag present in file header of {self._reader.uri}"
-                f" for a file with version {version}"
             )
         self.total_file_bytes = self._reader.tensor_size
         self.total_bytes_read = self._reader.prefix_length

@@ -132,6 +132,10 @@ Result<FileHeader> ParseFileHeader(const uint8_t* data, size_t size, uint64_t fi
       return Status::Unsupported("unsupported feature flags in file header");
     }
     h.flags = flag_words[0];
+    if ((h.flags & kFlagVersionedMetadata) && h.version < kVersionLongShape) {
+      return Status::FormatError("invalid feature flag: versioned metadata in a data version " +
+                                 std::to_string(h.version) + " file");
+    }
   }
   if (h.metadata_length > file_size - kMetadataStart) {
     return Status::FormatError("metadata block of " + Hex(h.metadata_length) +

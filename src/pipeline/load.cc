@@ -199,7 +199,7 @@ struct Load::State {
     for (uint32_t s = 0; s < op.segment_count; ++s) {
       const ReadSegment& seg = plan.segments[op.first_segment + s];
       if (seg.header) {
-        TZR_RETURN_IF_ERROR(OnHeader(seg.tensor));
+        TZR_RETURN_IF_ERROR(OnHeader(seg.tensor).WithContext("reading " + source->uri()));
       } else if (options.verify != HashCheck::kNone) {
         TensorState& ts = tensors[seg.tensor];
         ts.hasher->Update(arena->data() + seg.dst_offset, seg.length);
