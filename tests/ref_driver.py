@@ -13,7 +13,8 @@ one that has our package.  Commands:
     batch JOBS OUT
         Run a JSON list of jobs in one interpreter (torch import is slow):
         {"op": "write", "case": ..., "path": ...} or
-        {"op": "dump", "case": ..., "path": ..., "options": {...}}.
+        {"op": "dump", "case": ..., "path": ..., "options": {...}} or
+        {"op": "write_encrypted", "path": ...} (see write_encrypted).
         OUT receives a pickle {"tensorizer": {...}, "results": [...]} where a
         write result is None or an error record, a dump result a summary.
 
@@ -51,6 +52,34 @@ def write_case(case_name: str, path: str):
     return None
 
 
+def write_encrypted(path: str) -> dict:
+    """Write interop_cases.encrypted_payload() encrypted with a random key
+    and record how the reference itself reads the file back: without a key
+    (an error record plus its message) and with the key (read_tensors)."""
+    key = interop_cases.write_encrypted_random_key(tensorizer, path)
+
+    def read(encryption):
+        try:
+            d = tensorizer.TensorDeserializer(
+                path, device="cpu", lazy_load=True, encryption=encryption
+            )
+            try:
+                return [
+                    (int(i), int(t), name, interop_cases.describe_tensor(x))
+                    for i, t, name, x in d.read_tensors()
+                ]
+            finally:
+                d.close()
+        except Exception as exc:  # noqa: BLE001 - reported to the test
+            return interop_cases.error_record(exc) + (str(exc),)
+
+    return {
+        "key": key,
+        "without_key": read(None),
+        "with_key": read(tensorizer.DecryptionParams.from_key(key)),
+    }
+
+
 def dump(path: str, case_name: str | None, options: dict) -> dict:
     case = (
         interop_cases.CASES_BY_NAME[case_name]
@@ -67,6 +96,8 @@ def run_job(job: dict):
         return write_case(job["case"], job["path"])
     if job["op"] == "dump":
         return dump(job["path"], job.get("case"), job.get("options", {}))
+    if job["op"] == "write_encrypted":
+        return write_encrypted(job["path"])
     raise ValueError(f"unknown op {job['op']!r}")
 
 
