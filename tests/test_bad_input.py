@@ -158,3 +158,44 @@ def test_stored_hash_corrupted(tmp_path, good):
     sha_at = len(good) - 8 - 12 * 4 - 8 - 32
     data[sha_at] ^= 0xFF
     expect_error(tmp_path, data, "SHA256", HashMismatchError, verify_hash="all")
+
+
+def _with_first_name(good, name: bytes):
+    """Rewrites the first tensor's name (same length) in index and header."""
+    data = bytearray(good)
+    assert len(name) == 5
+    data[FIRST_ENTRY_AT + 2 : FIRST_ENTRY_AT + 7] = name
+    at = FIRST_HEADER_AT + 8 + 2 + 1 + 2
+    data[at : at + 5] = name
+    return data
+
+
+@pytest.mark.parametrize(
+    "name", [b"\x1e[1.5]", b"\x1e{}xx", b"\x1e[-1]", b"\x1e[{}]", b"\x1e[\n]"]
+)
+def test_malformed_structured_names(tmp_path, good, name):
+    name = (name + b"     ")[:5] if len(name) < 5 else name[:5]
+    if not name.endswith(b"]"):
+        name = name[:4] + b"]"
+    expect_error(tmp_path, _with_first_name(good, name), "entry 0")
+
+
+def test_opaque_dtype_with_the_wrong_width(tmp_path):
+    path = tmp_path / "w.tensors"
+    s = TensorSerializer(path)
+    s.write_state_dict({"x": torch.ones(2, dtype=torch.bfloat16)})
+    s.write_state_dict({"m": torch.empty(2, dtype=torch.bfloat16, device="meta")})
+    s.close()
+    data = path.read_bytes()
+    # Stored data no longer matches dtype x shape: caught by the index check.
+    expect_error(tmp_path, data.replace(b"<V2\x00torch.bfloat16", b"<V4\x00torch.bfloat16", 1),
+                 "need 8")
+    # A meta tensor has no data to compare: caught by the dtype width check.
+    first = data.index(b"<V2\x00torch.bfloat16")
+    second = data.index(b"<V2\x00torch.bfloat16", first + 1)
+    meta = data[:second] + b"<V4" + data[second + 3 :]
+    expect_error(tmp_path, meta, "wrong width")
+
+
+def test_unknown_flag_bits_rejected_in_any_version(tmp_path, good):
+    expect_error(tmp_path, patch(good, FLAGS_AT, "<Q", 1 << 9), "feature flags")

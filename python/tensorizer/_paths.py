@@ -24,29 +24,35 @@ def encode_path(path: Path) -> bytes:
 
 
 def decode_name(raw: bytes) -> Path:
-    """The path a stored name encodes; names that are not valid JSON paths
-    are plain strings, as in tensorizer."""
-    if (
-        len(raw) >= 3
-        and raw[0] == _RS
-        and raw[1:2] == b"["
-        and raw[-1:] == b"]"
-        and b"\n" not in raw
-        and b"\r" not in raw
-    ):
-        try:
-            parts = json.loads(raw[1:].decode("utf-8"))
-        except (UnicodeDecodeError, ValueError):
-            parts = None
-        if (
-            isinstance(parts, list)
-            and parts
-            and all(
-                (isinstance(p, str) or (type(p) is int and p >= 0)) for p in parts
-            )
-        ):
-            return tuple(parts)
-    return (raw.decode("utf-8"),)
+    """The path a stored name encodes. A name that starts with 0x1E must be
+    a valid JSON path, as tensorizer requires; other names are UTF-8."""
+    if not raw:
+        raise ValueError("Invalid empty tensor path")
+    if raw[0] != _RS:
+        return (raw.decode("utf-8"),)
+    if len(raw) < 3 or raw[1:2] != b"[" or raw[-1:] != b"]":
+        raise ValueError("Invalid tensor path: non-array json-seq")
+    if b"\n" in raw or b"\r" in raw:
+        raise ValueError("Illegal newline in json-seq")
+
+    def invalid(value):
+        raise ValueError(f"Invalid tensor path component: {value!r}")
+
+    try:
+        parts = json.loads(
+            raw[1:].decode("utf-8"),
+            object_hook=invalid,
+            parse_float=invalid,
+            parse_constant=invalid,
+        )
+    except RecursionError as e:
+        raise ValueError("Cannot deserialize tensor path due to excessive nesting") from e
+    if not isinstance(parts, list) or not parts:
+        raise ValueError("Invalid tensor path: expected a non-empty array")
+    for p in parts:
+        if not (isinstance(p, str) or (type(p) is int and p >= 0)):
+            raise ValueError(f"Invalid tensor path component: {p!r}")
+    return tuple(parts)
 
 
 def normalize(path: Path) -> Union[str, Path]:

@@ -23,7 +23,7 @@ import torch
 
 from . import _core, _paths, stream_io, utils
 from ._dtypes import OPAQUE_DTYPE_SEP, dtype_to_str, numpy_dtype_for, str_to_dtype
-from ._errors import CryptographyError, HashMismatchError
+from ._errors import CryptographyError, HashMismatchError, TensorizerFormatError
 
 __all__ = [
     "TensorSerializer",
@@ -130,6 +130,17 @@ def _not_supported_encryption():
     return CryptographyError(
         "Encrypted .tensors files are not supported by this release yet"
     )
+
+
+def _checked_dtype(dtype_str: str, shape, data_length: int) -> Tuple[torch.dtype, bool]:
+    """The torch dtype of a stored dtype string, checking that an opaque
+    dtype's stored width matches the torch type it names."""
+    dtype, opaque = str_to_dtype(dtype_str)
+    if opaque:
+        width = np.dtype(numpy_dtype_for(dtype_str)).itemsize
+        if width != torch.empty((), dtype=dtype, device="meta").element_size():
+            raise ValueError(f"dtype string {dtype_str!r} has the wrong width for {dtype}")
+    return dtype, opaque
 
 
 def _hash_check(verify_hash) -> int:
@@ -359,7 +370,13 @@ class TensorSerializer:
             path = tuple(name)
         else:
             raise TypeError(f"Tensor name must be a str, got {type(name).__name__}")
-        self._write([self._WriteSpec(idx, path, TensorType(tensor_type), tensor)])
+        tensor_type = TensorType(tensor_type)
+        if tensor_type != TensorType.STATE_DICT and not isinstance(_paths.normalize(path), str):
+            raise ValueError(
+                "Structured tensor names are only valid for TensorType.STATE_DICT"
+                " (tensorizer refuses to read them for parameters and buffers)"
+            )
+        self._write([self._WriteSpec(idx, path, tensor_type, tensor)])
 
     def write_module(
         self,
@@ -550,15 +567,22 @@ class TensorDeserializer(
         for i, (name, ttype, dtype_b, shape, hoff, doff, dlen, mver) in enumerate(
             self._reader.entries()
         ):
-            path = _paths.decode_name(name)
-            registry.add(path, path)
-            dtype_str = dtype_b.decode("utf-8")
-            if ttype != TensorType.STATE_DICT and len(path) > 1:
-                raise ValueError(
-                    f"{self._reader.uri}: tensor {_paths.display(path)!r} has a"
-                    " structured name but is not a state_dict entry"
-                )
-            self._dtypes[path] = str_to_dtype(dtype_str)
+            try:
+                path = _paths.decode_name(name)
+                registry.add(path, path)
+                dtype_str = dtype_b.decode("utf-8")
+                if ttype != TensorType.STATE_DICT and not isinstance(
+                    _paths.normalize(path), str
+                ):
+                    raise ValueError(
+                        f"tensor {_paths.display(path)!r} has a structured name"
+                        " but is not a state_dict entry"
+                    )
+                self._dtypes[path] = _checked_dtype(dtype_str, shape, dlen)
+            except (ValueError, UnicodeDecodeError) as e:
+                raise TensorizerFormatError(
+                    f"reading the index of {self._reader.uri}: entry {i}: {e}"
+                ) from None
             self._entries[path] = TensorEntry(
                 name=_paths.normalize(path),
                 type=TensorType(ttype),

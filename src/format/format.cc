@@ -1,6 +1,8 @@
 #include "tensorizer/format.h"
 
 #include <algorithm>
+#include <cstdio>
+#include <cstring>
 #include <limits>
 
 #include "format/bytes.h"
@@ -20,7 +22,7 @@ bool MulOverflows(uint64_t a, uint64_t b, uint64_t* out) {
   return __builtin_mul_overflow(a, b, out);
 }
 
-std::string Hex(uint64_t v) {
+std::string Dec(uint64_t v) {
   char buf[32];
   snprintf(buf, sizeof buf, "%llu", static_cast<unsigned long long>(v));
   return buf;
@@ -67,6 +69,9 @@ Result<DtypeInfo> ParseDtype(std::string_view dtype) {
     return Status::FormatError("unsupported dtype '" + Printable(dtype) + "'");
   }
   if (info.kind == '?') {  // numpy's bool may be spelled "?"
+    if (i != base.size()) {
+      return Status::FormatError("unsupported dtype '" + Printable(dtype) + "'");
+    }
     info.kind = 'b';
     info.itemsize = 1;
     return info;
@@ -110,7 +115,7 @@ Result<FileHeader> ParseFileHeader(const uint8_t* data, size_t size, uint64_t fi
     return Status::FormatError("not a tensorizer file (bad magic)");
   }
   if (size < kMetadataStart || file_size < kMetadataStart) {
-    return Status::FormatError("file too small: " + Hex(file_size) +
+    return Status::FormatError("file too small: " + Dec(file_size) +
                                " bytes, ran out of data before reading a full header");
   }
   ByteReader r(data + kMagic.size(), size - kMagic.size());
@@ -126,25 +131,24 @@ Result<FileHeader> ParseFileHeader(const uint8_t* data, size_t size, uint64_t fi
   r.Skip(8);
   h.tensor_count = r.Read<uint64_t>();
   h.metadata_length = r.Read<uint64_t>();
-  // Files before version 4 have no flags; their 32 bytes are ignored there.
-  if (h.version >= kVersionMeta) {
-    if (flag_words[1] || flag_words[2] || flag_words[3] || (flag_words[0] & ~kKnownFlags)) {
-      return Status::Unsupported("unsupported feature flags in file header");
-    }
-    h.flags = flag_words[0];
-    if ((h.flags & kFlagVersionedMetadata) && h.version < kVersionLongShape) {
-      return Status::FormatError("invalid feature flag: versioned metadata in a data version " +
-                                 std::to_string(h.version) + " file");
-    }
+  // Writers leave the flag bytes zero before version 4; like tensorizer,
+  // reject unknown bits in any version.
+  if (flag_words[1] || flag_words[2] || flag_words[3] || (flag_words[0] & ~kKnownFlags)) {
+    return Status::Unsupported("unsupported feature flags in file header");
+  }
+  h.flags = flag_words[0];
+  if ((h.flags & kFlagVersionedMetadata) && h.version < kVersionLongShape) {
+    return Status::FormatError("invalid feature flag: versioned metadata in a data version " +
+                               std::to_string(h.version) + " file");
   }
   if (h.metadata_length > file_size - kMetadataStart) {
-    return Status::FormatError("metadata block of " + Hex(h.metadata_length) +
-                               " bytes extends past the end of the " + Hex(file_size) +
+    return Status::FormatError("metadata block of " + Dec(h.metadata_length) +
+                               " bytes extends past the end of the " + Dec(file_size) +
                                "-byte file");
   }
   if (h.tensor_count > h.metadata_length / kMinEntryBytes) {
-    return Status::FormatError("tensor count " + Hex(h.tensor_count) +
-                               " cannot fit in a metadata block of " + Hex(h.metadata_length) +
+    return Status::FormatError("tensor count " + Dec(h.tensor_count) +
+                               " cannot fit in a metadata block of " + Dec(h.metadata_length) +
                                " bytes");
   }
   return h;
@@ -203,20 +207,20 @@ Result<Index> ParseIndex(const uint8_t* data, size_t size, uint64_t file_size) {
     auto expected = ExpectedDataLength(e);
     if (!expected.ok()) return expected.status().WithContext(what);
     if (e.data_length != 0 && e.data_length != *expected) {
-      return Status::FormatError(what + " stores " + Hex(e.data_length) +
-                                 " data bytes but its dtype and shape need " + Hex(*expected));
+      return Status::FormatError(what + " stores " + Dec(e.data_length) +
+                                 " data bytes but its dtype and shape need " + Dec(*expected));
     }
     if (e.header_offset < prev_end || e.data_offset <= e.header_offset ||
         e.data_offset > file_size || e.data_length > file_size - e.data_offset) {
-      return Status::FormatError(what + " record [" + Hex(e.header_offset) + ", " +
-                                 Hex(e.data_offset) + "+" + Hex(e.data_length) +
-                                 ") lies outside the file (" + Hex(file_size) +
+      return Status::FormatError(what + " record [" + Dec(e.header_offset) + ", " +
+                                 Dec(e.data_offset) + "+" + Dec(e.data_length) +
+                                 ") lies outside the file (" + Dec(file_size) +
                                  " bytes) or overlaps the previous record");
     }
     // A header holds at least: size, module, type, name len, dtype len, ndim,
     // hash section header and data length.
     if (e.header_length() < 8 + 2 + 1 + 2 + 1 + 1 + 3 + 8) {
-      return Status::FormatError(what + " has a header of only " + Hex(e.header_length()) +
+      return Status::FormatError(what + " has a header of only " + Dec(e.header_length()) +
                                  " bytes");
     }
     prev_end = e.record_end();
@@ -231,8 +235,8 @@ Result<TensorHeader> ParseTensorHeader(const uint8_t* data, size_t size, bool lo
   TensorHeader h;
   h.header_size = r.Read<uint64_t>();
   if (!r.ok() || h.header_size != size) {
-    return Status::FormatError("tensor header size field (" + Hex(h.header_size) +
-                               ") disagrees with the index (" + Hex(size) + ")");
+    return Status::FormatError("tensor header size field (" + Dec(h.header_size) +
+                               ") disagrees with the index (" + Dec(size) + ")");
   }
   h.module_idx = r.Read<uint16_t>();
   uint8_t type = r.Read<uint8_t>();
@@ -287,7 +291,7 @@ Status CheckHeaderMatchesEntry(const TensorHeader& header, const TensorEntry& en
   if (header.name != entry.name || header.dtype != entry.dtype || header.shape != entry.shape ||
       header.type != entry.type || header.data_length < 0 ||
       static_cast<uint64_t>(header.data_length) != entry.data_length) {
-    return Status::FormatError("tensor header at byte " + Hex(entry.header_offset) +
+    return Status::FormatError("tensor header at byte " + Dec(entry.header_offset) +
                                " does not match its index entry '" + Printable(entry.name) + "'");
   }
   return Status::Ok();
