@@ -66,6 +66,7 @@ class Writer {
                                                 const WriterOptions& options);
   ~Writer();  // aborts unless closed
 
+  // Appends a batch. On any error the save is abandoned (as by Abort()).
   Status Write(const std::vector<TensorWrite>& tensors);
   // Finalizes and commits. After an error the writer is aborted instead.
   Status Close();
@@ -84,6 +85,7 @@ class Writer {
   };
   Writer(std::unique_ptr<Sink> sink, const WriterOptions& options)
       : sink_(std::move(sink)), options_(options) {}
+  Status WriteBatch(const std::vector<TensorWrite>& tensors);
   Status WriteTrailer();
 
   std::unique_ptr<Sink> sink_;

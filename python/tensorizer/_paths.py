@@ -17,6 +17,9 @@ _RS = 0x1E
 
 def encode_path(path: Path) -> bytes:
     if len(path) == 1 and isinstance(path[0], str):
+        if not path[0]:
+            # tensorizer writes b"" but then refuses to read the file.
+            raise ValueError("Invalid empty tensor name")
         return path[0].encode("utf-8")
     return b"\x1e" + json.dumps(
         list(path), ensure_ascii=True, separators=(",", ":")

@@ -69,6 +69,11 @@ Result<std::shared_ptr<Arena>> Arena::Allocate(uint64_t bytes, bool huge_pages) 
   // Map a little extra so the data can start on a 2 MiB boundary, which the
   // kernel needs before it backs the range with huge pages.
   const bool use_huge = huge_pages && bytes >= kHugePage;
+  // Beyond 2^62 no machine can map it; refusing early also keeps the
+  // rounding below from wrapping.
+  if (bytes > (uint64_t{1} << 62)) {
+    return Status::ResourceExhausted("cannot map a " + std::to_string(bytes) + "-byte arena");
+  }
   uint64_t map_bytes = std::max<uint64_t>(bytes, 1) + (use_huge ? kHugePage : 0);
   void* map = ::mmap(nullptr, map_bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS,
                      -1, 0);

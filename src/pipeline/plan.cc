@@ -6,7 +6,13 @@ namespace tensorizer {
 
 namespace {
 
-uint64_t AlignUp(uint64_t v, uint64_t a) { return (v + a - 1) / a * a; }
+// Rounds v up to a multiple of a (a power of two); false on overflow.
+bool AlignUp(uint64_t v, uint64_t a, uint64_t* out) {
+  uint64_t sum;
+  if (__builtin_add_overflow(v, a - 1, &sum)) return false;
+  *out = sum & ~(a - 1);
+  return true;
+}
 
 class PlanBuilder {
  public:
@@ -78,9 +84,9 @@ Result<LoadPlan> MakeLoadPlan(const Index& index, const std::vector<size_t>& sel
     } else {
       t.arena_bytes = entry.data_length;
     }
-    plan.arena_bytes = AlignUp(plan.arena_bytes, options.alignment_bytes);
-    t.arena_offset = plan.arena_bytes;
-    if (__builtin_add_overflow(plan.arena_bytes, t.arena_bytes, &plan.arena_bytes)) {
+    if (!AlignUp(plan.arena_bytes, options.alignment_bytes, &plan.arena_bytes) ||
+        (t.arena_offset = plan.arena_bytes,
+         __builtin_add_overflow(plan.arena_bytes, t.arena_bytes, &plan.arena_bytes))) {
       return Status::ResourceExhausted("selected tensors exceed the address space");
     }
     t.header_offset = plan.header_bytes;

@@ -50,6 +50,14 @@ Status Writer::WriteTrailer() {
 
 Status Writer::Write(const std::vector<TensorWrite>& tensors) {
   if (closed_) return Status::InvalidArgument("writing to " + sink_->uri() + " after close");
+  // A failed write fails the save: nothing is left under the target name,
+  // and Close() cannot commit a file without the caller's tensors.
+  Status st = WriteBatch(tensors);
+  if (!st.ok()) Abort();
+  return st;
+}
+
+Status Writer::WriteBatch(const std::vector<TensorWrite>& tensors) {
   // Lay out the batch and the new header without touching the file yet.
   FileHeader next = header_;
   std::vector<Record> batch;
@@ -66,6 +74,17 @@ Status Writer::Write(const std::vector<TensorWrite>& tensors) {
     r.spec.long_shape = NeedsLongShape(t.shape);
     auto dinfo = ParseDtype(t.dtype);
     if (!dinfo.ok()) return dinfo.status().WithContext("tensor '" + t.name + "'");
+    TensorEntry as_entry;
+    as_entry.dtype = t.dtype;
+    as_entry.shape = t.shape;
+    auto expected = ExpectedDataLength(as_entry);
+    if (!expected.ok()) return expected.status().WithContext("tensor '" + t.name + "'");
+    if (!t.meta && *expected != t.data_length) {
+      return Status::InvalidArgument("tensor '" + t.name + "' has " +
+                                     std::to_string(t.data_length) +
+                                     " data bytes but its dtype and shape need " +
+                                     std::to_string(*expected));
+    }
     if (!dinfo->opaque_name.empty()) next.version = std::max(next.version, kVersionOpaque);
     if (t.meta) next.version = std::max(next.version, kVersionMeta);
     if (r.spec.long_shape) {
@@ -161,12 +180,7 @@ Status Writer::Write(const std::vector<TensorWrite>& tensors) {
     for (Record& r : batch) records_.push_back(std::move(r));
     st = WriteTrailer();
   }
-  if (!st.ok()) {
-    // The destination is now inconsistent: drop it rather than leave a
-    // half-written file behind.
-    Abort();
-    return st;
-  }
+  if (!st.ok()) return st;  // Write() aborts: the destination is inconsistent
   broken_ = false;
   return Status::Ok();
 }

@@ -87,7 +87,7 @@ class MemorySource final : public Source {
   const std::string& uri() const override { return uri_; }
   Status ReadAt(uint64_t offset, void* dst, uint64_t length) const override {
     TZR_RETURN_IF_ERROR(CheckRange(*this, offset, length));
-    std::memcpy(dst, bytes_.data() + offset, length);
+    if (length > 0) std::memcpy(dst, bytes_.data() + offset, length);
     return Status::Ok();
   }
 
