@@ -25,9 +25,21 @@ echo "== pip install . (C++ engine + Python package)"
 python3 -m pip install -q --no-build-isolation . 2>&1 | grep -v -E "^WARNING: (Running pip|Location)" || true
 python3 -c "import tensorizer, tensorizer._core; print('tensorizer installed at', tensorizer.__file__)"
 
-if [ ! -x .venv-ref/bin/python ] || ! .venv-ref/bin/python -c "import tensorizer, sys; sys.exit(tensorizer.__version__ != '2.12.1')" 2>/dev/null; then
+# The reference must come from PyPI into the venv itself. Our package also
+# satisfies "tensorizer==2.12.1" (a local version label), and the venv sees
+# system site-packages, so pip would otherwise consider it installed.
+ref_ok() {
+  .venv-ref/bin/python - <<'PY' 2>/dev/null
+import os, sys, tensorizer
+inside = os.path.realpath(tensorizer.__file__).startswith(os.path.realpath(".venv-ref"))
+ours = os.path.exists(os.path.join(os.path.dirname(tensorizer.__file__), "_errors.py"))
+sys.exit(0 if inside and not ours and tensorizer.__version__ == "2.12.1" else 1)
+PY
+}
+if [ ! -x .venv-ref/bin/python ] || ! ref_ok; then
   echo "== reference tensorizer 2.12.1 in .venv-ref"
   python3 -m venv --system-site-packages .venv-ref
-  .venv-ref/bin/python -m pip install -q tensorizer==2.12.1 2>&1 | grep -v -E "^WARNING: (Running pip|Location)" || true
+  .venv-ref/bin/python -m pip install -q --ignore-installed tensorizer==2.12.1 2>&1 | grep -v -E "^WARNING: (Running pip|Location)" || true
+  ref_ok || { echo "could not install the reference tensorizer 2.12.1 into .venv-ref" >&2; exit 1; }
 fi
 .venv-ref/bin/python -c "import tensorizer; print('reference tensorizer', tensorizer.__version__, 'at', tensorizer.__file__)"

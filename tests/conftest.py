@@ -1,4 +1,5 @@
 import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -39,6 +40,25 @@ def ref_python() -> str:
             " tensorizer==2.12.1 at .venv-ref (python -m venv"
             " --system-site-packages .venv-ref && .venv-ref/bin/pip install"
             " tensorizer==2.12.1) or point TENSORIZER_REF_PYTHON at one",
+            pytrace=False,
+        )
+    # Our package also satisfies "tensorizer==2.12.1" and the venv sees
+    # system site-packages: make sure the venv really holds the reference.
+    probe = subprocess.run(
+        [
+            path,
+            "-c",
+            "import importlib.util as u, tensorizer;"
+            "print(tensorizer.__version__, u.find_spec('tensorizer._crypt_info') is not None,"
+            " u.find_spec('tensorizer._core') is None)",
+        ],
+        capture_output=True,
+        text=True,
+    )
+    if probe.stdout.split() != ["2.12.1", "True", "True"]:
+        pytest.fail(
+            f"{path} does not import the reference tensorizer 2.12.1"
+            f" (got {probe.stdout.strip() or probe.stderr.strip()!r})",
             pytrace=False,
         )
     return path

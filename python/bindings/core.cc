@@ -246,6 +246,16 @@ NB_MODULE(_core, m) {
              Check(st);
            })
       .def("arena", &ArenaView)
+      // Where each tensor's bytes will be, known before they arrive, so the
+      // caller can build its views while the workers read.
+      .def("layout",
+           [](const Load& l) {
+             nb::list out;
+             for (size_t i = 0; i < l.tensor_count(); ++i) {
+               out.append(nb::make_tuple(l.arena_offset(i), l.arena_bytes(i)));
+             }
+             return out;
+           })
       .def("tensor_info", [](const Load& l, size_t i) {
         if (i >= l.tensor_count()) throw nb::index_error();
         return TensorInfo(l, i);

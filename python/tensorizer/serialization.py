@@ -691,13 +691,27 @@ class TensorDeserializer(
         )
         arena = load.arena()
         device = self._target_device()
-        for i, path in enumerate(todo):
-            load.wait_tensor(i)
-            offset, nbytes, module_idx, hashes, hashed_header = load.tensor_info(i)
+        if device.type == "cpu" and self._dtype is None:
+            # Zero-copy views need no data yet: build them while the workers
+            # read, then wait once.
+            tensors = [
+                self._to_tensor(arena, offset, nbytes, path, device)
+                for (offset, nbytes), path in zip(load.layout(), todo)
+            ]
+            load.wait()
+        else:
+            # Casts and device copies need the bytes: take each tensor as soon
+            # as it is published.
+            tensors = []
+            for (offset, nbytes), path, i in zip(load.layout(), todo, range(len(todo))):
+                load.wait_tensor(i)
+                tensors.append(self._to_tensor(arena, offset, nbytes, path, device))
+        for i, (path, tensor) in enumerate(zip(todo, tensors)):
+            _, _, module_idx, hashes, hashed_header = load.tensor_info(i)
             entry = self._entries[path]
             entry.hashes = [TensorHash(HashType(t), self._hash_value(t, v)) for t, v in hashes]
             self._loaded_info[path] = (module_idx, hashed_header)
-            self._cache[path] = self._to_tensor(arena, offset, nbytes, path, device)
+            self._cache[path] = tensor
         self.total_bytes_read += load.bytes_read
         self.read_bytes += load.bytes_read
 
