@@ -117,7 +117,7 @@ def _load_result(start: float, end: float, tensors, base_rss: int, **extra):
     }
 
 
-def child_load_tensorizer(path: str, verify_hash: bool) -> dict:
+def child_load_tensorizer(path: str, verify_hash) -> dict:
     import tensorizer
     import torch  # noqa: F401  (imported outside the timing)
     from tensorizer import TensorDeserializer
@@ -209,7 +209,8 @@ def child_versions() -> dict:
 def child_main(argv: list[str]) -> None:
     kind, args = argv[0], argv[1:]
     if kind == "load-tensorizer":
-        result = child_load_tensorizer(args[0], verify_hash=args[1] == "verify")
+        verify = {"eager": False, "verify": True, "verify-all": "all"}[args[1]]
+        result = child_load_tensorizer(args[0], verify_hash=verify)
     elif kind == "load-safetensors":
         result = child_load_safetensors(args[0], args[1])
     elif kind == "load-torch-mmap":
@@ -714,6 +715,12 @@ def evaluate_targets(rows: list[Row], model_bytes: int) -> list[dict]:
             VERIFY_LOAD_VS_LIMIT,
         ),
         ratio_target(
+            'verify_hash="all" load >= 1x reference verify_hash=True (same checks)',
+            "ours_verify_all",
+            "ref_verify",
+            1.0,
+        ),
+        ratio_target(
             f"save >= {SAVE_VS_REFERENCE:g}x reference",
             "ours_save",
             "ref_save",
@@ -936,16 +943,23 @@ def main() -> int:
             ),
             (
                 "ours_verify",
-                "ours TensorDeserializer(..., verify_hash=True)",
+                "ours TensorDeserializer(..., verify_hash=True) [CRC32]",
                 args.ours_python,
                 ["load-tensorizer", str(files.ours), "verify"],
+                files.ours,
+            ),
+            (
+                "ours_verify_all",
+                'ours TensorDeserializer(..., verify_hash="all") [CRC32+SHA-256]',
+                args.ours_python,
+                ["load-tensorizer", str(files.ours), "verify-all"],
                 files.ours,
             ),
         ]
     elif not args.skip_ours:
         for key, label in (
             ("ours_load", 'ours TensorDeserializer(device="cpu")'),
-            ("ours_verify", "ours TensorDeserializer(..., verify_hash=True)"),
+            ("ours_verify", "ours TensorDeserializer(..., verify_hash=True) [CRC32]"),
         ):
             rows.append(Row(key, label, "load"))
             rows[-1].error = "no .tensors file (our save failed)"
@@ -956,6 +970,15 @@ def main() -> int:
                 'reference 2.12.1 TensorDeserializer(device="cpu")',
                 args.ref_python,
                 ["load-tensorizer", str(files.reference), "eager"],
+                files.reference,
+            )
+        )
+        load_jobs.append(
+            (
+                "ref_verify",
+                "reference 2.12.1 TensorDeserializer(..., verify_hash=True)",
+                args.ref_python,
+                ["load-tensorizer", str(files.reference), "verify"],
                 files.reference,
             )
         )
