@@ -19,6 +19,13 @@
 //   the project's and the reference's saves the same way (neither fsyncs), so
 //   this is the like-for-like ceiling. OUT is removed at the end.
 //
+// Prefault mode (--prefault-mib N): touch N MiB of fresh huge-page memory
+// and free it, then exit. bench_load.py runs it before every measured load:
+// on a virtual machine, memory the guest has not touched recently can fault
+// in 10x slower (the hypervisor backs it on first touch), which would make
+// each fresh process's arena cost a lottery. After this, the kernel hands out
+// recently used pages, as on a host that has been running a while.
+//
 // Each repetition starts from scratch (fresh arena / fresh output file); the
 // best repetition is reported as one JSON line:
 //   {"mode":..., "bytes":..., "seconds":..., "gbps":..., ...}
@@ -54,6 +61,7 @@ struct Options {
   unsigned threads = 0;    // 0: one per core
   uint64_t chunk_bytes = 8ull << 20;
   int repetitions = 5;
+  uint64_t prefault_bytes = 0;  // > 0: prefault mode
 };
 
 [[noreturn]] void Die(const std::string& what) {
@@ -67,7 +75,8 @@ struct Options {
                "usage: pread_limit [--write OUT] [--reps N] [--chunk-mib M] "
                "FILE [threads]\n"
                "  read mode: pread FILE into a fresh huge-page arena\n"
-               "  --write OUT: pwrite FILE's size in bytes to OUT (no fsync)\n");
+               "  --write OUT: pwrite FILE's size in bytes to OUT (no fsync)\n"
+               "  --prefault-mib N: touch and free N MiB of memory, then exit\n");
   std::exit(2);
 }
 
@@ -82,6 +91,8 @@ Options ParseArgs(int argc, char** argv) {
     };
     if (arg == "--write") {
       options.write_path = next();
+    } else if (arg == "--prefault-mib") {
+      options.prefault_bytes = std::strtoull(next().c_str(), nullptr, 10) << 20;
     } else if (arg == "--reps") {
       options.repetitions = std::max(1, std::atoi(next().c_str()));
     } else if (arg == "--chunk-mib") {
@@ -94,6 +105,7 @@ Options ParseArgs(int argc, char** argv) {
       positional.push_back(arg);
     }
   }
+  if (options.prefault_bytes > 0 && positional.empty()) return options;
   if (positional.empty() || positional.size() > 2) Usage();
   options.path = positional[0];
   if (positional.size() == 2) {
@@ -209,6 +221,14 @@ std::string TransparentHugePageMode() {
 
 int main(int argc, char** argv) {
   Options options = ParseArgs(argc, argv);
+  if (options.prefault_bytes > 0) {
+    char* arena = MapHugeArena(options.prefault_bytes);
+    std::memset(arena, 1, options.prefault_bytes);
+    munmap(arena, options.prefault_bytes);
+    std::printf("{\"mode\":\"prefault\",\"bytes\":%llu}\n",
+                static_cast<unsigned long long>(options.prefault_bytes));
+    return 0;
+  }
   int fd = open(options.path.c_str(), O_RDONLY);
   if (fd < 0) Die("open " + options.path);
   struct stat st;
