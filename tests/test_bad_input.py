@@ -7,7 +7,6 @@ import time
 
 import pytest
 import torch
-
 from tensorizer import TensorDeserializer, TensorSerializer
 from tensorizer.serialization import HashMismatchError
 
@@ -146,8 +145,9 @@ def test_header_disagreeing_with_index(tmp_path, good):
 def test_hash_mismatch(tmp_path, good):
     data = bytearray(good)
     data[-9] ^= 0xFF
-    message = expect_error(tmp_path, data, "failed CRC32 verification", HashMismatchError,
-                           verify_hash=True)
+    message = expect_error(
+        tmp_path, data, "failed CRC32 verification", HashMismatchError, verify_hash=True
+    )
     assert "'beta'" in message
     expect_error(tmp_path, data, "verification", HashMismatchError, verify_hash="all")
 
@@ -170,9 +170,7 @@ def _with_first_name(good, name: bytes):
     return data
 
 
-@pytest.mark.parametrize(
-    "name", [b"\x1e[1.5]", b"\x1e{}xx", b"\x1e[-1]", b"\x1e[{}]", b"\x1e[\n]"]
-)
+@pytest.mark.parametrize("name", [b"\x1e[1.5]", b"\x1e{}xx", b"\x1e[-1]", b"\x1e[{}]", b"\x1e[\n]"])
 def test_malformed_structured_names(tmp_path, good, name):
     name = (name + b"     ")[:5] if len(name) < 5 else name[:5]
     if not name.endswith(b"]"):
@@ -188,8 +186,9 @@ def test_opaque_dtype_with_the_wrong_width(tmp_path):
     s.close()
     data = path.read_bytes()
     # Stored data no longer matches dtype x shape: caught by the index check.
-    expect_error(tmp_path, data.replace(b"<V2\x00torch.bfloat16", b"<V4\x00torch.bfloat16", 1),
-                 "need 8")
+    expect_error(
+        tmp_path, data.replace(b"<V2\x00torch.bfloat16", b"<V4\x00torch.bfloat16", 1), "need 8"
+    )
     # A meta tensor has no data to compare: caught by the dtype width check.
     first = data.index(b"<V2\x00torch.bfloat16")
     second = data.index(b"<V2\x00torch.bfloat16", first + 1)

@@ -49,6 +49,7 @@ PROMPT_IDS = [[17, 4, 301, 99, 250, 8]]
 @pytest.fixture(scope="module")
 def gpt_neo():
     import transformers
+
     config = transformers.GPTNeoConfig(
         vocab_size=512,
         hidden_size=64,
@@ -187,8 +188,9 @@ def test_load_model_defaults_to_gpu_else_cpu(gpt_neo, tmp_path):
 
 @pytest.fixture(scope="module")
 def sd_components():
-    import transformers
     import diffusers
+    import transformers
+
     torch.manual_seed(0)
     encoder = transformers.CLIPTextModel(
         transformers.CLIPTextConfig(
@@ -265,12 +267,8 @@ def test_stable_diffusion_components(sd_components, tmp_path):
     loaded_encoder = tensorizer.load_model(
         directory, CLIPTextModel, CLIPTextConfig, "encoder", "cpu"
     ).eval()
-    loaded_vae = tensorizer.load_model(
-        directory, AutoencoderKL, None, "vae", "cpu"
-    ).eval()
-    loaded_unet = tensorizer.load_model(
-        directory, UNet2DConditionModel, None, "unet", "cpu"
-    ).eval()
+    loaded_vae = tensorizer.load_model(directory, AutoencoderKL, None, "vae", "cpu").eval()
+    loaded_unet = tensorizer.load_model(directory, UNet2DConditionModel, None, "unet", "cpu").eval()
 
     assert_state_dicts_equal(encoder, loaded_encoder)
     assert_state_dicts_equal(vae, loaded_vae)
@@ -301,9 +299,7 @@ def test_all_minilm_l6_v2_round_trip(tmp_path):
 
     bert = st_model[0].auto_model
     tensorizer.serialize_model(bert, bert.config, tmp_path, "minilm")
-    loaded = tensorizer.load_model(
-        tmp_path, BertModel, BertConfig, "minilm", "cpu"
-    ).eval()
+    loaded = tensorizer.load_model(tmp_path, BertModel, BertConfig, "minilm", "cpu").eval()
     assert_state_dicts_equal(bert, loaded)
 
     st_model[0].auto_model = loaded
@@ -371,9 +367,7 @@ def test_memory_usage_str_formats():
     )
     assert str(torch_usage) == "TORCH: (R: 2MiB/4MiB, A: 1MiB/3MiB)"
 
-    assert str(utils.MemoryUsage(cpu, gpu, torch_usage)) == (
-        f"{cpu} {gpu} {torch_usage}"
-    )
+    assert str(utils.MemoryUsage(cpu, gpu, torch_usage)) == (f"{cpu} {gpu} {torch_usage}")
     assert str(utils.MemoryUsage(cpu, None, None)) == str(cpu)
 
 

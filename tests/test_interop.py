@@ -223,7 +223,7 @@ def extra_root_buffer_records(case: ic.Case, options: ic.LoadOptions) -> list:
 def ours():
     try:
         import tensorizer
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:
         pytest.fail(f"our tensorizer is not importable: {exc!r}", pytrace=False)
     return tensorizer
 
@@ -248,8 +248,7 @@ def run_reference(ref_python: str, jobs: list, workdir: Path, label: str) -> lis
     )
     if proc.returncode != 0:
         pytest.fail(
-            f"reference driver failed ({label}, rc={proc.returncode}):\n"
-            f"{proc.stderr[-4000:]}",
+            f"reference driver failed ({label}, rc={proc.returncode}):\n{proc.stderr[-4000:]}",
             pytrace=False,
         )
     with open(out_path, "rb") as f:
@@ -290,9 +289,7 @@ def reference(ref_python, interop_dir) -> Written:
     jobs.append({"op": "write_encrypted", "path": encrypted_path})
     results = run_reference(ref_python, jobs, interop_dir, "reference")
     errors = {c.name: r for c, r in zip(ic.CASES, results)}
-    summaries = {
-        (c.name, o.id): r for (c, o), r in zip(loads, results[len(ic.CASES) : -1])
-    }
+    summaries = {(c.name, o.id): r for (c, o), r in zip(loads, results[len(ic.CASES) : -1])}
     encrypted = {"path": encrypted_path, **results[-1]}
     return Written(paths, errors, summaries, encrypted)
 
@@ -308,8 +305,8 @@ def ours_written(ours, interop_dir) -> Written:
         paths[case.name] = path
         try:
             case.write(ours, path)
-        except Exception as exc:  # noqa: BLE001 - reported per case
-            errors[case.name] = ic.error_record(exc) + (f"{type(exc).__name__}: {exc}",)
+        except Exception as exc:
+            errors[case.name] = (*ic.error_record(exc), f"{type(exc).__name__}: {exc}")
         else:
             errors[case.name] = None
     return Written(paths, errors, {})
@@ -325,11 +322,7 @@ def reference_on_ours(ref_python, interop_dir, ours_written) -> Written:
         for o in c.options
     ]
     jobs = [_dump_job(c, o, ours_written.paths[c.name]) for c, o in loads]
-    results = (
-        run_reference(ref_python, jobs, interop_dir, "reference_on_ours")
-        if jobs
-        else []
-    )
+    results = run_reference(ref_python, jobs, interop_dir, "reference_on_ours") if jobs else []
     summaries = {(c.name, o.id): r for (c, o), r in zip(loads, results)}
     return Written(ours_written.paths, ours_written.errors, summaries)
 
@@ -360,9 +353,7 @@ def test_reference_reads_itself(reference, case, options):
     summary = reference.summaries[(case.name, options.id)]
     for part in ("mapping", "read_tensors", "module"):
         value = summary.get(part)
-        assert not ic.is_error(value), (
-            f"reference failed {part}: {summary.get('_errors')}"
-        )
+        assert not ic.is_error(value), f"reference failed {part}: {summary.get('_errors')}"
     assert summary["read_tensors"], "no tensors loaded"
     if case.kind == "state_dict":
         want = ic.expected_read_tensors(case)
@@ -402,9 +393,7 @@ def test_ours_reads_reference_file_the_reference_cannot(ours, reference, case, o
     items = actual["mapping"]
     assert not ic.is_error(items), errors
     flat = [(k, v["tensor"]) for k, v in items["items"]]
-    assert_same(
-        flat, [(t[2], t[3]) for t in ic.expected_read_tensors(case)], "mapping items"
-    )
+    assert_same(flat, [(t[2], t[3]) for t in ic.expected_read_tensors(case)], "mapping items")
 
 
 # --------------------------------------------------------------------------
@@ -425,9 +414,7 @@ def test_reference_reads_our_file(reference_on_ours, reference, case, options):
     )
 
 
-@pytest.mark.parametrize(
-    "case, options", [p for p in REF_LOADS if p.values[0].ours_also_writes]
-)
+@pytest.mark.parametrize("case, options", [p for p in REF_LOADS if p.values[0].ours_also_writes])
 def test_reference_reads_our_file_with_root_buffers(
     ours, reference_on_ours, reference, case, options
 ):
@@ -470,9 +457,7 @@ def test_reference_reads_our_file_with_root_buffers(
 def test_same_file_header(ours_written, reference, case):
     ref_header = ic.read_file_header(_require_written(reference, case, "reference"))
     our_header = ic.read_file_header(_require_written(ours_written, case, "our writer"))
-    assert ref_header["version"] == case.version, (
-        "harness: unexpected reference data version"
-    )
+    assert ref_header["version"] == case.version, "harness: unexpected reference data version"
     want = dict(ref_header)
     if case.ours_also_writes:
         # DIVERGENCE D2: the extra root buffers count, and so do their bytes
@@ -524,18 +509,14 @@ def test_golden_file(ours, tmp_path, reference):
     ic.CASES_BY_NAME["golden"].write(ours, path)
     golden = ic.golden_bytes()
     with open(reference.paths["golden"], "rb") as f:
-        assert f.read() == golden, (
-            "harness: the reference no longer writes the golden bytes"
-        )
+        assert f.read() == golden, "harness: the reference no longer writes the golden bytes"
     with open(path, "rb") as f:
         data = f.read()
     assert len(data) == 262327
     if data != golden:
         with open(tmp_path / "want.tensors", "wb") as f:
             f.write(golden)
-        pytest.fail(
-            _first_difference(path, str(tmp_path / "want.tensors")), pytrace=False
-        )
+        pytest.fail(_first_difference(path, str(tmp_path / "want.tensors")), pytrace=False)
 
 
 # --------------------------------------------------------------------------
@@ -543,9 +524,7 @@ def test_golden_file(ours, tmp_path, reference):
 # --------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(
-    "case", _case_params([c for c in ic.CASES if c.write_error is not None])
-)
+@pytest.mark.parametrize("case", _case_params([c for c in ic.CASES if c.write_error is not None]))
 def test_rejected_dtype(ours_written, reference, case):
     assert reference.errors[case.name] is not None
     error = ours_written.errors[case.name]
@@ -568,9 +547,7 @@ def test_encrypted_reference_file_is_refused(ours, reference):
     assert ic.is_error(without_key) and "CryptographyError" in without_key[2], (
         f"harness: the reference read its encrypted file without a key: {without_key}"
     )
-    payload_case = ic.Case(
-        name="encrypted", write=None, version=3, payload=ic.encrypted_payload
-    )
+    payload_case = ic.Case(name="encrypted", write=None, version=3, payload=ic.encrypted_payload)
     assert not ic.is_error(with_key), f"harness: the reference failed: {with_key}"
     assert_same(
         with_key,
@@ -599,9 +576,7 @@ def test_encrypted_reference_file_is_refused(ours, reference):
 # --------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(
-    "case", _case_params([c for c in MODULE_CASES if not c.ours_also_writes])
-)
+@pytest.mark.parametrize("case", _case_params([c for c in MODULE_CASES if not c.ours_also_writes]))
 def test_load_into_module_keeps_buffers_non_persistent(ours, reference, case):
     """Into a fresh module, from the reference's file: state_dict() keys are
     the original module's, in order, with the original values; the
@@ -650,9 +625,7 @@ def _has_meta_tensors(case: ic.Case) -> bool:
 
 
 # Meta tensors have no data to verify (see intended_verify_module): left out.
-ROOT_TENSOR_CASES = [
-    c for c in MODULE_CASES if _has_root_tensors(c) and not _has_meta_tensors(c)
-]
+ROOT_TENSOR_CASES = [c for c in MODULE_CASES if _has_root_tensors(c) and not _has_meta_tensors(c)]
 
 
 def _stored_names(ours, path: str) -> list:
@@ -700,6 +673,4 @@ def test_verify_module_reports_modified_tensors(ours, reference, case):
     assert changed <= set(stored), "harness: the changed tensors are not stored"
     ok, results = _verify(ours, path, module)
     assert ok is False
-    assert sorted((n, bool(r)) for n, r in results) == sorted(
-        (n, n not in changed) for n in stored
-    )
+    assert sorted((n, bool(r)) for n, r in results) == sorted((n, n not in changed) for n in stored)

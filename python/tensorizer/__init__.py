@@ -3,8 +3,12 @@
 A drop-in for CoreWeave's tensorizer 2.12 API over a C++ engine.
 """
 
-from . import _errors  # installs the engine's error mapping first
-from . import serialization, stream_io, utils
+from . import (
+    _errors,  # installs the engine's error mapping first
+    serialization,
+    stream_io,
+    utils,
+)
 from ._model_io import load_model, serialize_model
 from .serialization import (
     CryptographyError,
@@ -20,19 +24,19 @@ from .serialization import (
 __version__ = "2.12.1"
 
 __all__ = [
-    "serialization",
-    "stream_io",
-    "utils",
-    "TensorSerializer",
-    "TensorDeserializer",
-    "TensorType",
     "CryptographyError",
-    "EncryptionParams",
     "DecryptionParams",
+    "EncryptionParams",
     "FilterFuncType",
     "HashMismatchError",
-    "serialize_model",
+    "TensorDeserializer",
+    "TensorSerializer",
+    "TensorType",
     "load_model",
+    "serialization",
+    "serialize_model",
+    "stream_io",
+    "utils",
 ]
 
 del _errors

@@ -31,8 +31,9 @@ for _name, _s in (("uint16", "<u2"), ("uint32", "<u4"), ("uint64", "<u8")):
 
 _FROM_NUMPY = {v: k for k, v in _NUMPY_STRS.items()}
 # Other spellings numpy may produce for the same types.
-_FROM_NUMPY.update({"<b1": torch.bool, "?": torch.bool, "|?": torch.bool, "<i1": torch.int8,
-                    "<u1": torch.uint8})
+_FROM_NUMPY.update(
+    {"<b1": torch.bool, "?": torch.bool, "|?": torch.bool, "<i1": torch.int8, "<u1": torch.uint8}
+)
 
 _QUANTIZED = {
     getattr(torch, n)
@@ -48,9 +49,7 @@ def dtype_to_str(dtype: torch.dtype) -> str:
     if s is not None:
         return s
     if dtype in _QUANTIZED:
-        raise NotImplementedError(
-            f"Serialization of quantized tensors ({dtype}) is not supported"
-        )
+        raise NotImplementedError(f"Serialization of quantized tensors ({dtype}) is not supported")
     size = torch.empty((), dtype=dtype, device="meta").element_size()
     void = _VOID_BY_SIZE.get(size)
     if void is None:
@@ -61,10 +60,10 @@ def dtype_to_str(dtype: torch.dtype) -> str:
 def str_to_dtype(s: str) -> Tuple[torch.dtype, bool]:
     """Returns (torch dtype, is_opaque) for a stored dtype string."""
     if OPAQUE_DTYPE_SEP in s:
-        base, _, name = s.partition(OPAQUE_DTYPE_SEP)
+        _base, _, name = s.partition(OPAQUE_DTYPE_SEP)
         if OPAQUE_DTYPE_SEP in name:
             raise ValueError(f"Too many separators in dtype string {s!r}")
-        attr = name[len("torch."):] if name.startswith("torch.") else None
+        attr = name[len("torch.") :] if name.startswith("torch.") else None
         dtype = getattr(torch, attr, None) if attr else None
         if not isinstance(dtype, torch.dtype):
             raise ValueError(f"Unknown torch dtype {name!r} in dtype string {s!r}")

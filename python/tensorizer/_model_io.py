@@ -107,8 +107,7 @@ def _json_default(value: Any):
     if callable(tolist):
         return tolist()
     raise TypeError(
-        f"Object of type {type(value).__name__} in the model config"
-        " is not JSON serializable"
+        f"Object of type {type(value).__name__} in the model config is not JSON serializable"
     )
 
 
@@ -125,11 +124,7 @@ def _config_to_dict(config, model: torch.nn.Module) -> dict:
         return to_dict()
     if isinstance(config, Mapping):
         # diffusers FrozenDict, or a plain dict
-        return {
-            key: value
-            for key, value in config.items()
-            if key not in _TRANSIENT_CONFIG_KEYS
-        }
+        return {key: value for key, value in config.items() if key not in _TRANSIENT_CONFIG_KEYS}
     raise TypeError(
         "config must be a transformers PretrainedConfig, a diffusers config"
         f" (FrozenDict), a dict, or None; got {type(config).__name__}"
@@ -273,8 +268,7 @@ def _move_leftovers(model: torch.nn.Module) -> None:
                 still_meta.append(f"{module_name}.{name}")
     if still_meta:
         logger.warning(
-            "These tensors were not in the serialized file and have no data"
-            " (meta device): %s",
+            "These tensors were not in the serialized file and have no data (meta device): %s",
             ", ".join(still_meta),
         )
 

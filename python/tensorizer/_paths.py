@@ -21,9 +21,9 @@ def encode_path(path: Path) -> bytes:
             # tensorizer writes b"" but then refuses to read the file.
             raise ValueError("Invalid empty tensor name")
         return path[0].encode("utf-8")
-    return b"\x1e" + json.dumps(
-        list(path), ensure_ascii=True, separators=(",", ":")
-    ).encode("ascii")
+    return b"\x1e" + json.dumps(list(path), ensure_ascii=True, separators=(",", ":")).encode(
+        "ascii"
+    )
 
 
 def decode_name(raw: bytes) -> Path:
@@ -83,18 +83,12 @@ class PathRegistry:
         node = self.root
         for i, part in enumerate(path):
             if node and type(next(iter(node))) is not type(part):
-                raise ValueError(
-                    f"Conflicting tensor paths: {path!r} mixes key types"
-                    " at one level"
-                )
+                raise ValueError(f"Conflicting tensor paths: {path!r} mixes key types at one level")
             last = i == len(path) - 1
             child = node.get(part)
             if last:
                 if child is not None:
-                    raise ValueError(
-                        f"Conflicting tensor paths: {display(path)!r} is"
-                        " already used"
-                    )
+                    raise ValueError(f"Conflicting tensor paths: {display(path)!r} is already used")
                 node[part] = _Leaf(leaf)
             else:
                 if child is None:

@@ -26,17 +26,17 @@ from ._dtypes import OPAQUE_DTYPE_SEP, dtype_to_str, numpy_dtype_for, str_to_dty
 from ._errors import CryptographyError, HashMismatchError, TensorizerFormatError
 
 __all__ = [
-    "TensorSerializer",
-    "TensorDeserializer",
-    "TensorType",
-    "HashType",
-    "TensorHash",
-    "TensorEntry",
-    "HashMismatchError",
     "CryptographyError",
-    "EncryptionParams",
     "DecryptionParams",
+    "EncryptionParams",
     "FilterFuncType",
+    "HashMismatchError",
+    "HashType",
+    "TensorDeserializer",
+    "TensorEntry",
+    "TensorHash",
+    "TensorSerializer",
+    "TensorType",
 ]
 
 logger = logging.getLogger(__name__)
@@ -127,9 +127,7 @@ class DecryptionParams:
 
 
 def _not_supported_encryption():
-    return CryptographyError(
-        "Encrypted .tensors files are not supported by this release yet"
-    )
+    return CryptographyError("Encrypted .tensors files are not supported by this release yet")
 
 
 def _checked_dtype(dtype_str: str, shape, data_length: int) -> Tuple[torch.dtype, bool]:
@@ -267,9 +265,7 @@ class TensorSerializer:
         readable = getattr(file_obj, "readable", None)
         writable = getattr(file_obj, "writable", None)
         if not (callable(readable) and readable() and callable(writable) and writable()):
-            raise ValueError(
-                "file_obj must be readable and writable (open it with mode 'wb+')"
-            )
+            raise ValueError("file_obj must be readable and writable (open it with mode 'wb+')")
         seekable = getattr(file_obj, "seekable", None)
         if not (callable(seekable) and seekable()):
             raise ValueError("file_obj must support seeking for TensorSerializer")
@@ -398,8 +394,7 @@ class TensorSerializer:
                     (name, t, TensorType.PARAM)
                     for name, t in module.named_parameters(recurse=False)
                 ] + [
-                    (name, t, TensorType.BUFFER)
-                    for name, t in module.named_buffers(recurse=False)
+                    (name, t, TensorType.BUFFER) for name, t in module.named_buffers(recurse=False)
                 ]
                 for name, t, ttype in members:
                     # Unlike tensorizer 2.12, which compares "module.name" with
@@ -429,12 +424,10 @@ class TensorSerializer:
                             f"Invalid key type: {type(k).__name__!r}"
                             " (state dict keys must be strings)"
                         )
-                    yield from walk(v, prefix + (k,))
-            elif isinstance(obj, collections.abc.Sequence) and not isinstance(
-                obj, (str, bytes)
-            ):
+                    yield from walk(v, (*prefix, k))
+            elif isinstance(obj, collections.abc.Sequence) and not isinstance(obj, (str, bytes)):
                 for i, v in enumerate(obj):
-                    yield from walk(v, prefix + (i,))
+                    yield from walk(v, (*prefix, i))
             else:
                 raise TypeError(
                     f"Cannot serialize {type(obj).__name__} at"
@@ -461,9 +454,7 @@ class TensorSerializer:
             self.close()
 
 
-class TensorDeserializer(
-    collections.abc.Mapping, contextlib.AbstractContextManager
-):
+class TensorDeserializer(collections.abc.Mapping, contextlib.AbstractContextManager):
     """Loads a .tensors file as a mapping of names to tensors.
 
     Eager mode (the default) loads every selected tensor in the constructor
@@ -553,8 +544,7 @@ class TensorDeserializer(
             raise _not_supported_encryption()
         if has_crypt:
             raise CryptographyError(
-                "Tensor is encrypted, but decryption was not requested"
-                f" ({self._reader.uri})"
+                f"Tensor is encrypted, but decryption was not requested ({self._reader.uri})"
             )
         self.total_file_bytes = self._reader.tensor_size
         self.total_bytes_read = self._reader.prefix_length
@@ -571,9 +561,7 @@ class TensorDeserializer(
                 path = _paths.decode_name(name)
                 registry.add(path, path)
                 dtype_str = dtype_b.decode("utf-8")
-                if ttype != TensorType.STATE_DICT and not isinstance(
-                    _paths.normalize(path), str
-                ):
+                if ttype != TensorType.STATE_DICT and not isinstance(_paths.normalize(path), str):
                     raise ValueError(
                         f"tensor {_paths.display(path)!r} has a structured name"
                         " but is not a state_dict entry"
@@ -602,9 +590,7 @@ class TensorDeserializer(
             }
             registry.filter(self._entries.__contains__)
         self._structure = registry.root
-        self._num_threads = min(
-            num_readers or _cpu_count(None), max(1, len(self._entries))
-        )
+        self._num_threads = min(num_readers or _cpu_count(None), max(1, len(self._entries)))
         self._last_yielded: Optional[int] = None
         self._order = list(self._entries)
         self._position = {p: i for i, p in enumerate(self._order)}
@@ -677,9 +663,7 @@ class TensorDeserializer(
     def _load(self, paths, verify_hash: Optional[bool]) -> None:
         """Loads the given paths (those not cached) in one engine pass."""
         verify = self._verify_hash if verify_hash is None else verify_hash
-        todo = sorted(
-            (p for p in paths if p not in self._cache), key=self._entry_index.__getitem__
-        )
+        todo = sorted((p for p in paths if p not in self._cache), key=self._entry_index.__getitem__)
         if not todo:
             return
         if self._reader is None:
@@ -728,14 +712,12 @@ class TensorDeserializer(
             t = torch.from_numpy(arena[offset : offset + nbytes]).view(dtype).reshape(entry.shape)
         else:
             t = torch.empty(entry.shape, dtype=dtype)
-        if self._dtype is not None and t.dtype != torch.bool and t.dtype != self._dtype:
-            if not self._cast_only_floating or t.is_floating_point():
-                t = t.to(device=device, dtype=self._dtype)
+        cast = self._dtype is not None and t.dtype not in (torch.bool, self._dtype)
+        if cast and (not self._cast_only_floating or t.is_floating_point()):
+            t = t.to(device=device, dtype=self._dtype)
         if t.device != device:
             t = t.to(device)
-        return torch.nn.Parameter(
-            t, requires_grad=t.dtype.is_floating_point or t.dtype.is_complex
-        )
+        return torch.nn.Parameter(t, requires_grad=t.dtype.is_floating_point or t.dtype.is_complex)
 
     def _get(self, path, verify_hash=None) -> torch.Tensor:
         if path not in self._cache:
@@ -781,7 +763,9 @@ class TensorDeserializer(
         if _paths.is_leaf(node):
             return self._get(node.value)
         paths = [
-            p for p in _paths.leaves(node) if filter_func is None or filter_func(_paths.normalize(p))
+            p
+            for p in _paths.leaves(node)
+            if filter_func is None or filter_func(_paths.normalize(p))
         ]
         if not paths:
             return default
@@ -896,7 +880,7 @@ class TensorDeserializer(
         tensors: Dict[str, torch.Tensor] = dict(m.state_dict())
         tensors.update(m.named_buffers())
         results = []
-        for path, entry in self._entries.items():
+        for path in self._entries:
             name = _paths.normalize(path)
             key = name[1:] if isinstance(name, str) and name.startswith(".") else name
             tensor = tensors.get(key, tensors.get(name))

@@ -150,9 +150,7 @@ class GlobalGPUMemoryUsage(NamedTuple):
 
     def __str__(self):
         return (
-            f"GPU: (U: {self.used >> 20:,}MiB"
-            f" F: {self.free >> 20:,}MiB"
-            f" T: {self.total >> 20:,}MiB)"
+            f"GPU: (U: {self.used >> 20:,}MiB F: {self.free >> 20:,}MiB T: {self.total >> 20:,}MiB)"
         )
 
 
@@ -379,9 +377,7 @@ class _NoInitOrTensor:
             cls._users += 1
             if cls._users == 1:
                 for module_cls in cls._MODULES:
-                    module_cls.reset_parameters = cls._skip_when_active(
-                        module_cls.reset_parameters
-                    )
+                    module_cls.reset_parameters = cls._skip_when_active(module_cls.reset_parameters)
                 torch.empty = cls._empty_on_meta_when_active
         token = cls.active.set(True)
         try:
