@@ -65,8 +65,7 @@ struct Options {
 };
 
 [[noreturn]] void Die(const std::string& what) {
-  std::fprintf(stderr, "pread_limit: %s: %s\n", what.c_str(),
-               std::strerror(errno));
+  std::fprintf(stderr, "pread_limit: %s: %s\n", what.c_str(), std::strerror(errno));
   std::exit(1);
 }
 
@@ -96,9 +95,7 @@ Options ParseArgs(int argc, char** argv) {
     } else if (arg == "--reps") {
       options.repetitions = std::max(1, std::atoi(next().c_str()));
     } else if (arg == "--chunk-mib") {
-      options.chunk_bytes =
-          std::max<uint64_t>(1, std::strtoull(next().c_str(), nullptr, 10))
-          << 20;
+      options.chunk_bytes = std::max<uint64_t>(1, std::strtoull(next().c_str(), nullptr, 10)) << 20;
     } else if (arg == "-h" || arg == "--help") {
       Usage();
     } else {
@@ -124,8 +121,7 @@ char* MapHugeArena(uint64_t bytes) {
   if (p == MAP_FAILED) Die("mmap arena");
   // Not fatal: without THP the result is merely slower, which is worth seeing.
   if (madvise(p, bytes, MADV_HUGEPAGE) != 0) {
-    std::fprintf(stderr, "pread_limit: madvise(MADV_HUGEPAGE): %s\n",
-                 std::strerror(errno));
+    std::fprintf(stderr, "pread_limit: madvise(MADV_HUGEPAGE): %s\n", std::strerror(errno));
   }
   return static_cast<char*>(p);
 }
@@ -133,8 +129,7 @@ char* MapHugeArena(uint64_t bytes) {
 // Runs `body(offset, length)` over [0, total) in chunks handed out by an
 // atomic counter, on `threads` threads (the caller's thread is one of them).
 template <typename Body>
-void ForEachChunk(uint64_t total, uint64_t chunk_bytes, unsigned threads,
-                  Body body) {
+void ForEachChunk(uint64_t total, uint64_t chunk_bytes, unsigned threads, Body body) {
   std::atomic<uint64_t> next_chunk{0};
   auto worker = [&]() {
     for (;;) {
@@ -176,20 +171,16 @@ void PwriteFully(int fd, const char* src, uint64_t length, uint64_t offset) {
 }
 
 double Seconds(std::chrono::steady_clock::time_point start) {
-  return std::chrono::duration<double>(std::chrono::steady_clock::now() -
-                                       start)
-      .count();
+  return std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
 }
 
 double ReadOnce(const Options& options, int fd, uint64_t bytes) {
-  uint64_t arena_bytes =
-      (bytes + kHugePageBytes - 1) / kHugePageBytes * kHugePageBytes;
+  uint64_t arena_bytes = (bytes + kHugePageBytes - 1) / kHugePageBytes * kHugePageBytes;
   auto start = std::chrono::steady_clock::now();
   char* arena = MapHugeArena(arena_bytes);
-  ForEachChunk(bytes, options.chunk_bytes, options.threads,
-               [&](uint64_t offset, uint64_t length) {
-                 PreadFully(fd, arena + offset, length, offset);
-               });
+  ForEachChunk(bytes, options.chunk_bytes, options.threads, [&](uint64_t offset, uint64_t length) {
+    PreadFully(fd, arena + offset, length, offset);
+  });
   double seconds = Seconds(start);
   munmap(arena, arena_bytes);
   return seconds;
@@ -200,10 +191,9 @@ double WriteOnce(const Options& options, const char* source, uint64_t bytes) {
   auto start = std::chrono::steady_clock::now();
   int fd = open(options.write_path.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
   if (fd < 0) Die("open " + options.write_path);
-  ForEachChunk(bytes, options.chunk_bytes, options.threads,
-               [&](uint64_t offset, uint64_t length) {
-                 PwriteFully(fd, source + offset, length, offset);
-               });
+  ForEachChunk(bytes, options.chunk_bytes, options.threads, [&](uint64_t offset, uint64_t length) {
+    PwriteFully(fd, source + offset, length, offset);
+  });
   if (close(fd) != 0) Die("close " + options.write_path);
   return Seconds(start);
 }
@@ -246,19 +236,16 @@ int main(int argc, char** argv) {
   char* source = nullptr;
   uint64_t source_bytes = 0;
   if (write_mode) {
-    source_bytes =
-        (bytes + kHugePageBytes - 1) / kHugePageBytes * kHugePageBytes;
+    source_bytes = (bytes + kHugePageBytes - 1) / kHugePageBytes * kHugePageBytes;
     source = MapHugeArena(source_bytes);
-    ForEachChunk(bytes, options.chunk_bytes, options.threads,
-                 [&](uint64_t offset, uint64_t length) {
-                   PreadFully(fd, source + offset, length, offset);
-                 });
+    ForEachChunk(
+        bytes, options.chunk_bytes, options.threads,
+        [&](uint64_t offset, uint64_t length) { PreadFully(fd, source + offset, length, offset); });
   }
 
   double best = 0;
   for (int rep = 0; rep < options.repetitions; ++rep) {
-    double seconds = write_mode ? WriteOnce(options, source, bytes)
-                                : ReadOnce(options, fd, bytes);
+    double seconds = write_mode ? WriteOnce(options, source, bytes) : ReadOnce(options, fd, bytes);
     if (rep == 0 || seconds < best) best = seconds;
   }
   if (write_mode) {
@@ -271,9 +258,9 @@ int main(int argc, char** argv) {
       "{\"mode\":\"%s\",\"bytes\":%llu,\"seconds\":%.6f,\"gbps\":%.4f,"
       "\"threads\":%u,\"chunk_bytes\":%llu,\"repetitions\":%d,"
       "\"fsync\":false,\"thp\":\"%s\"}\n",
-      write_mode ? "write" : "read", static_cast<unsigned long long>(bytes),
-      best, static_cast<double>(bytes) / best / 1e9, options.threads,
-      static_cast<unsigned long long>(options.chunk_bytes),
-      options.repetitions, TransparentHugePageMode().c_str());
+      write_mode ? "write" : "read", static_cast<unsigned long long>(bytes), best,
+      static_cast<double>(bytes) / best / 1e9, options.threads,
+      static_cast<unsigned long long>(options.chunk_bytes), options.repetitions,
+      TransparentHugePageMode().c_str());
   return 0;
 }

@@ -40,8 +40,8 @@ using namespace tensorizer;
   std::fprintf(stderr, "fuzz_index: invariant violated: %s\n", what);
   std::abort();
 }
-#define CHECK(cond) \
-  do {              \
+#define CHECK(cond)               \
+  do {                            \
     if (!(cond)) Violated(#cond); \
   } while (0)
 

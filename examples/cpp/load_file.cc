@@ -44,7 +44,8 @@ int main(int argc, char** argv) {
   for (size_t i = 0; i < all.size(); ++i) {
     const auto& e = (*load)->entry(i);
     bytes += e.data_length;
-    std::printf("%-40s %-8s %10llu bytes\n", e.name.c_str(), e.dtype.substr(0, e.dtype.find('\0')).c_str(),
+    std::printf("%-40s %-8s %10llu bytes\n", e.name.c_str(),
+                e.dtype.substr(0, e.dtype.find('\0')).c_str(),
                 static_cast<unsigned long long>(e.data_length));
   }
   std::printf("loaded %zu tensors, %llu bytes, hashes verified, in %.3f ms (data version %u)\n",

@@ -38,10 +38,10 @@ inline constexpr uint32_t kMaxDataVersion = 5;
 
 // Data versions and the feature that first needs each one.
 inline constexpr uint32_t kVersionPlain = 1;
-inline constexpr uint32_t kVersionOpaque = 2;      // a dtype numpy cannot name
-inline constexpr uint32_t kVersionEncrypted = 3;   // crypt-info in every header
-inline constexpr uint32_t kVersionMeta = 4;        // meta tensors; feature flags
-inline constexpr uint32_t kVersionLongShape = 5;   // a dimension >= 2^32
+inline constexpr uint32_t kVersionOpaque = 2;     // a dtype numpy cannot name
+inline constexpr uint32_t kVersionEncrypted = 3;  // crypt-info in every header
+inline constexpr uint32_t kVersionMeta = 4;       // meta tensors; feature flags
+inline constexpr uint32_t kVersionLongShape = 5;  // a dimension >= 2^32
 
 // Feature flag bits (meaningful from data version 4 on).
 inline constexpr uint64_t kFlagEncrypted = 1;
@@ -53,15 +53,17 @@ enum class HashType : uint8_t { kCrc32 = 0, kSha256 = 1 };
 
 struct FileHeader {
   uint32_t version = kVersionPlain;
-  uint64_t flags = 0;            // the low 64 of the 256 flag bits
-  uint64_t tensor_size = 0;      // sum of data lengths ("total_file_bytes")
+  uint64_t flags = 0;        // the low 64 of the 256 flag bits
+  uint64_t tensor_size = 0;  // sum of data lengths ("total_file_bytes")
   uint64_t tensor_count = 0;
   uint64_t metadata_length = 0;  // L, read at offset 65
 
   bool has_crypt_info() const {
     return version == kVersionEncrypted || (version >= kVersionMeta && (flags & kFlagEncrypted));
   }
-  bool versioned_metadata() const { return version >= kVersionMeta && (flags & kFlagVersionedMetadata); }
+  bool versioned_metadata() const {
+    return version >= kVersionMeta && (flags & kFlagVersionedMetadata);
+  }
 };
 
 // One metadata entry: where a tensor's record is and what it holds.
@@ -89,8 +91,8 @@ struct Index {
 // What a dtype string says about the element layout.
 struct DtypeInfo {
   uint64_t itemsize = 0;
-  char kind = 0;              // numpy kind letter: f, i, u, b, c, V
-  std::string opaque_name;    // "torch.bfloat16" for opaque dtypes, else empty
+  char kind = 0;            // numpy kind letter: f, i, u, b, c, V
+  std::string opaque_name;  // "torch.bfloat16" for opaque dtypes, else empty
 };
 Result<DtypeInfo> ParseDtype(std::string_view dtype);
 

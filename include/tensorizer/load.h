@@ -64,7 +64,7 @@ enum class HashCheck : uint8_t {
 };
 
 struct LoadOptions {
-  int num_threads = 0;               // 0: one per available core
+  int num_threads = 0;  // 0: one per available core
   HashCheck verify = HashCheck::kNone;
   uint64_t chunk_bytes = 16ull << 20;
   bool huge_pages = true;

@@ -41,8 +41,8 @@ struct PlannedTensor {
 };
 
 struct ReadSegment {
-  uint32_t tensor = 0;   // index into LoadPlan::tensors
-  bool header = false;   // header bytes (to the header buffer) or data (to the arena)
+  uint32_t tensor = 0;  // index into LoadPlan::tensors
+  bool header = false;  // header bytes (to the header buffer) or data (to the arena)
   uint64_t dst_offset = 0;
   uint64_t length = 0;
 };
@@ -57,8 +57,8 @@ struct ReadOp {
 struct LoadPlan {
   std::vector<PlannedTensor> tensors;  // in the order of `selected`
   std::vector<ReadSegment> segments;
-  std::vector<ReadOp> reads;           // in file order
-  std::vector<uint32_t> job_starts;    // job j = reads[job_starts[j], job_starts[j+1])
+  std::vector<ReadOp> reads;         // in file order
+  std::vector<uint32_t> job_starts;  // job j = reads[job_starts[j], job_starts[j+1])
   uint64_t arena_bytes = 0;
   uint64_t header_bytes = 0;
 

@@ -40,14 +40,22 @@ class [[nodiscard]] Status {
       : code_(code), message_(std::move(message)), sys_errno_(sys_errno) {}
 
   static Status Ok() { return Status(); }
-  static Status InvalidArgument(std::string m) { return {StatusCode::kInvalidArgument, std::move(m)}; }
+  static Status InvalidArgument(std::string m) {
+    return {StatusCode::kInvalidArgument, std::move(m)};
+  }
   static Status FormatError(std::string m) { return {StatusCode::kFormatError, std::move(m)}; }
-  static Status Unsupported(std::string m) { return {StatusCode::kUnsupportedVersion, std::move(m)}; }
-  static Status IoError(std::string m, int err = 0) { return {StatusCode::kIoError, std::move(m), err}; }
+  static Status Unsupported(std::string m) {
+    return {StatusCode::kUnsupportedVersion, std::move(m)};
+  }
+  static Status IoError(std::string m, int err = 0) {
+    return {StatusCode::kIoError, std::move(m), err};
+  }
   static Status HashMismatch(std::string m) { return {StatusCode::kHashMismatch, std::move(m)}; }
   static Status Cryptography(std::string m) { return {StatusCode::kCryptography, std::move(m)}; }
   static Status NotFound(std::string m) { return {StatusCode::kNotFound, std::move(m)}; }
-  static Status ResourceExhausted(std::string m) { return {StatusCode::kResourceExhausted, std::move(m)}; }
+  static Status ResourceExhausted(std::string m) {
+    return {StatusCode::kResourceExhausted, std::move(m)};
+  }
   static Status Cancelled(std::string m) { return {StatusCode::kCancelled, std::move(m)}; }
   // An I/O error from the current errno, formatted as "what: strerror".
   static Status FromErrno(const std::string& what, int err);
@@ -74,7 +82,7 @@ class [[nodiscard]] Status {
 template <typename T>
 class [[nodiscard]] Result {
  public:
-  Result(T value) : v_(std::move(value)) {}  // NOLINT: implicit by design
+  Result(T value) : v_(std::move(value)) {}         // NOLINT: implicit by design
   Result(Status status) : v_(std::move(status)) {}  // NOLINT: implicit by design
 
   bool ok() const { return std::holds_alternative<T>(v_); }
@@ -95,10 +103,10 @@ class [[nodiscard]] Result {
 
 }  // namespace tensorizer
 
-#define TZR_RETURN_IF_ERROR(expr)            \
-  do {                                       \
-    ::tensorizer::Status _st = (expr);       \
-    if (!_st.ok()) return _st;               \
+#define TZR_RETURN_IF_ERROR(expr)      \
+  do {                                 \
+    ::tensorizer::Status _st = (expr); \
+    if (!_st.ok()) return _st;         \
   } while (0)
 
 #define TZR_CONCAT_INNER(a, b) a##b

@@ -51,7 +51,7 @@ struct TensorWrite {
   std::vector<uint64_t> shape;
   const uint8_t* data = nullptr;  // data_length bytes; unused for meta tensors
   uint64_t data_length = 0;
-  bool meta = false;              // stored with its shape but no data
+  bool meta = false;  // stored with its shape but no data
 };
 
 struct WriterOptions {

@@ -79,15 +79,14 @@ class PyReader {
         PyTuple_SET_ITEM(shape.ptr(), i, PyLong_FromUnsignedLongLong(e.shape[i]));
       }
       out.append(nb::make_tuple(Bytes(e.name), static_cast<int>(e.type), Bytes(e.dtype), shape,
-                                e.header_offset, e.data_offset, e.data_length,
-                                e.metadata_version));
+                                e.header_offset, e.data_offset, e.data_length, e.metadata_version));
     }
     return out;
   }
 
   // verify: 0 none, 1 fast (CRC32 where stored), 2 all stored hashes.
-  std::unique_ptr<Load> StartLoad(const std::vector<size_t>& selected, int verify,
-                                  int num_threads, uint64_t chunk_bytes, bool huge_pages) {
+  std::unique_ptr<Load> StartLoad(const std::vector<size_t>& selected, int verify, int num_threads,
+                                  uint64_t chunk_bytes, bool huge_pages) {
     LoadOptions o;
     o.verify = static_cast<HashCheck>(std::clamp(verify, 0, 2));
     o.num_threads = num_threads;
@@ -196,22 +195,26 @@ NB_MODULE(_core, m) {
   m.def("_set_error_factory", [](nb::object f) { ErrorFactory() = std::move(f); });
 
   nb::class_<PyReader>(m, "Reader")
-      .def_static("open_path", [](const std::string& path) {
-        Result<std::unique_ptr<Source>> s = [&] {
-          nb::gil_scoped_release release;
-          return OpenSource(path);
-        }();
-        return std::make_unique<PyReader>(std::shared_ptr<const Source>(Take(std::move(s))));
-      })
-      .def_static("open_fd", [](int fd, const std::string& name) {
-        return std::make_unique<PyReader>(
-            std::shared_ptr<const Source>(Take(OpenFdSource(fd, name))));
-      })
-      .def_static("open_bytes", [](nb::bytes data, const std::string& name) {
-        std::string copy(data.c_str(), data.size());
-        return std::make_unique<PyReader>(
-            std::shared_ptr<const Source>(MakeMemorySource(std::move(copy), name)));
-      })
+      .def_static(
+          "open_path",
+          [](const std::string& path) {
+            Result<std::unique_ptr<Source>> s = [&] {
+              nb::gil_scoped_release release;
+              return OpenSource(path);
+            }();
+            return std::make_unique<PyReader>(std::shared_ptr<const Source>(Take(std::move(s))));
+          })
+      .def_static("open_fd",
+                  [](int fd, const std::string& name) {
+                    return std::make_unique<PyReader>(
+                        std::shared_ptr<const Source>(Take(OpenFdSource(fd, name))));
+                  })
+      .def_static("open_bytes",
+                  [](nb::bytes data, const std::string& name) {
+                    std::string copy(data.c_str(), data.size());
+                    return std::make_unique<PyReader>(
+                        std::shared_ptr<const Source>(MakeMemorySource(std::move(copy), name)));
+                  })
       .def_prop_ro("uri", &PyReader::uri)
       .def_prop_ro("file_size", &PyReader::file_size)
       .def_prop_ro("version", [](const PyReader& r) { return r.index().header.version; })
@@ -222,8 +225,8 @@ NB_MODULE(_core, m) {
                    [](const PyReader& r) { return r.index().header.has_crypt_info(); })
       .def_prop_ro("prefix_length", [](const PyReader& r) { return r.index().prefix_length(); })
       .def("entries", &PyReader::entries)
-      .def("start_load", &PyReader::StartLoad, "selected"_a, "verify"_a = 0,
-           "num_threads"_a = 0, "chunk_bytes"_a = 16ull << 20, "huge_pages"_a = true);
+      .def("start_load", &PyReader::StartLoad, "selected"_a, "verify"_a = 0, "num_threads"_a = 0,
+           "chunk_bytes"_a = 16ull << 20, "huge_pages"_a = true);
 
   nb::class_<Load>(m, "Load")
       .def("wait_tensor",
@@ -256,26 +259,33 @@ NB_MODULE(_core, m) {
              }
              return out;
            })
-      .def("tensor_info", [](const Load& l, size_t i) {
-        if (i >= l.tensor_count()) throw nb::index_error();
-        return TensorInfo(l, i);
-      })
+      .def("tensor_info",
+           [](const Load& l, size_t i) {
+             if (i >= l.tensor_count()) throw nb::index_error();
+             return TensorInfo(l, i);
+           })
       .def_prop_ro("tensor_count", &Load::tensor_count)
       .def_prop_ro("bytes_read", &Load::bytes_read);
 
   nb::class_<PyWriter>(m, "Writer")
-      .def_static("create", [](const std::string& path, int num_threads) {
-        WriterOptions o;
-        o.num_threads = num_threads;
-        auto sink = Take(CreateFileSink(path));
-        return std::make_unique<PyWriter>(Take(Writer::Create(std::move(sink), o)));
-      }, "path"_a, "num_threads"_a = 0)
-      .def_static("from_fd", [](int fd, const std::string& name, int num_threads) {
-        WriterOptions o;
-        o.num_threads = num_threads;
-        auto sink = Take(CreateFdSink(fd, name));
-        return std::make_unique<PyWriter>(Take(Writer::Create(std::move(sink), o)));
-      }, "fd"_a, "name"_a, "num_threads"_a = 0)
+      .def_static(
+          "create",
+          [](const std::string& path, int num_threads) {
+            WriterOptions o;
+            o.num_threads = num_threads;
+            auto sink = Take(CreateFileSink(path));
+            return std::make_unique<PyWriter>(Take(Writer::Create(std::move(sink), o)));
+          },
+          "path"_a, "num_threads"_a = 0)
+      .def_static(
+          "from_fd",
+          [](int fd, const std::string& name, int num_threads) {
+            WriterOptions o;
+            o.num_threads = num_threads;
+            auto sink = Take(CreateFdSink(fd, name));
+            return std::make_unique<PyWriter>(Take(Writer::Create(std::move(sink), o)));
+          },
+          "fd"_a, "name"_a, "num_threads"_a = 0)
       .def("write", &PyWriter::Write)
       .def("close", &PyWriter::Close)
       .def("abort", [](PyWriter& w) { w.writer().Abort(); })

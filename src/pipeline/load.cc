@@ -57,8 +57,7 @@ Result<Index> ReadIndex(const Source& source) {
   if (need > prefix.size()) {
     uint64_t have = prefix.size();
     prefix.resize(need);
-    TZR_RETURN_IF_ERROR(
-        source.ReadAt(have, prefix.data() + have, need - have).WithContext(what));
+    TZR_RETURN_IF_ERROR(source.ReadAt(have, prefix.data() + have, need - have).WithContext(what));
   }
   auto index = ParseIndex(prefix.data(), prefix.size(), size);
   if (!index.ok()) return index.status().WithContext(what);
@@ -75,8 +74,8 @@ Result<std::shared_ptr<Arena>> Arena::Allocate(uint64_t bytes, bool huge_pages) 
     return Status::ResourceExhausted("cannot map a " + std::to_string(bytes) + "-byte arena");
   }
   uint64_t map_bytes = std::max<uint64_t>(bytes, 1) + (use_huge ? kHugePage : 0);
-  void* map = ::mmap(nullptr, map_bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS,
-                     -1, 0);
+  void* map =
+      ::mmap(nullptr, map_bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
   if (map == MAP_FAILED) {
     return Status::ResourceExhausted("cannot map a " + std::to_string(bytes) +
                                      "-byte arena: " + std::strerror(errno));
@@ -88,8 +87,7 @@ Result<std::shared_ptr<Arena>> Arena::Allocate(uint64_t bytes, bool huge_pages) 
     ::madvise(reinterpret_cast<void*>(data), (bytes + kHugePage - 1) / kHugePage * kHugePage,
               MADV_HUGEPAGE);
   }
-  return std::shared_ptr<Arena>(
-      new Arena(map, map_bytes, reinterpret_cast<uint8_t*>(data), bytes));
+  return std::shared_ptr<Arena>(new Arena(map, map_bytes, reinterpret_cast<uint8_t*>(data), bytes));
 }
 
 Arena::~Arena() { ::munmap(map_, map_bytes_); }
@@ -146,16 +144,16 @@ struct Load::State {
         if (stored != crc) {
           char buf[64];
           snprintf(buf, sizeof buf, "Expected %u, got %u.", stored, crc);
-          return Status::HashMismatch("Tensor '" + DisplayName(e.name) + "' in " +
-                                      source->uri() + " failed CRC32 verification. " + buf);
+          return Status::HashMismatch("Tensor '" + DisplayName(e.name) + "' in " + source->uri() +
+                                      " failed CRC32 verification. " + buf);
         }
       }
     }
     for (const StoredHash& h : ts.header.hashes) {
       if (checked_sha && h.type == HashType::kSha256 && h.value != sha) {
         return Status::HashMismatch("Tensor '" + DisplayName(e.name) + "' in " + source->uri() +
-                                    " failed SHA256 verification. Expected " +
-                                    HexBytes(h.value) + ", got " + HexBytes(sha) + ".");
+                                    " failed SHA256 verification. Expected " + HexBytes(h.value) +
+                                    ", got " + HexBytes(sha) + ".");
       }
     }
     return Status::Ok();
@@ -180,8 +178,8 @@ struct Load::State {
     if (options.verify != HashCheck::kNone) {
       bool has_crc = false;
       for (const StoredHash& sh : ts.header.hashes) has_crc |= sh.type == HashType::kCrc32;
-      ts.hasher = std::make_unique<internal::TensorHasher>(options.verify == HashCheck::kAll ||
-                                                           !has_crc);
+      ts.hasher =
+          std::make_unique<internal::TensorHasher>(options.verify == HashCheck::kAll || !has_crc);
       std::string hashed = HashedHeaderBytes(p, ts.header);
       ts.hasher->Update(hashed.data(), hashed.size());
       if (e.data_length == 0) return FinishHashes(t);
@@ -214,8 +212,8 @@ struct Load::State {
         }
       }
       // Count each tensor once per read, after its last segment here.
-      bool last_of_tensor = s + 1 == op.segment_count ||
-                            plan.segments[op.first_segment + s + 1].tensor != seg.tensor;
+      bool last_of_tensor =
+          s + 1 == op.segment_count || plan.segments[op.first_segment + s + 1].tensor != seg.tensor;
       if (last_of_tensor && seg.tensor != last_tensor) {
         last_tensor = seg.tensor;
         if (tensors[seg.tensor].reads_left.fetch_sub(1) == 1) Publish(seg.tensor);

@@ -106,7 +106,8 @@ Result<LoadPlan> MakeLoadPlan(const Index& index, const std::vector<size_t>& sel
     uint64_t done = 0;
     bool split = false;
     while (done < e.data_length) {
-      uint64_t room = options.chunk_bytes > b.open_length() ? options.chunk_bytes - b.open_length() : 0;
+      uint64_t room =
+          options.chunk_bytes > b.open_length() ? options.chunk_bytes - b.open_length() : 0;
       if (room == 0) {
         b.Flush();
         split = true;

@@ -7,8 +7,8 @@
 #include "tensorizer/write.h"
 
 #include <algorithm>
-#include <cstring>
 #include <atomic>
+#include <cstring>
 #include <mutex>
 #include <thread>
 
@@ -80,10 +80,9 @@ Status Writer::WriteBatch(const std::vector<TensorWrite>& tensors) {
     auto expected = ExpectedDataLength(as_entry);
     if (!expected.ok()) return expected.status().WithContext("tensor '" + t.name + "'");
     if (!t.meta && *expected != t.data_length) {
-      return Status::InvalidArgument("tensor '" + t.name + "' has " +
-                                     std::to_string(t.data_length) +
-                                     " data bytes but its dtype and shape need " +
-                                     std::to_string(*expected));
+      return Status::InvalidArgument(
+          "tensor '" + t.name + "' has " + std::to_string(t.data_length) +
+          " data bytes but its dtype and shape need " + std::to_string(*expected));
     }
     if (!dinfo->opaque_name.empty()) next.version = std::max(next.version, kVersionOpaque);
     if (t.meta) next.version = std::max(next.version, kVersionMeta);
@@ -111,11 +110,10 @@ Status Writer::WriteBatch(const std::vector<TensorWrite>& tensors) {
     }
   }
   if (metadata.size() > kMetadataReserve) {
-    return Status::ResourceExhausted("Metadata overflow: the index of " +
-                                     std::to_string(next.tensor_count) + " tensors needs " +
-                                     std::to_string(metadata.size()) + " bytes, more than the " +
-                                     std::to_string(kMetadataReserve) + " reserved in " +
-                                     sink_->uri());
+    return Status::ResourceExhausted(
+        "Metadata overflow: the index of " + std::to_string(next.tensor_count) + " tensors needs " +
+        std::to_string(metadata.size()) + " bytes, more than the " +
+        std::to_string(kMetadataReserve) + " reserved in " + sink_->uri());
   }
 
   broken_ = true;  // until the batch is fully written

@@ -82,7 +82,8 @@ class FileSource final : public Source {
 
 class MemorySource final : public Source {
  public:
-  MemorySource(std::string bytes, std::string uri) : bytes_(std::move(bytes)), uri_(std::move(uri)) {}
+  MemorySource(std::string bytes, std::string uri)
+      : bytes_(std::move(bytes)), uri_(std::move(uri)) {}
   uint64_t size() const override { return bytes_.size(); }
   const std::string& uri() const override { return uri_; }
   Status ReadAt(uint64_t offset, void* dst, uint64_t length) const override {

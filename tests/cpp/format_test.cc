@@ -4,6 +4,8 @@
 // Golden bytes are the file tensorizer 2.11.1 writes for
 // {"a": torch.arange(6, dtype=torch.float32).reshape(2, 3)} (research
 // report §1.14), a 262327-byte file.
+#include "tensorizer/format.h"
+
 #include <gtest/gtest.h>
 
 #include <limits>
@@ -11,7 +13,6 @@
 #include <vector>
 
 #include "format/hash.h"
-#include "tensorizer/format.h"
 #include "tensorizer/load.h"
 #include "tensorizer/source.h"
 #include "test_files.h"
@@ -20,9 +21,9 @@ namespace tensorizer {
 namespace {
 
 using testing::BuildFile;
+using testing::BuiltFile;
 using testing::BuiltRecord;
 using testing::F32;
-using testing::BuiltFile;
 using testing::FileBlueprint;
 using testing::GetLE;
 using testing::GoldenBlueprint;
@@ -75,11 +76,11 @@ Result<Index> ParseAll(const std::string& file) {
 }
 
 // Asserts a failed result with the given code.
-#define EXPECT_CODE(expr, expected_code)                                          \
-  do {                                                                            \
-    auto&& _r = (expr);                                                           \
-    EXPECT_FALSE(_r.ok()) << #expr << " unexpectedly succeeded";                  \
-    EXPECT_EQ(_r.status().code(), (expected_code)) << _r.status().ToString();     \
+#define EXPECT_CODE(expr, expected_code)                                      \
+  do {                                                                        \
+    auto&& _r = (expr);                                                       \
+    EXPECT_FALSE(_r.ok()) << #expr << " unexpectedly succeeded";              \
+    EXPECT_EQ(_r.status().code(), (expected_code)) << _r.status().ToString(); \
   } while (0)
 
 // --- Golden bytes -------------------------------------------------------
@@ -415,16 +416,16 @@ TEST(DtypeTest, RejectsMalformed) {
       "",
       "<",
       "|",
-      "<x4",             // unknown kind
-      "<f",              // no size
-      "<f0",             // size 0
-      "<f4x",            // junk after the size
+      "<x4",   // unknown kind
+      "<f",    // no size
+      "<f0",   // size 0
+      "<f4x",  // junk after the size
       "<f-4",
-      "<f1234567",       // absurd size
+      "<f1234567",  // absurd size
       "f4 ",
-      std::string("<V2\0", 4),                     // opaque name missing
-      std::string("<V2\0torch.a\0torch.b", 18),    // two separators
-      std::string("\0torch.bfloat16", 15),         // no base type
+      std::string("<V2\0", 4),                   // opaque name missing
+      std::string("<V2\0torch.a\0torch.b", 18),  // two separators
+      std::string("\0torch.bfloat16", 15),       // no base type
   };
   for (const std::string& d : bad) {
     SCOPED_TRACE(Hex(d));
@@ -465,13 +466,26 @@ TEST(VersionedMetadataTest, EntriesCarryTags) {
   auto long_entry = EncodeMetadataEntry(spec, kGoldenHeaderOffset, kGoldenDataOffset, true);
   ASSERT_TRUE(long_entry.ok());
   EXPECT_EQ(Hex(*long_entry),
-            "05000000" "0100" "61" "02" "03" "3c6634" "02" "0200000000000000" "0300000000000000"
-            "4900040000000000" "9700040000000000" "1800000000000000");
+            "05000000"
+            "0100"
+            "61"
+            "02"
+            "03"
+            "3c6634"
+            "02"
+            "0200000000000000"
+            "0300000000000000"
+            "4900040000000000"
+            "9700040000000000"
+            "1800000000000000");
 
   auto header = EncodeTensorHeader(spec);
   ASSERT_TRUE(header.ok());
   EXPECT_EQ(header->bytes.size(), 78u + 8u);  // two dims, four bytes more each
-  EXPECT_EQ(Hex(header->bytes.substr(18, 17)), "02" "0200000000000000" "0300000000000000");
+  EXPECT_EQ(Hex(header->bytes.substr(18, 17)),
+            "02"
+            "0200000000000000"
+            "0300000000000000");
 }
 
 TEST(VersionedMetadataTest, DimensionsOver32BitsNeedALongRecord) {
@@ -651,13 +665,12 @@ TEST(HostileTest, FlagBitsBeforeVersion4) {
 }
 
 TEST(HostileTest, TensorCountTooBigForTheBlock) {
-  for (uint64_t count : {uint64_t{2}, uint64_t{1000}, uint64_t{1} << 40,
-                         std::numeric_limits<uint64_t>::max()}) {
+  for (uint64_t count :
+       {uint64_t{2}, uint64_t{1000}, uint64_t{1} << 40, std::numeric_limits<uint64_t>::max()}) {
     SCOPED_TRACE(count);
     BuiltFile file = BuildFile(GoldenBlueprint(std::nullopt));  // block: one 41-byte entry
     PutLE<uint64_t>(file.bytes, 57, count);
-    EXPECT_CODE(ParseFileHeader(file.data(), file.size(), file.size()),
-                StatusCode::kFormatError);
+    EXPECT_CODE(ParseFileHeader(file.data(), file.size(), file.size()), StatusCode::kFormatError);
     EXPECT_CODE(ParseAll(file.bytes), StatusCode::kFormatError);
   }
   // Fits the 256 KiB block by size, but the entries after the first are
@@ -781,8 +794,7 @@ TEST(HostileTest, AbsurdNameLength) {
   }
   std::string header = Unhex(kGoldenHeader);
   PutLE<uint16_t>(header, 11, 0xFFFF);
-  EXPECT_CODE(ParseTensorHeader(U8(header), header.size(), false, false),
-              StatusCode::kFormatError);
+  EXPECT_CODE(ParseTensorHeader(U8(header), header.size(), false, false), StatusCode::kFormatError);
 }
 
 TEST(HostileTest, TensorHeaderSizeMismatch) {

@@ -3,10 +3,9 @@
 // and chunk sizes small enough to split every record. Then damaged files:
 // flipped bytes, truncation, a metadata block that overflows.
 #include <fcntl.h>
+#include <gtest/gtest.h>
 #include <sys/stat.h>
 #include <unistd.h>
-
-#include <gtest/gtest.h>
 
 #include <cstdlib>
 #include <filesystem>
@@ -210,8 +209,8 @@ TEST_F(LoadWriteTest, VersionIsTheLowestTheContentNeeds) {
     ASSERT_TRUE(WriteFile(PathOf(c.file), {c.samples}, &version).ok());
     EXPECT_EQ(version, c.version);
     std::string bytes = ReadWhole(PathOf(c.file));
-    auto index = ParseIndex(reinterpret_cast<const uint8_t*>(bytes.data()), bytes.size(),
-                            bytes.size());
+    auto index =
+        ParseIndex(reinterpret_cast<const uint8_t*>(bytes.data()), bytes.size(), bytes.size());
     ASSERT_TRUE(index.ok()) << index.status().ToString();
     EXPECT_EQ(index->header.version, c.version);
     EXPECT_EQ(index->header.flags, c.flags);
@@ -300,8 +299,8 @@ TEST_F(LoadWriteTest, MetadataOverflowIsResourceExhausted) {
   std::vector<Sample> many;
   for (int i = 0; i < 5000; ++i) {
     char name[80];
-    snprintf(name, sizeof name,
-             "model.decoder.layers.%05d.self_attention.query_key_value.weight", i);
+    snprintf(name, sizeof name, "model.decoder.layers.%05d.self_attention.query_key_value.weight",
+             i);
     many.push_back({name, "|u1", {1}, std::string(1, static_cast<char>(i))});
   }
   const std::string target = PathOf("big.tensors");
@@ -501,8 +500,8 @@ class DamagedFileTest : public LoadWriteTest {
     samples_ = EverySample();
     ASSERT_TRUE(WriteFile(PathOf("m.tensors"), {samples_}).ok());
     bytes_ = ReadWhole(PathOf("m.tensors"));
-    auto index = ParseIndex(reinterpret_cast<const uint8_t*>(bytes_.data()), bytes_.size(),
-                            bytes_.size());
+    auto index =
+        ParseIndex(reinterpret_cast<const uint8_t*>(bytes_.data()), bytes_.size(), bytes_.size());
     ASSERT_TRUE(index.ok());
     index_ = *index;
   }
@@ -590,14 +589,14 @@ TEST_F(DamagedFileTest, TruncatedFilesFailCleanly) {
   const TensorEntry& last = index_.entries.back();
   const TensorEntry& big = index_.entries[0];
   const std::vector<uint64_t> cuts = {
-      bytes_.size() - 1,                   // inside the terminator
-      bytes_.size() - 8,                   // terminator gone: data still whole
-      last.data_offset + 1,                // inside the last tensor's data
-      last.header_offset + 5,              // inside its header
+      bytes_.size() - 1,       // inside the terminator
+      bytes_.size() - 8,       // terminator gone: data still whole
+      last.data_offset + 1,    // inside the last tensor's data
+      last.header_offset + 5,  // inside its header
       big.data_offset + big.data_length / 3,
-      kFirstTensorOffset,                  // nothing after the index
-      kMetadataStart + 1000,               // inside the metadata block
-      40,                                  // inside the file header
+      kFirstTensorOffset,     // nothing after the index
+      kMetadataStart + 1000,  // inside the metadata block
+      40,                     // inside the file header
       0,
   };
   for (uint64_t n : cuts) {

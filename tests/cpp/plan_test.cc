@@ -4,6 +4,8 @@
 // values, with records laid out back to back (or with gaps) after the
 // standard 256 KiB metadata block. CheckInvariants states everything a plan
 // promises; each test adds what its case is about.
+#include "tensorizer/plan.h"
+
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -13,7 +15,6 @@
 #include <vector>
 
 #include "tensorizer/format.h"
-#include "tensorizer/plan.h"
 
 namespace tensorizer {
 namespace {
