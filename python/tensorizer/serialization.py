@@ -663,13 +663,13 @@ class TensorDeserializer(collections.abc.Mapping, contextlib.AbstractContextMana
     def _load(self, paths, verify_hash: Optional[bool]) -> None:
         """Loads the given paths (those not cached) in one engine pass."""
         verify = self._verify_hash if verify_hash is None else verify_hash
-        todo = sorted((p for p in paths if p not in self._cache), key=self._entry_index.__getitem__)
-        if not todo:
+        pending = sorted((p for p in paths if p not in self._cache), key=self._entry_index.__getitem__)
+        if not pending:
             return
         if self._reader is None:
             raise RuntimeError("TensorDeserializer is closed; its file is no longer open")
         load = self._reader.start_load(
-            [self._entry_index[p] for p in todo],
+            [self._entry_index[p] for p in pending],
             verify=_hash_check(verify),
             num_threads=self._num_threads,
         )
@@ -680,17 +680,17 @@ class TensorDeserializer(collections.abc.Mapping, contextlib.AbstractContextMana
             # read, then wait once.
             tensors = [
                 self._to_tensor(arena, offset, nbytes, path, device)
-                for (offset, nbytes), path in zip(load.layout(), todo)
+                for (offset, nbytes), path in zip(load.layout(), pending)
             ]
             load.wait()
         else:
             # Casts and device copies need the bytes: take each tensor as soon
             # as it is published.
             tensors = []
-            for (offset, nbytes), path, i in zip(load.layout(), todo, range(len(todo))):
+            for i, ((offset, nbytes), path) in enumerate(zip(load.layout(), pending)):
                 load.wait_tensor(i)
                 tensors.append(self._to_tensor(arena, offset, nbytes, path, device))
-        for i, (path, tensor) in enumerate(zip(todo, tensors)):
+        for i, (path, tensor) in enumerate(zip(pending, tensors)):
             _, _, module_idx, hashes, hashed_header = load.tensor_info(i)
             entry = self._entries[path]
             entry.hashes = [TensorHash(HashType(t), self._hash_value(t, v)) for t, v in hashes]
