@@ -663,7 +663,9 @@ class TensorDeserializer(collections.abc.Mapping, contextlib.AbstractContextMana
     def _load(self, paths, verify_hash: Optional[bool]) -> None:
         """Loads the given paths (those not cached) in one engine pass."""
         verify = self._verify_hash if verify_hash is None else verify_hash
-        pending = sorted((p for p in paths if p not in self._cache), key=self._entry_index.__getitem__)
+        pending = sorted(
+            (p for p in paths if p not in self._cache), key=self._entry_index.__getitem__
+        )
         if not pending:
             return
         if self._reader is None:
