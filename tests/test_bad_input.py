@@ -7,6 +7,7 @@ import time
 
 import pytest
 import torch
+
 from tensorizer import TensorDeserializer, TensorSerializer
 from tensorizer.serialization import HashMismatchError
 

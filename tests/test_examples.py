@@ -21,8 +21,9 @@ os.environ["TRANSFORMERS_OFFLINE"] = "1"
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
 import pytest
-import tensorizer
 import torch
+
+import tensorizer
 from tensorizer import TensorDeserializer, TensorSerializer, utils
 
 CUDA = torch.cuda.is_available()
