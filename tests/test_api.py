@@ -276,3 +276,13 @@ def test_device_default_and_cuda_logic(sample):
 def test_resource_limits_respected():
     # Sanity: the no-second-copy test measures RSS in KiB units on Linux.
     assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss > 0
+
+
+def test_numpy_scalars_and_non_contiguous_arrays(tmp_path):
+    s = TensorSerializer(tmp_path / "np0.tensors")
+    s.write_tensor(0, "scalar", TensorType.STATE_DICT, np.array(3.5, dtype=np.float32))
+    s.write_tensor(0, "t", TensorType.STATE_DICT, np.arange(6, dtype=np.int64).reshape(2, 3).T)
+    s.close()
+    d = TensorDeserializer(tmp_path / "np0.tensors", device="cpu")
+    assert d["scalar"].shape == () and float(d["scalar"]) == 3.5
+    assert d["t"].tolist() == [[0, 3], [1, 4], [2, 5]]

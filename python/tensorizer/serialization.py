@@ -14,15 +14,18 @@ import io
 import logging
 import os
 import tempfile
-import types
-import typing
 from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple, Union
 
 import numpy as np
 import torch
 
 from . import _core, _paths, stream_io, utils
-from ._dtypes import OPAQUE_DTYPE_SEP, dtype_to_str, numpy_dtype_for, str_to_dtype
+from ._dtypes import (  # OPAQUE_DTYPE_SEP: public here, as in tensorizer
+    OPAQUE_DTYPE_SEP,  # noqa: F401
+    dtype_to_str,
+    numpy_dtype_for,
+    str_to_dtype,
+)
 from ._errors import CryptographyError, HashMismatchError, TensorizerFormatError
 
 __all__ = [
@@ -318,12 +321,13 @@ class TensorSerializer:
                 raise ValueError(f"Module index {spec.idx} does not fit in 16 bits")
             tensor = spec.tensor
             if isinstance(tensor, np.ndarray):
-                torch.from_numpy(tensor[:0] if tensor.ndim else tensor.reshape(1)[:0])
+                # Like tensorizer, accept only dtypes torch can represent.
+                torch.from_numpy(np.empty(0, dtype=tensor.dtype))
                 dtype_str = tensor.dtype.str
-                arr = np.ascontiguousarray(tensor)
+                arr = tensor if tensor.flags.c_contiguous else tensor.copy(order="C")
                 data = arr.reshape(-1).view(np.uint8)
                 owner = arr
-                shape = tuple(arr.shape)
+                shape = tuple(tensor.shape)
             elif isinstance(tensor, torch.Tensor):
                 dtype_str = dtype_to_str(tensor.dtype)
                 data, owner = _byte_view(tensor)
@@ -930,7 +934,3 @@ def _prune(node, keep):
         if pv is not None and (_paths.is_leaf(pv) or pv):
             out[k] = pv
     return out
-
-
-# Keep names importable from where tensorizer users find them.
-_ = (OPAQUE_DTYPE_SEP, typing, types)
