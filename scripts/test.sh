@@ -23,7 +23,8 @@ s.close()
 PY
 build/consumer/load_file build/consumer/check.tensors
 
-echo "== Python tests"
+echo "== Python tests (CLI golden tests use the binary built above)"
+export TENSORIZER_CLI="$PWD/build/cpp/tensorizer"
 set +e
 python3 -m pytest -q tests "$@"
 rc=$?
