@@ -81,11 +81,19 @@ struct TensorEntry {
   uint64_t record_end() const { return data_offset + data_length; }
 };
 
+// Which container the bytes are in. Safetensors files have no per-tensor
+// headers or hashes: their entries have header_offset == data_offset.
+enum class FileFormat : uint8_t { kTensorizer, kSafetensors };
+
 struct Index {
+  FileFormat format = FileFormat::kTensorizer;
   FileHeader header;
   std::vector<TensorEntry> entries;  // in file order
-  // Bytes [0, prefix_length) hold the header and the whole metadata block.
-  uint64_t prefix_length() const { return kMetadataStart + header.metadata_length; }
+  // Bytes [0, prefix_length) hold the header and the whole metadata block
+  // (for safetensors: the u64 header size and the JSON header).
+  uint64_t prefix_length() const {
+    return (format == FileFormat::kSafetensors ? 8 : kMetadataStart) + header.metadata_length;
+  }
 };
 
 // What a dtype string says about the element layout.
@@ -110,6 +118,23 @@ Result<FileHeader> ParseFileHeader(const uint8_t* data, size_t size, uint64_t fi
 // Checks: counts and lengths fit the metadata block; every record lies inside
 // the file, after the metadata block, in file order and without overlap.
 Result<Index> ParseIndex(const uint8_t* data, size_t size, uint64_t file_size);
+
+// --- safetensors ---------------------------------------------------------
+
+// The safetensors spec's cap on the JSON header (100 MB).
+inline constexpr uint64_t kSafetensorsMaxHeader = 100'000'000;
+
+// True when the first bytes look like a safetensors file: not the .tensors
+// magic, and a u64 header size followed by '{'.
+bool LooksLikeSafetensors(const uint8_t* data, size_t size, uint64_t file_size);
+
+// Parses a safetensors header into an Index (entries in data order, type
+// kStateDict, dtypes as .tensors dtype strings, e.g. BF16 ->
+// "<V2\0torch.bfloat16"). `size` must cover the 8-byte length and the JSON.
+// Checks, as the safetensors spec asks: the header-size cap, valid JSON of
+// the expected shape, known dtypes, data offsets inside the data section,
+// lengths equal to dtype x shape, and no overlaps or holes between tensors.
+Result<Index> ParseSafetensorsIndex(const uint8_t* data, size_t size, uint64_t file_size);
 
 struct StoredHash {
   HashType type;

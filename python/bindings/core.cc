@@ -217,6 +217,11 @@ NB_MODULE(_core, m) {
                   })
       .def_prop_ro("uri", &PyReader::uri)
       .def_prop_ro("file_size", &PyReader::file_size)
+      .def_prop_ro("format",
+                   [](const PyReader& r) {
+                     return r.index().format == FileFormat::kSafetensors ? "safetensors"
+                                                                         : "tensorizer";
+                   })
       .def_prop_ro("version", [](const PyReader& r) { return r.index().header.version; })
       .def_prop_ro("flags", [](const PyReader& r) { return r.index().header.flags; })
       .def_prop_ro("tensor_size", [](const PyReader& r) { return r.index().header.tensor_size; })

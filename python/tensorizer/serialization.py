@@ -554,6 +554,9 @@ class TensorDeserializer(collections.abc.Mapping, contextlib.AbstractContextMana
         self.total_bytes_read = self._reader.prefix_length
 
         # Index: decode names and dtypes, then apply the filter.
+        # A safetensors file loads through the same engine; its names are
+        # plain keys and every tensor counts as a state_dict entry.
+        is_safetensors = self._reader.format == "safetensors"
         registry = _paths.PathRegistry()
         self._entries: Dict[tuple, TensorEntry] = {}
         self._entry_index: Dict[tuple, int] = {}
@@ -562,7 +565,9 @@ class TensorDeserializer(collections.abc.Mapping, contextlib.AbstractContextMana
             self._reader.entries()
         ):
             try:
-                path = _paths.decode_name(name)
+                path = (
+                    (name.decode("utf-8"),) if is_safetensors else _paths.decode_name(name)
+                )
                 registry.add(path, path)
                 dtype_str = dtype_b.decode("utf-8")
                 if ttype != TensorType.STATE_DICT and not isinstance(_paths.normalize(path), str):

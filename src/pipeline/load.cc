@@ -51,6 +51,19 @@ Result<Index> ReadIndex(const Source& source) {
   uint64_t size = source.size();
   std::vector<uint8_t> prefix(std::min<uint64_t>(size, kFirstTensorOffset));
   TZR_RETURN_IF_ERROR(source.ReadAt(0, prefix.data(), prefix.size()).WithContext(what));
+  if (LooksLikeSafetensors(prefix.data(), prefix.size(), size)) {
+    uint64_t n = 0;
+    std::memcpy(&n, prefix.data(), 8);
+    uint64_t need = 8 + n;
+    if (n <= kSafetensorsMaxHeader && need <= size && need > prefix.size()) {
+      uint64_t have = prefix.size();
+      prefix.resize(need);
+      TZR_RETURN_IF_ERROR(source.ReadAt(have, prefix.data() + have, need - have).WithContext(what));
+    }
+    auto index = ParseSafetensorsIndex(prefix.data(), prefix.size(), size);
+    if (!index.ok()) return index.status().WithContext(what);
+    return index;
+  }
   auto header = ParseFileHeader(prefix.data(), prefix.size(), size);
   if (!header.ok()) return header.status().WithContext(what);
   uint64_t need = kMetadataStart + header->metadata_length;  // <= size, checked by the parser
@@ -254,7 +267,8 @@ Result<std::unique_ptr<Load>> Load::Start(std::shared_ptr<const Source> source,
   auto st = std::make_unique<State>();
   PlanOptions po;
   po.chunk_bytes = options.chunk_bytes;
-  po.verify_hash = options.verify != HashCheck::kNone;
+  // Safetensors files store no hashes: there is nothing to verify.
+  po.verify_hash = options.verify != HashCheck::kNone && index->format != FileFormat::kSafetensors;
   // Verification hashes each piece right after reading it; pieces that fit
   // in L2 are still there when hashed.
   if (po.verify_hash) po.chunk_bytes = std::min<uint64_t>(po.chunk_bytes, 2ull << 20);
@@ -264,6 +278,7 @@ Result<std::unique_ptr<Load>> Load::Start(std::shared_ptr<const Source> source,
   st->source = std::move(source);
   st->index = std::move(index);
   st->options = options;
+  if (st->index->format == FileFormat::kSafetensors) st->options.verify = HashCheck::kNone;
   auto arena = Arena::Allocate(st->plan.arena_bytes, options.huge_pages);
   if (!arena.ok()) return arena.status().WithContext("loading " + st->source->uri());
   st->arena = std::move(arena).value();
@@ -271,6 +286,8 @@ Result<std::unique_ptr<Load>> Load::Start(std::shared_ptr<const Source> source,
   st->tensors = std::vector<TensorState>(st->plan.tensors.size());
   for (size_t i = 0; i < st->plan.tensors.size(); ++i) {
     st->tensors[i].reads_left = st->plan.tensors[i].read_count;
+    // A safetensors tensor with no elements has nothing to read.
+    st->tensors[i].ready = st->plan.tensors[i].read_count == 0;
   }
   int threads = options.num_threads > 0 ? options.num_threads
                                         : static_cast<int>(std::thread::hardware_concurrency());

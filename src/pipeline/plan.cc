@@ -26,7 +26,9 @@ class PlanBuilder {
       Flush();
       open_ = true;
       cur_ = ReadOp{file_offset, 0, static_cast<uint32_t>(plan_->segments.size()), 0};
+      cur_starts_tensor_ = t != last_tensor_;
     }
+    last_tensor_ = t;
     plan_->segments.push_back(ReadSegment{t, header, dst, length});
     cur_.length += length;
     cur_.segment_count++;
@@ -39,9 +41,8 @@ class PlanBuilder {
     if (!open_) return;
     for (uint32_t t : touched_) plan_->tensors[t].read_count++;
     touched_.clear();
-    const ReadSegment& first = plan_->segments[cur_.first_segment];
     // With verification a new job may only begin where a tensor begins.
-    if (!opt_.verify_hash || first.header) {
+    if (!opt_.verify_hash || cur_starts_tensor_) {
       plan_->job_starts.push_back(static_cast<uint32_t>(plan_->reads.size()));
     }
     plan_->reads.push_back(cur_);
@@ -53,6 +54,8 @@ class PlanBuilder {
   const PlanOptions& opt_;
   ReadOp cur_;
   bool open_ = false;
+  bool cur_starts_tensor_ = false;  // the open read begins with a tensor's first segment
+  uint32_t last_tensor_ = UINT32_MAX;
   std::vector<uint32_t> touched_;
 };
 
@@ -102,7 +105,10 @@ Result<LoadPlan> MakeLoadPlan(const Index& index, const std::vector<size_t>& sel
     // Small records pack into one read; start afresh when this one would
     // overflow the open read.
     if (b.open_length() > 0 && b.open_length() + record > options.chunk_bytes) b.Flush();
-    b.Add(ti, true, e.header_offset, t.header_offset, e.header_length());
+    // Safetensors records have no header of their own.
+    if (e.header_length() > 0) {
+      b.Add(ti, true, e.header_offset, t.header_offset, e.header_length());
+    }
     uint64_t done = 0;
     bool split = false;
     while (done < e.data_length) {
