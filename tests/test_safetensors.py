@@ -65,7 +65,7 @@ def test_safetensors_filter_and_state_dict_types(st_file):
 
 
 def test_safetensors_dtype_cast_and_module_mapping(st_file):
-    path, tensors = st_file
+    path, _ = st_file
     d = TensorDeserializer(path, device="cpu", dtype=torch.float16, cast_only_floating=True)
     assert d["model.embed.weight"].dtype == torch.float16
     assert d["i64"].dtype == torch.int64
