@@ -717,6 +717,12 @@ def evaluate_targets(rows: list[Row], model_bytes: int) -> list[dict]:
             1.0,
         ),
         ratio_target(
+            "safetensors file: ours >= 1x safetensors.torch.load_file (+touch)",
+            "ours_safetensors_load",
+            "safetensors_load",
+            1.0,
+        ),
+        ratio_target(
             f"save >= {SAVE_VS_REFERENCE:g}x reference",
             "ours_save",
             "ref_save",
@@ -942,6 +948,16 @@ def main() -> int:
         ):
             rows.append(Row(key, label, "load"))
             rows[-1].error = "no .tensors file (our save failed)"
+    if not args.skip_ours:
+        load_jobs.append(
+            (
+                "ours_safetensors_load",
+                'ours TensorDeserializer("model.safetensors", device="cpu")',
+                args.ours_python,
+                ["load-tensorizer", str(files.safetensors), "eager"],
+                files.safetensors,
+            )
+        )
     if not args.skip_ref and files.reference.exists():
         load_jobs.append(
             (
