@@ -1,0 +1,137 @@
+// `tensorizer bench FILE [--threads N] [--repeat N] [--verify]`: time whole
+// loads of a file and print the best beside the machine's read limit,
+// measured in the same run (machine_limits.h), and their ratio.
+//
+// Each repetition measures the limit and then the load, so both see the
+// same page cache state; the first repetition may read from storage while
+// the later ones read from the cache, and the best of each is reported.
+// A load is timed from reading the index to the last tensor in place.
+#include <chrono>
+#include <cstdio>
+
+#include "command.h"
+#include "machine_limits.h"
+#include "tensor_display.h"
+#include "tensorizer/load.h"
+
+namespace tensorizer::cli {
+namespace {
+
+const char kHelp[] =
+    "usage: tensorizer bench [--threads N] [--repeat N] [--verify] FILE\n"
+    "\n"
+    "Loads every tensor of a .tensors file N times and prints the best\n"
+    "throughput beside the machine's limit, measured in the same run: reading\n"
+    "the same file with plain positional reads into a fresh huge-page arena,\n"
+    "one thread per core. Prints the ratio of the two, whether the file was in\n"
+    "the page cache before the first run, and the conditions measured under.\n"
+    "GB/s is 10^9 bytes per second.\n"
+    "\n"
+    "options:\n"
+    "  --threads N  load with N threads (default: one per core)\n"
+    "  --repeat N   load N times and keep the best (default: 3)\n"
+    "  --verify     check each tensor's CRC32 while loading\n"
+    "  -h, --help   show this help\n"
+    "\n"
+    "exit status: 0 measured, 1 the file cannot be read or is invalid, 2 usage error\n";
+
+std::string Fixed(double v, int digits) {
+  char buf[64];
+  std::snprintf(buf, sizeof buf, "%.*f", digits, v);
+  return buf;
+}
+
+// One load of the whole file, timed from reading the index.
+Result<double> TimeLoad(const std::shared_ptr<const Source>& source, const LoadOptions& options) {
+  auto start = std::chrono::steady_clock::now();
+  auto index = ReadIndex(*source);
+  if (!index.ok()) return index.status();
+  auto shared = std::make_shared<const Index>(std::move(index).value());
+  std::vector<size_t> all(shared->entries.size());
+  for (size_t i = 0; i < all.size(); ++i) all[i] = i;
+  auto load = Load::Start(source, shared, all, options);
+  if (!load.ok()) return load.status();
+  TZR_RETURN_IF_ERROR((*load)->Wait());
+  return std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+}
+
+int RunBench(const std::vector<std::string>& args) {
+  const Command& self = kBenchCommand;
+  std::string error;
+  auto parsed = ParseArgs(args, {{"--verify"}, {"--threads", "--repeat"}}, &error);
+  if (!parsed) return UsageError(self, error);
+  if (parsed->help) {
+    Print(self.help);
+    return kExitOk;
+  }
+  if (parsed->positional.size() != 1) {
+    return UsageError(self, parsed->positional.empty() ? "missing FILE" : "expected one FILE");
+  }
+  const int cores = AvailableCores();
+  int threads = cores;
+  if (auto v = parsed->value("--threads")) {
+    auto n = ParseCount(*v, 1, 4096);
+    if (!n) return UsageError(self, "--threads needs a whole number from 1 to 4096");
+    threads = static_cast<int>(*n);
+  }
+  uint64_t repeat = 3;
+  if (auto v = parsed->value("--repeat")) {
+    auto n = ParseCount(*v, 1, 1000);
+    if (!n) return UsageError(self, "--repeat needs a whole number from 1 to 1000");
+    repeat = *n;
+  }
+  const bool verify = parsed->has("--verify");
+
+  const std::string& file = parsed->positional[0];
+  auto opened = OpenTensorsFile(file);
+  if (!opened.ok()) return Failure(self, opened.status().message());
+  const uint64_t size = opened->source->size();
+  const std::string local = file.rfind("file://", 0) == 0 ? file.substr(7) : file;
+  auto cached = PageCacheResidency(local);
+
+  LoadOptions options;
+  options.num_threads = threads;
+  options.verify = verify ? HashCheck::kFast : HashCheck::kNone;
+  double best_load = 0, best_limit = 0;
+  for (uint64_t r = 0; r < repeat; ++r) {
+    auto limit = TimeReadIntoArena(*opened->source, cores, options.chunk_bytes);
+    if (!limit.ok()) return Failure(self, limit.status().message());
+    auto load = TimeLoad(opened->source, options);
+    if (!load.ok()) return Failure(self, load.status().message());
+    if (r == 0 || *limit < best_limit) best_limit = *limit;
+    if (r == 0 || *load < best_load) best_load = *load;
+  }
+
+  const double gb = static_cast<double>(size) / 1e9;
+  const double load_gbs = best_load > 0 ? gb / best_load : 0;
+  const double limit_gbs = best_limit > 0 ? gb / best_limit : 0;
+  const std::string best = "best of " + std::to_string(repeat);
+  std::string out;
+  out += "file:       " + DisplayText(file) + ", " + std::to_string(size) + " bytes, " +
+         Plural(opened->index->entries.size(), "tensor") + ", " + DescribeFormat(*opened->index) +
+         "\n";
+  out += "page cache: " +
+         (cached ? Fixed(*cached * 100, 0) + "% of the file resident before the first run"
+                 : std::string("unknown")) +
+         "\n";
+  out += "load:       " + Fixed(load_gbs, 2) + " GB/s  " + best + " (" + Fixed(best_load * 1e3, 3) +
+         " ms), " + std::to_string(threads) +
+         " threads, hash check: " + (verify ? "fast (CRC32)" : "none") + "\n";
+  out += "limit:      " + Fixed(limit_gbs, 2) + " GB/s  " + best + " (" +
+         Fixed(best_limit * 1e3, 3) + " ms), pread into a huge-page arena, " +
+         std::to_string(cores) + " threads\n";
+  out += "ratio:      " + (limit_gbs > 0 ? Fixed(load_gbs / limit_gbs, 2) : std::string("n/a")) +
+         " of the limit\n";
+  out += "machine:    " + std::to_string(cores) +
+         " cores, transparent huge pages: " + TransparentHugePageMode() +
+         ", tensorizer " TENSORIZER_VERSION "\n";
+  Print(out);
+  return kExitOk;
+}
+
+}  // namespace
+
+const Command kBenchCommand = {"bench", "time loading a file beside the machine's read limit",
+                               kHelp, RunBench};
+
+}  // namespace tensorizer::cli

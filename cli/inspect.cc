@@ -1,0 +1,200 @@
+// `tensorizer inspect FILE [--json]`: the file header and every tensor's
+// index entry, read from the metadata block alone (no tensor data is read).
+#include <algorithm>
+#include <cstdio>
+#include <nlohmann/json.hpp>
+
+#include "command.h"
+#include "tensor_display.h"
+
+namespace tensorizer::cli {
+namespace {
+
+const char kHelp[] =
+    "usage: tensorizer inspect [--json] FILE\n"
+    "\n"
+    "Prints the header of a .tensors (or safetensors) file (data version, feature flags, tensor\n"
+    "count and total tensor data) and, for each tensor in file order, its name,\n"
+    "dtype, shape, data bytes, tensor type and whether it is a meta tensor\n"
+    "(stored with a shape but no data). Only the index is read.\n"
+    "\n"
+    "Names that are paths (0x1E + JSON) show as their JSON; control characters\n"
+    "and bytes that are not UTF-8 show as \\xNN. Opaque dtypes show as their\n"
+    "torch name (torch.bfloat16), others as the numpy dtype string (<f4).\n"
+    "\n"
+    "options:\n"
+    "  --json      print one JSON document instead of text\n"
+    "  -h, --help  show this help\n"
+    "\n"
+    "exit status: 0 printed, 1 the file cannot be read or is invalid, 2 usage error\n";
+
+struct Row {
+  std::string name, dtype, shape, bytes, type, meta;
+};
+
+struct Totals {
+  uint64_t data_bytes = 0;
+  uint64_t by_type[3] = {0, 0, 0};
+  uint64_t meta = 0;
+};
+
+Result<Totals> CountTotals(const Index& index) {
+  Totals t;
+  for (const TensorEntry& e : index.entries) {
+    auto meta = IsMetaTensor(e);
+    if (!meta.ok()) return meta.status();
+    t.data_bytes += e.data_length;
+    t.by_type[static_cast<int>(e.type)]++;  // 0-2, checked by ParseIndex
+    t.meta += *meta;
+  }
+  return t;
+}
+
+std::string FlagsText(uint64_t flags) {
+  char hex[32];
+  std::snprintf(hex, sizeof hex, "0x%llx", static_cast<unsigned long long>(flags));
+  std::string names;
+  for (const std::string& n : FeatureFlagNames(flags)) names += (names.empty() ? "" : ", ") + n;
+  return std::string(hex) + " (" + (names.empty() ? "none" : names) + ")";
+}
+
+std::string TextReport(const std::string& file, uint64_t file_size, const Index& index,
+                       const Totals& totals) {
+  const FileHeader& h = index.header;
+  std::string out;
+  const bool tzr = index.format == FileFormat::kTensorizer;
+  out += "file:          " + DisplayText(file) + "\n";
+  out += std::string("format:        ") + (tzr ? "tensorizer" : "safetensors") + "\n";
+  out += "file size:     " + std::to_string(file_size) + " bytes\n";
+  if (tzr) {
+    out += "data version:  " + std::to_string(h.version) + "\n";
+    out += "feature flags: " + FlagsText(h.flags) + "\n";
+    out += std::string("encrypted:     ") + (h.has_crypt_info() ? "yes" : "no") + "\n";
+  }
+  out += "tensors:       " + std::to_string(h.tensor_count) + "\n";
+  out += "tensor data:   " + std::to_string(h.tensor_size) + " bytes\n";
+
+  if (!index.entries.empty()) {
+    std::vector<Row> rows;
+    rows.push_back({"name", "dtype", "shape", "bytes", "type", "meta"});
+    for (const TensorEntry& e : index.entries) {
+      bool meta = IsMetaTensor(e).value();  // checked by CountTotals
+      rows.push_back({DisplayName(e.name), DisplayDtype(e.dtype), DisplayShape(e.shape),
+                      std::to_string(e.data_length), TensorTypeName(e.type), meta ? "yes" : "no"});
+    }
+    size_t w_index = std::to_string(rows.size() - 2).size();
+    size_t widths[6] = {0, 0, 0, 0, 0, 0};
+    for (const Row& r : rows) {
+      const std::string* cells[6] = {&r.name, &r.dtype, &r.shape, &r.bytes, &r.type, &r.meta};
+      for (int c = 0; c < 6; ++c) widths[c] = std::max(widths[c], DisplayWidth(*cells[c]));
+    }
+    out += "\n";
+    for (size_t i = 0; i < rows.size(); ++i) {
+      const Row& r = rows[i];
+      std::string line = PadLeft(i == 0 ? "#" : std::to_string(i - 1), w_index) + "  " +
+                         PadRight(r.name, widths[0]) + "  " + PadRight(r.dtype, widths[1]) + "  " +
+                         PadRight(r.shape, widths[2]) + "  " + PadLeft(r.bytes, widths[3]) + "  " +
+                         PadRight(r.type, widths[4]) + "  " + r.meta;
+      out += line + "\n";
+    }
+  }
+
+  out += "\ntotal: " + Plural(index.entries.size(), "tensor") + " (" +
+         std::to_string(totals.by_type[0]) + " param, " + std::to_string(totals.by_type[1]) +
+         " buffer, " + std::to_string(totals.by_type[2]) + " state_dict; " +
+         std::to_string(totals.meta) + " meta), " + std::to_string(totals.data_bytes) +
+         " data bytes\n";
+  return out;
+}
+
+// The name as JSON: the text (invalid UTF-8 replaced when dumped), and the
+// path it encodes when that can be read.
+void NameToJson(const std::string& raw, nlohmann::ordered_json* t) {
+  bool utf8 = IsValidUtf8(raw);
+  (*t)["name"] = IsPathName(raw) ? raw.substr(1) : raw;
+  nlohmann::ordered_json path = nullptr;
+  if (utf8 && !IsPathName(raw)) {
+    path = nlohmann::ordered_json::array({raw});
+  } else if (utf8) {
+    path = nlohmann::ordered_json::parse(raw.substr(1), nullptr, /*allow_exceptions=*/false);
+    if (path.is_discarded() || !path.is_array()) path = nullptr;
+  }
+  (*t)["path"] = path;
+  if (!utf8) {
+    static const char* digits = "0123456789abcdef";
+    std::string hex;
+    for (unsigned char c : raw) {
+      hex.push_back(digits[c >> 4]);
+      hex.push_back(digits[c & 15]);
+    }
+    (*t)["name_hex"] = hex;
+  }
+}
+
+std::string JsonReport(const std::string& file, uint64_t file_size, const Index& index,
+                       const Totals& totals) {
+  using nlohmann::ordered_json;
+  const FileHeader& h = index.header;
+  ordered_json doc;
+  doc["file"] = file;
+  const bool tzr = index.format == FileFormat::kTensorizer;
+  doc["format"] = tzr ? "tensorizer" : "safetensors";
+  doc["file_size"] = file_size;
+  // What safetensors files do not have is null, so every document has the same keys.
+  doc["data_version"] = tzr ? ordered_json(h.version) : ordered_json(nullptr);
+  doc["feature_flags"] = tzr ? ordered_json(h.flags) : ordered_json(nullptr);
+  doc["features"] = tzr ? ordered_json(FeatureFlagNames(h.flags)) : ordered_json(nullptr);
+  doc["encrypted"] = tzr && h.has_crypt_info();
+  doc["tensor_count"] = h.tensor_count;
+  doc["tensor_data_bytes"] = h.tensor_size;
+  doc["metadata_bytes"] = h.metadata_length;
+  ordered_json tensors = ordered_json::array();
+  for (const TensorEntry& e : index.entries) {
+    ordered_json t;
+    NameToJson(e.name, &t);
+    auto info = ParseDtype(e.dtype);
+    t["dtype"] = info.ok() && !info->opaque_name.empty() ? info->opaque_name : e.dtype;
+    t["shape"] = e.shape;
+    t["data_bytes"] = e.data_length;
+    t["type"] = TensorTypeName(e.type);
+    t["meta"] = IsMetaTensor(e).value();
+    t["data_offset"] = e.data_offset;
+    tensors.push_back(std::move(t));
+  }
+  doc["tensors"] = std::move(tensors);
+  doc["totals"] = {{"tensors", index.entries.size()}, {"data_bytes", totals.data_bytes},
+                   {"param", totals.by_type[0]},      {"buffer", totals.by_type[1]},
+                   {"state_dict", totals.by_type[2]}, {"meta", totals.meta}};
+  return doc.dump(2, ' ', false, nlohmann::json::error_handler_t::replace) + "\n";
+}
+
+int RunInspect(const std::vector<std::string>& args) {
+  const Command& self = kInspectCommand;
+  std::string error;
+  auto parsed = ParseArgs(args, {{"--json"}, {}}, &error);
+  if (!parsed) return UsageError(self, error);
+  if (parsed->help) {
+    Print(self.help);
+    return kExitOk;
+  }
+  if (parsed->positional.size() != 1) {
+    return UsageError(self, parsed->positional.empty() ? "missing FILE" : "expected one FILE");
+  }
+  const std::string& file = parsed->positional[0];
+  auto opened = OpenTensorsFile(file);
+  if (!opened.ok()) return Failure(self, opened.status().message());
+  const Index& index = *opened->index;
+  auto totals = CountTotals(index);
+  if (!totals.ok()) return Failure(self, file + ": " + totals.status().message());
+  uint64_t size = opened->source->size();
+  Print(parsed->has("--json") ? JsonReport(file, size, index, *totals)
+                              : TextReport(file, size, index, *totals));
+  return kExitOk;
+}
+
+}  // namespace
+
+const Command kInspectCommand = {"inspect", "print the header and the index of tensors", kHelp,
+                                 RunInspect};
+
+}  // namespace tensorizer::cli

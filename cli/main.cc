@@ -1,0 +1,99 @@
+// `tensorizer`: the command-line tool. This file only dispatches to the
+// subcommands (one file each) and answers --help and --version.
+#include <cerrno>
+#include <cstdio>
+#include <cstring>
+#include <string>
+#include <vector>
+
+#include "command.h"
+
+namespace tensorizer::cli {
+namespace {
+
+const Command* const kCommands[] = {&kInspectCommand, &kVerifyCommand, &kBenchCommand};
+
+std::string MainHelp() {
+  std::string text =
+      "usage: tensorizer COMMAND [OPTIONS] FILE\n"
+      "       tensorizer --help | --version\n"
+      "\n"
+      "Reads .tensors files (tensorizer data versions 1-5) and safetensors files,\n"
+      "without Python.\n"
+      "\n"
+      "commands:\n";
+  for (const Command* c : kCommands) {
+    std::string name = c->name;
+    name.resize(10, ' ');
+    text += "  " + name + c->summary + "\n";
+  }
+  text +=
+      "\n"
+      "Run 'tensorizer COMMAND --help' for the options of one command.\n"
+      "\n"
+      "exit status:\n"
+      "  0  success\n"
+      "  1  the file failed: it cannot be read, is not a valid .tensors file,\n"
+      "     or a tensor failed its hash check\n"
+      "  2  usage error: unknown command or option, missing or extra argument\n";
+  return text;
+}
+
+const Command* FindCommand(const std::string& name) {
+  for (const Command* c : kCommands) {
+    if (name == c->name) return c;
+  }
+  return nullptr;
+}
+
+int Main(int argc, char** argv) {
+  std::vector<std::string> args(argv + 1, argv + argc);
+  if (args.empty()) {
+    std::fputs(MainHelp().c_str(), stderr);
+    return kExitUsage;
+  }
+  const std::string& first = args[0];
+  if (first == "-h" || first == "--help") {
+    Print(MainHelp());
+    return kExitOk;
+  }
+  if (first == "-V" || first == "--version") {
+    Print("tensorizer " TENSORIZER_VERSION "\n");
+    return kExitOk;
+  }
+  if (first == "help") {
+    if (args.size() == 1) {
+      Print(MainHelp());
+      return kExitOk;
+    }
+    const Command* c = FindCommand(args[1]);
+    if (c == nullptr || args.size() > 2) {
+      std::fprintf(stderr, "tensorizer help: no command '%s'\nTry 'tensorizer --help'.\n",
+                   args[1].c_str());
+      return kExitUsage;
+    }
+    Print(c->help);
+    return kExitOk;
+  }
+  const Command* c = FindCommand(first);
+  if (c == nullptr) {
+    const char* what = first.rfind('-', 0) == 0 ? "unknown option" : "unknown command";
+    std::fprintf(stderr, "tensorizer: %s '%s'\nTry 'tensorizer --help'.\n", what, first.c_str());
+    return kExitUsage;
+  }
+  return c->run(std::vector<std::string>(args.begin() + 1, args.end()));
+}
+
+}  // namespace
+}  // namespace tensorizer::cli
+
+int main(int argc, char** argv) {
+  int rc = tensorizer::cli::Main(argc, argv);
+  // Output that did not reach its destination (a full disk, a closed pipe
+  // with SIGPIPE ignored) is a failure, not a success.
+  if (std::fflush(stdout) != 0 || std::ferror(stdout)) {
+    std::fprintf(stderr, "tensorizer: error writing output: %s\n", std::strerror(errno));
+    return tensorizer::cli::kExitFailed;
+  }
+  return rc;
+}

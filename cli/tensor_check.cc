@@ -1,0 +1,41 @@
+// See tensor_check.h.
+#include "tensor_check.h"
+
+#include <algorithm>
+#include <atomic>
+#include <mutex>
+#include <thread>
+
+namespace tensorizer::cli {
+
+std::vector<TensorFailure> CheckEachTensor(const OpenedFile& file, HashCheck check) {
+  const size_t count = file.index->entries.size();
+  std::vector<TensorFailure> failures;
+  std::mutex mu;
+  std::atomic<size_t> next{0};
+  auto work = [&] {
+    LoadOptions options;
+    options.verify = check;
+    options.num_threads = 1;
+    for (size_t i = next++; i < count; i = next++) {
+      Status st;
+      auto load = Load::Start(file.source, file.index, {i}, options);
+      st = load.ok() ? (*load)->Wait() : load.status();
+      if (!st.ok()) {
+        std::lock_guard<std::mutex> lock(mu);
+        failures.push_back({i, st});
+      }
+    }
+  };
+  // Each worker holds at most one tensor's arena at a time.
+  size_t threads = std::min<size_t>(std::max(1u, std::thread::hardware_concurrency()), count);
+  std::vector<std::thread> pool;
+  for (size_t t = 1; t < threads; ++t) pool.emplace_back(work);
+  work();
+  for (auto& t : pool) t.join();
+  std::sort(failures.begin(), failures.end(),
+            [](const TensorFailure& a, const TensorFailure& b) { return a.entry < b.entry; });
+  return failures;
+}
+
+}  // namespace tensorizer::cli

@@ -1,0 +1,27 @@
+// Checking tensors one at a time, so that every failing tensor is found.
+//
+// A Load stops at its first error, which is right for loading and wrong for
+// a report. This loads each tensor on its own (several at once, one worker
+// each) and collects every failure. It belongs in the library as a
+// `VerifyTensors(source, index, check)` returning per-tensor statuses, next
+// to Load; it lives here until a second user appears.
+#pragma once
+
+#include <cstddef>
+#include <vector>
+
+#include "command.h"
+#include "tensorizer/load.h"
+
+namespace tensorizer::cli {
+
+struct TensorFailure {
+  size_t entry = 0;  // index into Index::entries
+  Status status;
+};
+
+// Loads every tensor of `file` on its own with `check`; the failures, in
+// file order.
+std::vector<TensorFailure> CheckEachTensor(const OpenedFile& file, HashCheck check);
+
+}  // namespace tensorizer::cli
