@@ -45,9 +45,9 @@ Deliberate divergences from the reference (decided by the project; each is
 marked "DIVERGENCE" where test_interop.py turns the reference's summary into
 what ours must produce):
 
-* D1 encryption is not supported yet (a later issue): there are no encrypted
-  round-trip cases; test_interop only checks that ours refuses a file the
-  reference encrypted, with CryptographyError, with or without a key.
+* D1 (retired) encryption: test_interop checks one file the reference
+  encrypted (refused without a key, decrypted with it); the round trips
+  both ways live in tests/test_encryption.py.
 * D2 write_module(include_non_persistent_buffers=False): the reference drops
   every ROOT buffer, persistent or not (it compares "" + "." + name with
   state_dict names); ours drops only the non-persistent ones and keeps the
@@ -581,8 +581,8 @@ def write_mixed(tz: ModuleType, path: str) -> None:
 
 
 # -- encryption -----------------------------------------------------------
-# DIVERGENCE D1: encryption is a later issue.  Only the reference writes an
-# encrypted file (random key); test_interop checks that ours refuses it.
+# One file the reference encrypts with a random key; test_interop checks
+# that ours refuses it without the key and decrypts it with the key.
 
 
 def encrypted_payload() -> dict:

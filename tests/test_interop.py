@@ -537,11 +537,11 @@ def test_rejected_dtype(ours_written, reference, case):
 # --------------------------------------------------------------------------
 
 
-def test_encrypted_reference_file_is_refused(ours, reference):
-    """A file the reference encrypted with a random key: ours raises
-    CryptographyError without a key (as the reference does) and, for now,
-    with the right key too (the reference decrypts it; ours says decryption
-    is not supported yet)."""
+def test_encrypted_reference_file(ours, reference):
+    """A file the reference encrypted with a random key: without a key ours
+    raises CryptographyError, as the reference does; with the key ours
+    decrypts exactly what the reference decrypts. (tests/test_encryption.py
+    covers encryption in depth.)"""
     enc = reference.encrypted
     without_key, with_key = enc["without_key"], enc["with_key"]
     assert ic.is_error(without_key) and "CryptographyError" in without_key[2], (
@@ -560,15 +560,16 @@ def test_encrypted_reference_file_is_refused(ours, reference):
     message = str(no_key.value).lower()
     assert "encrypted" in message and "decryption" in message, no_key.value
 
-    # DIVERGENCE D1: the reference decrypts; ours refuses for now.
-    with pytest.raises(ours.CryptographyError) as keyed:
-        ours.TensorDeserializer(
-            enc["path"],
-            device="cpu",
-            encryption=ours.DecryptionParams.from_key(enc["key"]),
-        )
-    message = str(keyed.value).lower()
-    assert "encrypt" in message and "not supported" in message, keyed.value
+    d = ours.TensorDeserializer(
+        enc["path"],
+        device="cpu",
+        encryption=ours.DecryptionParams.from_key(enc["key"]),
+        verify_hash=True,
+    )
+    for name, tensor in ic.encrypted_payload().items():
+        assert torch.equal(
+            d[name].detach().reshape(-1).view(torch.uint8), tensor.reshape(-1).view(torch.uint8)
+        ), name
 
 
 # --------------------------------------------------------------------------

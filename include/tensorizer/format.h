@@ -180,13 +180,28 @@ struct TensorRecordSpec {
   std::vector<uint64_t> shape;
   uint64_t data_length = 0;
   bool long_shape = false;  // encode dims as u64 (metadata version 5)
+  // Encrypted tensors store SHA-256 only, so no plaintext CRC leaks.
+  bool include_crc32 = true;
+  // Files with crypt info reserve this many bytes (the u64 length included)
+  // for the crypt-info block in every header; 0 in other files.
+  uint64_t crypt_info_bytes = 0;
 };
 
 // An encoded tensor header whose hash values are still zero.
 struct EncodedHeader {
   std::string bytes;
-  size_t crc32_offset = 0;   // where the 4 CRC32 bytes go
+  size_t crc32_offset = 0;   // where the 4 CRC32 bytes go (when included)
   size_t sha256_offset = 0;  // where the 32 SHA-256 bytes go
+  size_t crypt_info_offset = 0;  // where the crypt-info block goes (when reserved)
+  size_t crypt_info_bytes = 0;
+
+  // The bytes the hashes cover before the data: these bytes with the
+  // crypt-info block cut out (hash values are still zero here).
+  std::string HashedPrefix() const {
+    std::string out = bytes;
+    if (crypt_info_bytes) out.erase(crypt_info_offset, crypt_info_bytes);
+    return out;
+  }
 };
 Result<EncodedHeader> EncodeTensorHeader(const TensorRecordSpec& spec);
 

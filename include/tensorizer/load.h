@@ -12,16 +12,22 @@
 // check each tensor header against the index, verify hashes while the bytes
 // are hot when asked, and publish each tensor as soon as all its bytes are in
 // place: WaitTensor(i) returns as soon as tensor i is ready, before the rest
-// of the file has arrived. The first error stops all workers; every waiter
-// then gets it.
+// of the file has arrived. Encrypted tensors are decrypted chunk by chunk as
+// their bytes arrive (all reads of such a tensor run in one job, after its
+// header), and hashes are checked over the plaintext. The first error stops
+// all workers; every waiter then gets it, and a tensor that failed to
+// decrypt is zeroed, never published.
 //
 // Thread-safety: WaitTensor/Wait/accessors may be called from any thread.
 #pragma once
 
 #include <cstdint>
 #include <memory>
+#include <optional>
+#include <string>
 #include <vector>
 
+#include "tensorizer/crypto.h"
 #include "tensorizer/format.h"
 #include "tensorizer/plan.h"
 #include "tensorizer/source.h"
@@ -63,11 +69,24 @@ enum class HashCheck : uint8_t {
   kAll,
 };
 
+// How to open encrypted tensors: an exact key, or a passphrase from which
+// each tensor's key is derived with the Argon2id parameters stored in it.
+struct DecryptionOptions {
+  std::optional<CryptKey> key;
+  std::optional<std::string> passphrase;
+  // Refuse Argon2id memory limits above this (a hostile file could ask for
+  // terabytes); tensorizer's strongest preset is 1 GiB.
+  uint64_t max_pwhash_memlimit = 4ull << 30;
+};
+
 struct LoadOptions {
   int num_threads = 0;  // 0: one per available core
   HashCheck verify = HashCheck::kNone;
   uint64_t chunk_bytes = 16ull << 20;
   bool huge_pages = true;
+  // Required for files with encrypted tensors. Chunks are decrypted in place
+  // as they arrive, before hashes are checked and the tensor is published.
+  std::optional<DecryptionOptions> decryption;
 };
 
 class Load {

@@ -18,13 +18,19 @@
 
 #include <cstdint>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
+#include "tensorizer/crypto.h"
 #include "tensorizer/format.h"
 #include "tensorizer/status.h"
 
 namespace tensorizer {
+
+namespace internal {
+class TensorHasher;
+}
 
 class Sink {
  public:
@@ -54,9 +60,20 @@ struct TensorWrite {
   bool meta = false;  // stored with its shape but no data
 };
 
+// Encrypt every tensor with data: XSalsa20-Poly1305 in 2 MiB chunks with a
+// fresh random nonce per tensor, MACs in the header, SHA-256 only (no
+// plaintext CRC32), as tensorizer does. `key_derivation` records how the key
+// came from a passphrase (Argon2id parameters and salt) so a reader can
+// derive it again; leave it empty for exact or random keys.
+struct WriterEncryption {
+  CryptKey key{};
+  std::optional<KeyDerivationChunk> key_derivation;
+};
+
 struct WriterOptions {
   int num_threads = 0;  // 0: one per available core
   uint64_t chunk_bytes = 8ull << 20;
+  std::optional<WriterEncryption> encryption;
 };
 
 class Writer {
@@ -86,6 +103,11 @@ class Writer {
   Writer(std::unique_ptr<Sink> sink, const WriterOptions& options)
       : sink_(std::move(sink)), options_(options) {}
   Status WriteBatch(const std::vector<TensorWrite>& tensors);
+  CryptInfo PlaceholderCryptInfo(const TensorRecordSpec& spec, bool meta) const;
+  Status WritePlain(const Record& r, const uint8_t* data, internal::TensorHasher* hasher,
+                    EncodedHeader* h);
+  Status WriteSealed(const Record& r, const uint8_t* data, internal::TensorHasher* hasher,
+                     EncodedHeader* h);
   Status WriteTrailer();
 
   std::unique_ptr<Sink> sink_;

@@ -15,11 +15,13 @@
 #include <nanobind/stl/vector.h>
 
 #include <algorithm>
+#include <cstring>
 #include <memory>
 #include <string>
 #include <vector>
 
 #include "format/hash.h"
+#include "tensorizer/crypto.h"
 #include "tensorizer/format.h"
 #include "tensorizer/load.h"
 #include "tensorizer/source.h"
@@ -56,6 +58,33 @@ T Take(Result<T>&& r) {
 
 nb::bytes Bytes(const std::string& s) { return nb::bytes(s.data(), s.size()); }
 
+CryptKey KeyArg(const nb::bytes& b) {
+  if (b.size() != kKeyBytes) throw nb::value_error("encryption keys are 32 bytes");
+  CryptKey key;
+  std::memcpy(key.data(), b.c_str(), kKeyBytes);
+  return key;
+}
+
+// Writer options from (num_threads, key or None, (opslimit, memlimit, salt) or None).
+WriterOptions WriterArgs(int num_threads, std::optional<nb::bytes> key,
+                         std::optional<nb::tuple> kdf) {
+  WriterOptions o;
+  o.num_threads = num_threads;
+  if (!key) return o;
+  WriterEncryption e;
+  e.key = KeyArg(*key);
+  if (kdf) {
+    KeyDerivationChunk k;
+    k.pwhash.opslimit = nb::cast<uint64_t>((*kdf)[0]);
+    k.pwhash.memlimit = nb::cast<uint64_t>((*kdf)[1]);
+    nb::bytes salt = nb::cast<nb::bytes>((*kdf)[2]);
+    k.pwhash.salt = std::string(salt.c_str(), salt.size());
+    e.key_derivation = k;
+  }
+  o.encryption = std::move(e);
+  return o;
+}
+
 // An open .tensors file: its source and parsed index.
 class PyReader {
  public:
@@ -86,8 +115,16 @@ class PyReader {
 
   // verify: 0 none, 1 fast (CRC32 where stored), 2 all stored hashes.
   std::unique_ptr<Load> StartLoad(const std::vector<size_t>& selected, int verify, int num_threads,
-                                  uint64_t chunk_bytes, bool huge_pages) {
+                                  uint64_t chunk_bytes, bool huge_pages,
+                                  std::optional<nb::bytes> key,
+                                  std::optional<nb::bytes> passphrase) {
     LoadOptions o;
+    if (key || passphrase) {
+      DecryptionOptions d;
+      if (key) d.key = KeyArg(*key);
+      if (passphrase) d.passphrase = std::string(passphrase->c_str(), passphrase->size());
+      o.decryption = std::move(d);
+    }
     o.verify = static_cast<HashCheck>(std::clamp(verify, 0, 2));
     o.num_threads = num_threads;
     o.chunk_bytes = chunk_bytes;
@@ -231,7 +268,8 @@ NB_MODULE(_core, m) {
       .def_prop_ro("prefix_length", [](const PyReader& r) { return r.index().prefix_length(); })
       .def("entries", &PyReader::entries)
       .def("start_load", &PyReader::StartLoad, "selected"_a, "verify"_a = 0, "num_threads"_a = 0,
-           "chunk_bytes"_a = 16ull << 20, "huge_pages"_a = true);
+           "chunk_bytes"_a = 16ull << 20, "huge_pages"_a = true, "key"_a = nb::none(),
+           "passphrase"_a = nb::none());
 
   nb::class_<Load>(m, "Load")
       .def("wait_tensor",
@@ -275,22 +313,22 @@ NB_MODULE(_core, m) {
   nb::class_<PyWriter>(m, "Writer")
       .def_static(
           "create",
-          [](const std::string& path, int num_threads) {
-            WriterOptions o;
-            o.num_threads = num_threads;
+          [](const std::string& path, int num_threads, std::optional<nb::bytes> key,
+             std::optional<nb::tuple> kdf) {
+            WriterOptions o = WriterArgs(num_threads, key, kdf);
             auto sink = Take(CreateFileSink(path));
             return std::make_unique<PyWriter>(Take(Writer::Create(std::move(sink), o)));
           },
-          "path"_a, "num_threads"_a = 0)
+          "path"_a, "num_threads"_a = 0, "key"_a = nb::none(), "kdf"_a = nb::none())
       .def_static(
           "from_fd",
-          [](int fd, const std::string& name, int num_threads) {
-            WriterOptions o;
-            o.num_threads = num_threads;
+          [](int fd, const std::string& name, int num_threads, std::optional<nb::bytes> key,
+             std::optional<nb::tuple> kdf) {
+            WriterOptions o = WriterArgs(num_threads, key, kdf);
             auto sink = Take(CreateFdSink(fd, name));
             return std::make_unique<PyWriter>(Take(Writer::Create(std::move(sink), o)));
           },
-          "fd"_a, "name"_a, "num_threads"_a = 0)
+          "fd"_a, "name"_a, "num_threads"_a = 0, "key"_a = nb::none(), "kdf"_a = nb::none())
       .def("write", &PyWriter::Write)
       .def("close", &PyWriter::Close)
       .def("abort", [](PyWriter& w) { w.writer().Abort(); })
@@ -298,6 +336,29 @@ NB_MODULE(_core, m) {
       .def_prop_ro("version", [](PyWriter& w) { return w.writer().version(); })
       .def_prop_ro("tensor_size", [](PyWriter& w) { return w.writer().tensor_size(); })
       .def_prop_ro("tensor_count", [](PyWriter& w) { return w.writer().tensor_count(); });
+
+  // Argon2id as tensorizer's EncryptionParams.from_string uses it.
+  m.def(
+      "derive_key",
+      [](nb::bytes passphrase, uint64_t opslimit, uint64_t memlimit, nb::bytes salt) {
+        PwhashParams p;
+        p.opslimit = opslimit;
+        p.memlimit = memlimit;
+        p.salt = std::string(salt.c_str(), salt.size());
+        std::string pw(passphrase.c_str(), passphrase.size());
+        Result<CryptKey> key = [&] {
+          nb::gil_scoped_release release;
+          return DeriveKey(pw, p);
+        }();
+        CryptKey k = Take(std::move(key));
+        return nb::bytes(reinterpret_cast<const char*>(k.data()), k.size());
+      },
+      "passphrase"_a, "opslimit"_a, "memlimit"_a, "salt"_a);
+  m.def("random_bytes", [](size_t n) {
+    std::string out(n, '\0');
+    Check(RandomBytes(reinterpret_cast<uint8_t*>(out.data()), n));
+    return nb::bytes(out.data(), out.size());
+  });
 
   // CRC32 and SHA-256 of prefix || data, as tensorizer stores them; used by
   // verify_module to hash tensors already in memory.

@@ -26,6 +26,7 @@ from ._dtypes import (  # OPAQUE_DTYPE_SEP: public here, as in tensorizer
     numpy_dtype_for,
     str_to_dtype,
 )
+from ._crypto import DecryptionParams, EncryptionParams
 from ._errors import CryptographyError, HashMismatchError, TensorizerFormatError
 
 __all__ = [
@@ -89,48 +90,6 @@ class TensorEntry:
     hashes: Optional[List[TensorHash]]
     header_hashes: Optional[Dict[HashType, Any]]
     metadata_version: int = 1
-
-
-class EncryptionParams:
-    """Encryption settings for TensorSerializer (see docs: encryption is not
-    part of this release; passing these raises CryptographyError)."""
-
-    def __init__(self, key: bytes):
-        if not isinstance(key, (bytes, bytearray, memoryview)):
-            raise TypeError("key must be a bytes-like object")
-        if len(key) != 32:
-            raise ValueError("Invalid key length, must be 32 bytes")
-        self.key = bytes(key)
-
-
-class DecryptionParams:
-    """Decryption settings for TensorDeserializer (see EncryptionParams)."""
-
-    def __init__(self):
-        self.key: Optional[bytes] = None
-        self.source: Optional[bytes] = None
-
-    @classmethod
-    def from_key(cls, key: bytes) -> "DecryptionParams":
-        if not isinstance(key, (bytes, bytearray, memoryview)):
-            raise TypeError("key must be a bytes-like object")
-        if len(key) != 32:
-            raise ValueError("Invalid key length, must be 32 bytes")
-        p = cls()
-        p.key = bytes(key)
-        return p
-
-    @classmethod
-    def from_string(cls, source, *, encoding: str = "utf-8") -> "DecryptionParams":
-        if not source:
-            raise ValueError("Source cannot be empty")
-        p = cls()
-        p.source = source.encode(encoding) if isinstance(source, str) else bytes(source)
-        return p
-
-
-def _not_supported_encryption():
-    return CryptographyError("Encrypted .tensors files are not supported by this release yet")
 
 
 def _checked_dtype(dtype_str: str, shape, data_length: int) -> Tuple[torch.dtype, bool]:
@@ -222,8 +181,9 @@ class TensorSerializer:
                 "encryption parameter: expected EncryptionParams instance"
                 f" or None, {encryption.__class__.__name__} found"
             )
-        if encryption is not None:
-            raise _not_supported_encryption()
+        self._encryption = encryption
+        key = encryption.key if encryption is not None else None
+        kdf = encryption._kdf if encryption is not None else None
         if limit_cpu_concurrency is not None:
             if not isinstance(limit_cpu_concurrency, int):
                 raise TypeError("limit_cpu_concurrency: expected int or None")
@@ -239,10 +199,12 @@ class TensorSerializer:
             stream_io.check_local_write(path)
             parent = os.path.dirname(os.path.abspath(path))
             os.makedirs(parent, exist_ok=True)
-            self._writer = _core.Writer.create(path, self.cpu_limit)
+            self._writer = _core.Writer.create(path, self.cpu_limit, key, kdf)
             self.name = path
         elif isinstance(file_obj, int):
-            self._writer = _core.Writer.from_fd(file_obj, f"<fd {file_obj}>", self.cpu_limit)
+            self._writer = _core.Writer.from_fd(
+                file_obj, f"<fd {file_obj}>", self.cpu_limit, key, kdf
+            )
             self.name = f"<fd {file_obj}>"
         else:
             self._check_file_object(file_obj)
@@ -251,13 +213,13 @@ class TensorSerializer:
             fd = _fileno(file_obj)
             if fd is not None:
                 file_obj.flush()
-                self._writer = _core.Writer.from_fd(fd, self.name, self.cpu_limit)
+                self._writer = _core.Writer.from_fd(fd, self.name, self.cpu_limit, key, kdf)
             else:
                 # A file object without a descriptor (BytesIO): write to an
                 # anonymous temporary file and mirror it after each call.
                 self._mirror = tempfile.TemporaryFile()
                 self._writer = _core.Writer.from_fd(
-                    self._mirror.fileno(), self.name, self.cpu_limit
+                    self._mirror.fileno(), self.name, self.cpu_limit, key, kdf
                 )
                 self._sync_mirror()
 
@@ -512,6 +474,9 @@ class TensorDeserializer(collections.abc.Mapping, contextlib.AbstractContextMana
                 "encryption parameter: expected DecryptionParams instance"
                 f" or None, {encryption.__class__.__name__} found"
             )
+        if encryption is not None and encryption.key is None and encryption.source is None:
+            raise ValueError("Invalid DecryptionParams, no key or source string provided")
+        self._decryption = encryption
         if dtype is not None and not isinstance(dtype, torch.dtype):
             raise TypeError(f"dtype must be a torch.dtype or None, got {dtype!r}")
         if num_readers is not None:
@@ -545,8 +510,7 @@ class TensorDeserializer(collections.abc.Mapping, contextlib.AbstractContextMana
                     " TensorDeserializer, or ensure that the correct file was"
                     " provided."
                 )
-            raise _not_supported_encryption()
-        if has_crypt:
+        elif has_crypt:
             raise CryptographyError(
                 f"Tensor is encrypted, but decryption was not requested ({self._reader.uri})"
             )
@@ -683,6 +647,8 @@ class TensorDeserializer(collections.abc.Mapping, contextlib.AbstractContextMana
             [self._entry_index[p] for p in pending],
             verify=_hash_check(verify),
             num_threads=self._num_threads,
+            key=self._decryption.key if self._decryption is not None else None,
+            passphrase=self._decryption.source if self._decryption is not None else None,
         )
         arena = load.arena()
         device = self._target_device()

@@ -355,16 +355,24 @@ Result<EncodedHeader> EncodeTensorHeader(const TensorRecordSpec& spec) {
   w.WriteBytes(spec.dtype);
   WriteShape(w, spec);
   EncodedHeader out;
-  w.Write<uint16_t>(1 + (2 + 4) + (2 + 32));  // hash section length
-  w.Write<uint8_t>(2);                        // CRC32, then SHA-256
-  w.Write<uint8_t>(static_cast<uint8_t>(HashType::kCrc32));
-  w.Write<uint8_t>(4);
-  out.crc32_offset = w.size();
-  w.Write<uint32_t>(0);
+  // Hash section: CRC32 (unless encrypted), then SHA-256.
+  w.Write<uint16_t>(spec.include_crc32 ? 1 + (2 + 4) + (2 + 32) : 1 + (2 + 32));
+  w.Write<uint8_t>(spec.include_crc32 ? 2 : 1);
+  if (spec.include_crc32) {
+    w.Write<uint8_t>(static_cast<uint8_t>(HashType::kCrc32));
+    w.Write<uint8_t>(4);
+    out.crc32_offset = w.size();
+    w.Write<uint32_t>(0);
+  }
   w.Write<uint8_t>(static_cast<uint8_t>(HashType::kSha256));
   w.Write<uint8_t>(32);
   out.sha256_offset = w.size();
   w.WriteBytes(std::string(32, '\0'));
+  if (spec.crypt_info_bytes) {
+    out.crypt_info_offset = w.size();
+    out.crypt_info_bytes = spec.crypt_info_bytes;
+    w.WriteBytes(std::string(spec.crypt_info_bytes, '\0'));  // filled in after sealing
+  }
   w.Write<int64_t>(static_cast<int64_t>(spec.data_length));
   uint64_t size = w.size();
   std::memcpy(w.str().data(), &size, 8);

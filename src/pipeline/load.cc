@@ -19,6 +19,7 @@
 #include <thread>
 
 #include "format/hash.h"
+#include "tensorizer/crypto.h"
 
 namespace tensorizer {
 
@@ -111,6 +112,31 @@ struct TensorState {
   TensorHeader header;
   std::unique_ptr<internal::TensorHasher> hasher;
   uint64_t data_hashed = 0;
+  // Encrypted tensors: the chunk layout, the key, and progress.
+  std::optional<SealedChunks> sealed;
+  CryptKey key{};
+  uint64_t data_received = 0;
+  size_t chunks_opened = 0;
+};
+
+// Derived keys, cached per stored Argon2id parameters (a file usually uses
+// one salt for every tensor, and a derivation costs ~0.5 s).
+class KeyCache {
+ public:
+  Result<CryptKey> Get(const std::string& passphrase, const PwhashParams& params) {
+    std::lock_guard<std::mutex> lock(mu_);
+    for (const auto& [p, key] : cache_) {
+      if (p == params) return key;
+    }
+    auto key = DeriveKey(passphrase, params);
+    if (!key.ok()) return key.status();
+    cache_.emplace_back(params, *key);
+    return key;
+  }
+
+ private:
+  std::mutex mu_;
+  std::vector<std::pair<PwhashParams, CryptKey>> cache_;
 };
 
 struct Load::State {
@@ -129,6 +155,7 @@ struct Load::State {
   Status error;  // guarded by mu
   std::vector<std::thread> workers;
   size_t workers_running = 0;  // guarded by mu
+  KeyCache keys;
 
   void Fail(const Status& st) {
     std::lock_guard<std::mutex> lock(mu);
@@ -182,12 +209,7 @@ struct Load::State {
     TZR_RETURN_IF_ERROR(CheckHeaderMatchesEntry(*h, e));
     TensorState& ts = tensors[t];
     ts.header = std::move(h).value();
-    if (index->header.has_crypt_info() && ts.header.crypt_info_size > 8 + 2 && e.data_length > 0) {
-      // Anything beyond an empty crypt-info (u16 chunk count 0) means the data
-      // is ciphertext; decryption is not part of this build.
-      return Status::Cryptography("tensor '" + DisplayName(e.name) + "' in " + source->uri() +
-                                  " is encrypted, and decryption is not supported yet");
-    }
+    if (index->header.has_crypt_info()) TZR_RETURN_IF_ERROR(PrepareDecryption(t, p));
     if (options.verify != HashCheck::kNone) {
       bool has_crc = false;
       for (const StoredHash& sh : ts.header.hashes) has_crc |= sh.type == HashType::kCrc32;
@@ -197,6 +219,81 @@ struct Load::State {
       ts.hasher->Update(hashed.data(), hashed.size());
       if (e.data_length == 0) return FinishHashes(t);
     }
+    return Status::Ok();
+  }
+
+  // Reads the tensor's crypt-info and sets up its key and chunk layout.
+  Status PrepareDecryption(uint32_t t, const uint8_t* header) {
+    TensorState& ts = tensors[t];
+    const TensorEntry& e = index->entries[plan.tensors[t].entry];
+    const std::string what = "tensor '" + DisplayName(e.name) + "'";
+    auto info = ParseCryptInfo(header + ts.header.crypt_info_offset + 8,
+                               ts.header.crypt_info_size - 8);
+    if (!info.ok()) return info.status().WithContext(what);
+    if (!info->encrypted()) {
+      if (e.data_length > 0 && options.decryption) {
+        return Status::Cryptography(what + ": Tensor is not encrypted, but decryption was requested");
+      }
+      return Status::Ok();  // meta tensors carry an empty crypt-info
+    }
+    if (!options.decryption) {
+      return Status::Cryptography(what + ": Tensor is encrypted, but decryption was not requested");
+    }
+    const DecryptionOptions& d = *options.decryption;
+    if (d.key) {
+      ts.key = *d.key;
+    } else {
+      const KeyDerivationChunk* kdf = info->key_derivation();
+      if (kdf == nullptr) {
+        return Status::Cryptography(
+            what +
+            ": Source string was provided, but the tensor was not originally encrypted using a "
+            "source string (e.g. EncryptionParams.from_string()). DecryptionParams.from_key() "
+            "must be used instead");
+      }
+      if (kdf->pwhash.memlimit > d.max_pwhash_memlimit) {
+        return Status::Cryptography(what + ": key derivation asks for " +
+                                    std::to_string(kdf->pwhash.memlimit) +
+                                    " bytes of memory, more than the allowed " +
+                                    std::to_string(d.max_pwhash_memlimit));
+      }
+      auto key = keys.Get(d.passphrase.value_or(""), kdf->pwhash);
+      if (!key.ok()) return key.status().WithContext(what);
+      ts.key = *key;
+    }
+    auto layout = SealedChunksOf(*info, e.data_length);
+    if (!layout.ok()) return layout.status().WithContext(what);
+    ts.sealed = std::move(layout).value();
+    // Nothing to wait for: an empty tensor's lone chunk (if any) opens now.
+    return OpenArrivedChunks(t);
+  }
+
+  // Decrypts every chunk whose bytes have all arrived, in order, and feeds
+  // the plaintext to the hashers.
+  Status OpenArrivedChunks(uint32_t t) {
+    TensorState& ts = tensors[t];
+    const SealedChunks& sc = *ts.sealed;
+    uint8_t* base = arena->data() + plan.tensors[t].arena_offset;
+    while (ts.chunks_opened < sc.count() &&
+           sc.offset(ts.chunks_opened) + sc.length(ts.chunks_opened) <= ts.data_received) {
+      size_t i = ts.chunks_opened;
+      Status st = DecryptChunk(ts.key, sc.nonce0, i, base + sc.offset(i), sc.length(i), sc.macs[i]);
+      if (!st.ok()) {
+        std::memset(base, 0, sc.data_bytes);  // never leave partial plaintext
+        const TensorEntry& e = index->entries[plan.tensors[t].entry];
+        return st.WithContext("tensor '" + DisplayName(e.name) + "' in " + source->uri());
+      }
+      ++ts.chunks_opened;
+      if (ts.hasher) TZR_RETURN_IF_ERROR(HashData(t, base + sc.offset(i), sc.length(i)));
+    }
+    return Status::Ok();
+  }
+
+  Status HashData(uint32_t t, const uint8_t* data, uint64_t length) {
+    TensorState& ts = tensors[t];
+    ts.hasher->Update(data, length);
+    ts.data_hashed += length;
+    if (ts.data_hashed == index->entries[plan.tensors[t].entry].data_length) return FinishHashes(t);
     return Status::Ok();
   }
 
@@ -216,13 +313,11 @@ struct Load::State {
       const ReadSegment& seg = plan.segments[op.first_segment + s];
       if (seg.header) {
         TZR_RETURN_IF_ERROR(OnHeader(seg.tensor).WithContext("reading " + source->uri()));
-      } else if (options.verify != HashCheck::kNone) {
-        TensorState& ts = tensors[seg.tensor];
-        ts.hasher->Update(arena->data() + seg.dst_offset, seg.length);
-        ts.data_hashed += seg.length;
-        if (ts.data_hashed == index->entries[plan.tensors[seg.tensor].entry].data_length) {
-          TZR_RETURN_IF_ERROR(FinishHashes(seg.tensor));
-        }
+      } else if (tensors[seg.tensor].sealed) {
+        tensors[seg.tensor].data_received += seg.length;
+        TZR_RETURN_IF_ERROR(OpenArrivedChunks(seg.tensor));
+      } else if (tensors[seg.tensor].hasher) {
+        TZR_RETURN_IF_ERROR(HashData(seg.tensor, arena->data() + seg.dst_offset, seg.length));
       }
       // Count each tensor once per read, after its last segment here.
       bool last_of_tensor =
@@ -269,6 +364,9 @@ Result<std::unique_ptr<Load>> Load::Start(std::shared_ptr<const Source> source,
   po.chunk_bytes = options.chunk_bytes;
   // Safetensors files store no hashes: there is nothing to verify.
   po.verify_hash = options.verify != HashCheck::kNone && index->format != FileFormat::kSafetensors;
+  // Encrypted tensors are opened chunk by chunk in order, after their header
+  // (which holds the MACs): like hashing, that needs whole-tensor jobs.
+  po.verify_hash |= index->header.has_crypt_info();
   // Verification hashes each piece right after reading it; pieces that fit
   // in L2 are still there when hashed.
   if (po.verify_hash) po.chunk_bytes = std::min<uint64_t>(po.chunk_bytes, 2ull << 20);

@@ -13,6 +13,7 @@
 #include <thread>
 
 #include "format/hash.h"
+#include "tensorizer/crypto.h"
 
 namespace tensorizer {
 
@@ -20,6 +21,12 @@ Result<std::unique_ptr<Writer>> Writer::Create(std::unique_ptr<Sink> sink,
                                                const WriterOptions& options) {
   std::unique_ptr<Writer> w(new Writer(std::move(sink), options));
   w->header_.metadata_length = kMetadataReserve;
+  if (options.encryption) {
+    // Version 3 says "crypt info in every header"; from version 4 on the
+    // flag says it (and is written only then).
+    w->header_.version = kVersionEncrypted;
+    w->header_.flags |= kFlagEncrypted;
+  }
   std::string start = EncodeFileHeader(w->header_);
   start.resize(kFirstTensorOffset, '\0');
   Status st = w->sink_->WriteAt(0, start.data(), start.size());
@@ -90,6 +97,12 @@ Status Writer::WriteBatch(const std::vector<TensorWrite>& tensors) {
       next.version = std::max(next.version, kVersionLongShape);
       next.flags |= kFlagVersionedMetadata;
     }
+    if (options_.encryption) {
+      // Every header of an encrypted file holds a crypt-info block: empty
+      // for meta tensors (which keep both hashes), else the cipher chunk.
+      r.spec.include_crc32 = t.meta;
+      r.spec.crypt_info_bytes = EncodedCryptInfoBytes(PlaceholderCryptInfo(r.spec, t.meta));
+    }
     auto h = EncodeTensorHeader(r.spec);
     if (!h.ok()) return h.status().WithContext("tensor '" + t.name + "'");
     r.header_offset = pos;
@@ -140,18 +153,17 @@ Status Writer::WriteBatch(const std::vector<TensorWrite>& tensors) {
       const Record& r = batch[i];
       EncodedHeader& h = encoded[i];
       internal::TensorHasher hasher;
-      hasher.Update(h.bytes.data(), h.bytes.size());  // hash values are still zero
-      Status st;
+      std::string prefix = h.HashedPrefix();  // hash values are still zero
+      hasher.Update(prefix.data(), prefix.size());
       const uint8_t* data = tensors[i].data;
-      for (uint64_t done = 0; st.ok() && done < r.spec.data_length;) {
-        uint64_t n = std::min(options_.chunk_bytes, r.spec.data_length - done);
-        hasher.Update(data + done, n);
-        st = sink_->WriteAt(r.data_offset + done, data + done, n);
-        done += n;
-      }
+      Status st = options_.encryption && !tensors[i].meta
+                      ? WriteSealed(r, data, &hasher, &h)
+                      : WritePlain(r, data, &hasher, &h);
       if (st.ok()) {
-        uint32_t crc = hasher.crc32();
-        std::memcpy(h.bytes.data() + h.crc32_offset, &crc, 4);
+        if (r.spec.include_crc32) {
+          uint32_t crc = hasher.crc32();
+          std::memcpy(h.bytes.data() + h.crc32_offset, &crc, 4);
+        }
         std::string sha = hasher.FinishSha256();
         std::memcpy(h.bytes.data() + h.sha256_offset, sha.data(), 32);
         st = sink_->WriteAt(r.header_offset, h.bytes.data(), h.bytes.size());
@@ -180,6 +192,62 @@ Status Writer::WriteBatch(const std::vector<TensorWrite>& tensors) {
   }
   if (!st.ok()) return st;  // Write() aborts: the destination is inconsistent
   broken_ = false;
+  return Status::Ok();
+}
+
+CryptInfo Writer::PlaceholderCryptInfo(const TensorRecordSpec& spec, bool meta) const {
+  CryptInfo info;
+  if (meta) return info;
+  if (options_.encryption->key_derivation) info.chunks.push_back(*options_.encryption->key_derivation);
+  XSalsa20ParallelChunk cipher;
+  cipher.macs.resize(CryptChunkCount(spec.data_length, cipher.chunk_bytes));
+  info.chunks.push_back(cipher);
+  return info;
+}
+
+Status Writer::WritePlain(const Record& r, const uint8_t* data, internal::TensorHasher* hasher,
+                          EncodedHeader* h) {
+  if (h->crypt_info_bytes) {
+    // The empty crypt-info of a meta tensor in an encrypted file.
+    auto empty = EncodeCryptInfo(CryptInfo{});
+    if (!empty.ok()) return empty.status();
+    std::memcpy(h->bytes.data() + h->crypt_info_offset, empty->data(), empty->size());
+  }
+  for (uint64_t done = 0; done < r.spec.data_length;) {
+    uint64_t n = std::min(options_.chunk_bytes, r.spec.data_length - done);
+    hasher->Update(data + done, n);
+    TZR_RETURN_IF_ERROR(sink_->WriteAt(r.data_offset + done, data + done, n));
+    done += n;
+  }
+  return Status::Ok();
+}
+
+// Per 2 MiB chunk: hash the plaintext, copy it to a scratch buffer, seal the
+// copy (the caller's tensor is never modified) and write it; then the
+// crypt-info with the MACs goes into the header.
+Status Writer::WriteSealed(const Record& r, const uint8_t* data, internal::TensorHasher* hasher,
+                           EncodedHeader* h) {
+  const WriterEncryption& enc = *options_.encryption;
+  CryptInfo info = PlaceholderCryptInfo(r.spec, false);
+  auto& cipher = std::get<XSalsa20ParallelChunk>(info.chunks.back());
+  auto nonce = RandomNonce();
+  if (!nonce.ok()) return nonce.status();
+  cipher.nonce0 = *nonce;
+  std::vector<uint8_t> scratch(std::min<uint64_t>(cipher.chunk_bytes, r.spec.data_length));
+  for (size_t i = 0; i < cipher.macs.size(); ++i) {
+    uint64_t off = i * cipher.chunk_bytes;
+    uint64_t n = std::min<uint64_t>(cipher.chunk_bytes, r.spec.data_length - off);
+    hasher->Update(data + off, n);
+    std::memcpy(scratch.data(), data + off, n);
+    TZR_RETURN_IF_ERROR(EncryptChunk(enc.key, cipher.nonce0, i, scratch.data(), n, &cipher.macs[i]));
+    TZR_RETURN_IF_ERROR(sink_->WriteAt(r.data_offset + off, scratch.data(), n));
+  }
+  auto block = EncodeCryptInfo(info);
+  if (!block.ok()) return block.status();
+  if (block->size() != h->crypt_info_bytes) {
+    return Status::InvalidArgument("crypt-info size changed while sealing");
+  }
+  std::memcpy(h->bytes.data() + h->crypt_info_offset, block->data(), block->size());
   return Status::Ok();
 }
 
