@@ -117,7 +117,20 @@ def _load_result(start: float, end: float, tensors, base_rss: int, **extra):
     }
 
 
-def child_load_tensorizer(path: str, verify_hash) -> dict:
+def child_encrypt_tensorizer(source: str, dest: str, key_path: str) -> dict:
+    """Re-serializes `source` encrypted with a random key (saved to key_path)."""
+    from tensorizer import EncryptionParams, TensorDeserializer, TensorSerializer
+
+    params = EncryptionParams.random()
+    Path(key_path).write_bytes(params.key)
+    tensors = TensorDeserializer(source, device="cpu")
+    serializer = TensorSerializer(dest, encryption=params)
+    serializer.write_state_dict({name: t.detach() for name, t in tensors.items()})
+    serializer.close()
+    return {"bytes": Path(dest).stat().st_size}
+
+
+def child_load_tensorizer(path: str, verify_hash, key_path: str | None = None) -> dict:
     import torch  # noqa: F401  (imported outside the timing)
 
     import tensorizer
@@ -125,8 +138,15 @@ def child_load_tensorizer(path: str, verify_hash) -> dict:
 
     gc.collect()
     base_rss = _rss_now_bytes()
+    encryption = None
+    if key_path is not None:
+        from tensorizer import DecryptionParams
+
+        encryption = DecryptionParams.from_key(Path(key_path).read_bytes())
     start = time.perf_counter()
-    deserializer = TensorDeserializer(path, device="cpu", verify_hash=verify_hash)
+    deserializer = TensorDeserializer(
+        path, device="cpu", verify_hash=verify_hash, encryption=encryption
+    )
     end = time.perf_counter()
     tensors = list(deserializer.values())
     return _load_result(
@@ -212,7 +232,10 @@ def child_main(argv: list[str]) -> None:
     kind, args = argv[0], argv[1:]
     if kind == "load-tensorizer":
         verify = {"eager": False, "verify": True, "verify-all": "all"}[args[1]]
-        result = child_load_tensorizer(args[0], verify_hash=verify)
+        key_path = args[2] if len(args) > 2 else None
+        result = child_load_tensorizer(args[0], verify_hash=verify, key_path=key_path)
+    elif kind == "encrypt-tensorizer":
+        result = child_encrypt_tensorizer(args[0], args[1], args[2])
     elif kind == "load-safetensors":
         result = child_load_safetensors(args[0], args[1])
     elif kind == "load-torch-mmap":
@@ -311,6 +334,8 @@ class FileSet:
         self.torch = out_dir / "model.pt"
         self.ours = out_dir / "model.ours.tensors"
         self.reference = out_dir / "model.ref.tensors"
+        self.encrypted = out_dir / "model.ours.encrypted.tensors"
+        self.key = out_dir / "model.key"
         self.write_scratch = out_dir / "write-limit.tmp"
         self.limit_binary = out_dir / "pread_limit"
 
@@ -717,6 +742,12 @@ def evaluate_targets(rows: list[Row], model_bytes: int) -> list[dict]:
             1.0,
         ),
         ratio_target(
+            "encrypted load >= 0.6x our unencrypted load",
+            "ours_encrypted_load",
+            "ours_load",
+            0.6,
+        ),
+        ratio_target(
             "safetensors file: ours >= 1x safetensors.torch.load_file (+touch)",
             "ours_safetensors_load",
             "safetensors_load",
@@ -948,6 +979,24 @@ def main() -> int:
         ):
             rows.append(Row(key, label, "load"))
             rows[-1].error = "no .tensors file (our save failed)"
+    if not args.skip_ours and files.ours.exists():
+        print("encrypting a copy of our file (random key)...", flush=True)
+        run_child(
+            args.ours_python,
+            "encrypt-tensorizer",
+            str(files.ours),
+            str(files.encrypted),
+            str(files.key),
+        )
+        load_jobs.append(
+            (
+                "ours_encrypted_load",
+                "ours TensorDeserializer(encrypted copy, encryption=key)",
+                args.ours_python,
+                ["load-tensorizer", str(files.encrypted), "eager", str(files.key)],
+                files.encrypted,
+            )
+        )
     if not args.skip_ours:
         load_jobs.append(
             (
