@@ -89,18 +89,16 @@ class PWHash:
                 " expected bytes, bytearray, or memoryview;"
                 f" got {type(salt).__name__}"
             )
-        if len(salt) != SALT_BYTES:
-            raise ValueError(f"Invalid salt size, {len(salt)} != {SALT_BYTES}")
-        salt_bytes = bytes(salt)
-        if len(salt_bytes) != SALT_BYTES:  # a memoryview of wider items
-            raise ValueError(f"Invalid salt size, {len(salt_bytes)} != {SALT_BYTES}")
+        length = _byte_length(salt)
+        if length != SALT_BYTES:
+            raise ValueError(f"Invalid salt size, {length} != {SALT_BYTES}")
         _range_check(opslimit, OPSLIMIT_MIN, OPSLIMIT_MAX, "opslimit")
         _range_check(memlimit, MEMLIMIT_MIN, MEMLIMIT_MAX, "memlimit")
         self.opslimit = opslimit
         self.memlimit = memlimit
         self.alg = ALG_ARGON2ID13
         self.salt = salt
-        self._snapshot = (int(opslimit), int(memlimit), salt_bytes)
+        self._snapshot = (int(opslimit), int(memlimit), bytes(salt))
 
     def params(self) -> Tuple[int, int, bytes]:
         return self._snapshot
@@ -209,7 +207,9 @@ class EncryptionParams:
             ValueError: If no salt is being used for key derivation.
         """
         if isinstance(self._algorithm, self._FromStringPWHashAlgorithm):
-            return bytes(self._algorithm.pwhash_params.salt)
+            # The salt the key was derived with and the file stores, even if
+            # the caller's buffer changed since.
+            return self._algorithm.pwhash_params.params()[2]
         elif self._algorithm is None:
             raise ValueError(
                 "An exact binary key is being used."
