@@ -20,13 +20,13 @@ import numpy as np
 import torch
 
 from . import _core, _paths, stream_io, utils
+from ._crypto import DecryptionParams, EncryptionParams
 from ._dtypes import (  # OPAQUE_DTYPE_SEP: public here, as in tensorizer
     OPAQUE_DTYPE_SEP,  # noqa: F401
     dtype_to_str,
     numpy_dtype_for,
     str_to_dtype,
 )
-from ._crypto import DecryptionParams, EncryptionParams
 from ._errors import CryptographyError, HashMismatchError, TensorizerFormatError
 
 __all__ = [
@@ -101,6 +101,16 @@ def _checked_dtype(dtype_str: str, shape, data_length: int) -> Tuple[torch.dtype
         if width != torch.empty((), dtype=dtype, device="meta").element_size():
             raise ValueError(f"dtype string {dtype_str!r} has the wrong width for {dtype}")
     return dtype, opaque
+
+
+def _as_bytes(value) -> Optional[bytes]:
+    """Keys and passphrases as the engine takes them (callers may hand over
+    bytearray or memoryview, as tensorizer allows)."""
+    if value is None:
+        return None
+    if isinstance(value, str):
+        return value.encode("utf-8")
+    return bytes(value)
 
 
 def _hash_check(verify_hash) -> int:
@@ -182,7 +192,7 @@ class TensorSerializer:
                 f" or None, {encryption.__class__.__name__} found"
             )
         self._encryption = encryption
-        key = encryption.key if encryption is not None else None
+        key = _as_bytes(encryption.key) if encryption is not None else None
         kdf = encryption._kdf if encryption is not None else None
         if limit_cpu_concurrency is not None:
             if not isinstance(limit_cpu_concurrency, int):
@@ -529,9 +539,7 @@ class TensorDeserializer(collections.abc.Mapping, contextlib.AbstractContextMana
             self._reader.entries()
         ):
             try:
-                path = (
-                    (name.decode("utf-8"),) if is_safetensors else _paths.decode_name(name)
-                )
+                path = (name.decode("utf-8"),) if is_safetensors else _paths.decode_name(name)
                 registry.add(path, path)
                 dtype_str = dtype_b.decode("utf-8")
                 if ttype != TensorType.STATE_DICT and not isinstance(_paths.normalize(path), str):
@@ -647,8 +655,8 @@ class TensorDeserializer(collections.abc.Mapping, contextlib.AbstractContextMana
             [self._entry_index[p] for p in pending],
             verify=_hash_check(verify),
             num_threads=self._num_threads,
-            key=self._decryption.key if self._decryption is not None else None,
-            passphrase=self._decryption.source if self._decryption is not None else None,
+            key=_as_bytes(self._decryption.key) if self._decryption is not None else None,
+            passphrase=_as_bytes(self._decryption.source) if self._decryption is not None else None,
         )
         arena = load.arena()
         device = self._target_device()
