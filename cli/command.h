@@ -36,6 +36,8 @@ struct Command {
 extern const Command kInspectCommand;
 extern const Command kVerifyCommand;
 extern const Command kBenchCommand;
+extern const Command kConvertCommand;
+extern const Command kCpCommand;
 
 // Command-line options of one subcommand: `--flag`, `--opt VALUE` or
 // `--opt=VALUE`; `--` ends the options; `-h` is `--help`.

@@ -11,15 +11,16 @@
 namespace tensorizer::cli {
 namespace {
 
-const Command* const kCommands[] = {&kInspectCommand, &kVerifyCommand, &kBenchCommand};
+const Command* const kCommands[] = {&kInspectCommand, &kVerifyCommand, &kBenchCommand,
+                                    &kConvertCommand, &kCpCommand};
 
 std::string MainHelp() {
   std::string text =
-      "usage: tensorizer COMMAND [OPTIONS] FILE\n"
+      "usage: tensorizer COMMAND [OPTIONS] FILE...\n"
       "       tensorizer --help | --version\n"
       "\n"
-      "Reads .tensors files (tensorizer data versions 1-5) and safetensors files,\n"
-      "without Python.\n"
+      "Reads, checks, converts and copies .tensors files (tensorizer data versions\n"
+      "1-5) and safetensors files, without Python.\n"
       "\n"
       "commands:\n";
   for (const Command* c : kCommands) {
@@ -34,7 +35,7 @@ std::string MainHelp() {
       "exit status:\n"
       "  0  success\n"
       "  1  the file failed: it cannot be read, is not a valid .tensors file,\n"
-      "     or a tensor failed its hash check\n"
+      "     a tensor failed its hash check, or the output cannot be written\n"
       "  2  usage error: unknown command or option, missing or extra argument\n";
   return text;
 }

@@ -8,14 +8,13 @@
 
 namespace tensorizer::cli {
 
-std::vector<TensorFailure> CheckEachTensor(const OpenedFile& file, HashCheck check) {
+std::vector<TensorFailure> CheckEachTensor(const OpenedFile& file, const LoadOptions& base) {
   const size_t count = file.index->entries.size();
   std::vector<TensorFailure> failures;
   std::mutex mu;
   std::atomic<size_t> next{0};
   auto work = [&] {
-    LoadOptions options;
-    options.verify = check;
+    LoadOptions options = base;
     options.num_threads = 1;
     for (size_t i = next++; i < count; i = next++) {
       Status st;

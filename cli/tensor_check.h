@@ -20,8 +20,8 @@ struct TensorFailure {
   Status status;
 };
 
-// Loads every tensor of `file` on its own with `check`; the failures, in
-// file order.
-std::vector<TensorFailure> CheckEachTensor(const OpenedFile& file, HashCheck check);
+// Loads every tensor of `file` on its own with `options` (its hash check
+// and decryption; one thread per load); the failures, in file order.
+std::vector<TensorFailure> CheckEachTensor(const OpenedFile& file, const LoadOptions& options);
 
 }  // namespace tensorizer::cli

@@ -7,6 +7,7 @@
 #include <cstdio>
 
 #include "command.h"
+#include "key_options.h"
 #include "tensor_check.h"
 #include "tensor_display.h"
 #include "tensorizer/load.h"
@@ -15,7 +16,7 @@ namespace tensorizer::cli {
 namespace {
 
 const char kHelp[] =
-    "usage: tensorizer verify [--all] FILE\n"
+    "usage: tensorizer verify [--all] [--key-file F | --passphrase-env VAR] FILE\n"
     "\n"
     "Loads every tensor of a .tensors file and checks its stored hashes. By\n"
     "default each tensor is checked with its CRC32 (SHA-256 where no CRC32 is\n"
@@ -24,9 +25,15 @@ const char kHelp[] =
     "then a summary. Safetensors files store no hashes: they pass when every\n"
     "tensor can be read, and the summary says no data was checked.\n"
     "\n"
+    "Encrypted files store SHA-256 hashes of the plaintext: give the key to\n"
+    "decrypt each tensor and check them (decryption also authenticates the\n"
+    "data). Without a key, an encrypted tensor fails.\n"
+    "\n"
     "options:\n"
-    "  --all       check every stored hash (SHA-256 too; slower)\n"
-    "  -h, --help  show this help\n"
+    "  --all                 check every stored hash (SHA-256 too; slower)\n"
+    "  --key-file F          decrypt with the 32-byte key in file F\n"
+    "  --passphrase-env VAR  decrypt with the passphrase in $VAR\n"
+    "  -h, --help            show this help\n"
     "\n"
     "exit status: 0 every tensor passed, 1 a tensor failed its check or the\n"
     "file cannot be read or is invalid, 2 usage error\n";
@@ -52,7 +59,7 @@ std::string CheckedHashes(const Load& load, HashCheck check) {
 int RunVerify(const std::vector<std::string>& args) {
   const Command& self = kVerifyCommand;
   std::string error;
-  auto parsed = ParseArgs(args, {{"--all"}, {}}, &error);
+  auto parsed = ParseArgs(args, {{"--all"}, {"--key-file", "--passphrase-env"}}, &error);
   if (!parsed) return UsageError(self, error);
   if (parsed->help) {
     Print(self.help);
@@ -62,12 +69,21 @@ int RunVerify(const std::vector<std::string>& args) {
     return UsageError(self, parsed->positional.empty() ? "missing FILE" : "expected one FILE");
   }
   const std::string& file = parsed->positional[0];
+  std::optional<KeyOptionError> key_error;
+  std::optional<DecryptionOptions> decryption = DecryptionFromArgs(*parsed, &key_error);
+  if (key_error) return KeyOptionFailure(self, *key_error);
   auto opened = OpenTensorsFile(file);
   if (!opened.ok()) return Failure(self, opened.status().message());
+  if (opened->index->header.has_crypt_info() && !decryption) {
+    return Failure(self, DisplayText(file) +
+                             " is encrypted: give --key-file or --passphrase-env to decrypt it "
+                             "and check its hashes");
+  }
   const HashCheck check = parsed->has("--all") ? HashCheck::kAll : HashCheck::kFast;
 
   LoadOptions options;
   options.verify = check;
+  options.decryption = decryption;
   std::vector<size_t> all(opened->index->entries.size());
   for (size_t i = 0; i < all.size(); ++i) all[i] = i;
   Status st;
@@ -88,7 +104,7 @@ int RunVerify(const std::vector<std::string>& args) {
     }
   }
 
-  std::vector<TensorFailure> failures = CheckEachTensor(*opened, check);
+  std::vector<TensorFailure> failures = CheckEachTensor(*opened, options);
   for (const TensorFailure& f : failures) {
     Print("FAILED " + DisplayName(opened->index->entries[f.entry].name) + ": " +
           f.status.message() + "\n");
