@@ -57,16 +57,10 @@ Result<double> TimeLoad(const std::shared_ptr<const Source>& source, const LoadO
 
 int RunBench(const std::vector<std::string>& args) {
   const Command& self = kBenchCommand;
-  std::string error;
-  auto parsed = ParseArgs(args, {{"--verify"}, {"--threads", "--repeat"}}, &error);
-  if (!parsed) return UsageError(self, error);
-  if (parsed->help) {
-    Print(self.help);
-    return kExitOk;
-  }
-  if (parsed->positional.size() != 1) {
-    return UsageError(self, parsed->positional.empty() ? "missing FILE" : "expected one FILE");
-  }
+  int exit_code = kExitOk;
+  auto parsed =
+      ParseCommand(self, args, {{"--verify"}, {"--threads", "--repeat"}}, {"FILE"}, &exit_code);
+  if (!parsed) return exit_code;
   const int cores = AvailableCores();
   int threads = cores;
   if (auto v = parsed->value("--threads")) {

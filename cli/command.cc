@@ -90,6 +90,36 @@ Result<OpenedFile> OpenTensorsFile(const std::string& uri) {
   return OpenedFile{shared, std::make_shared<const Index>(std::move(index).value())};
 }
 
+std::optional<ParsedArgs> ParseCommand(const Command& self, const std::vector<std::string>& args,
+                                       const OptionSpec& spec,
+                                       const std::vector<std::string>& operands, int* exit_code) {
+  std::string error;
+  auto parsed = ParseArgs(args, spec, &error);
+  if (!parsed) {
+    *exit_code = UsageError(self, error);
+    return std::nullopt;
+  }
+  if (parsed->help) {
+    Print(self.help);
+    *exit_code = kExitOk;
+    return std::nullopt;
+  }
+  if (parsed->positional.size() != operands.size()) {
+    std::string names;
+    for (const std::string& op : operands) names += (names.empty() ? "" : " and ") + op;
+    if (operands.size() == 1) {
+      error = parsed->positional.empty() ? "missing " + names : "expected one " + names;
+    } else {
+      std::string spaced;
+      for (const std::string& op : operands) spaced += (spaced.empty() ? "" : " ") + op;
+      error = parsed->positional.size() < operands.size() ? "needs " + names : "expected " + spaced;
+    }
+    *exit_code = UsageError(self, error);
+    return std::nullopt;
+  }
+  return parsed;
+}
+
 int UsageError(const Command& command, const std::string& message) {
   std::fprintf(stderr, "tensorizer %s: %s\nTry 'tensorizer %s --help'.\n", command.name,
                message.c_str(), command.name);

@@ -60,6 +60,14 @@ struct ParsedArgs {
 std::optional<ParsedArgs> ParseArgs(const std::vector<std::string>& args, const OptionSpec& spec,
                                     std::string* error);
 
+// The start every subcommand shares: parse `args`, answer --help, and
+// require exactly as many positional arguments as `operands` names (e.g.
+// {"FILE"} or {"IN", "OUT"}). Returns the parse to go on with, or nothing
+// with *exit_code set (kExitOk after printing help, else kExitUsage).
+std::optional<ParsedArgs> ParseCommand(const Command& self, const std::vector<std::string>& args,
+                                       const OptionSpec& spec,
+                                       const std::vector<std::string>& operands, int* exit_code);
+
 // Parses a decimal integer in [min, max]; nothing if it is not one.
 std::optional<uint64_t> ParseCount(const std::string& text, uint64_t min, uint64_t max);
 

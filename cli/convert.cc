@@ -62,16 +62,9 @@ int RunConvert(const std::vector<std::string>& args) {
   OptionSpec spec{{"--verify"}, {"--to", "--batch-bytes"}};
   for (const char* o : kDecryptionOptions) spec.valued.push_back(o);
   for (const char* o : kEncryptionOptions) spec.valued.push_back(o);
-  std::string error;
-  auto parsed = ParseArgs(args, spec, &error);
-  if (!parsed) return UsageError(self, error);
-  if (parsed->help) {
-    Print(self.help);
-    return kExitOk;
-  }
-  if (parsed->positional.size() != 2) {
-    return UsageError(self, parsed->positional.size() < 2 ? "needs IN and OUT" : "expected IN OUT");
-  }
+  int exit_code = kExitOk;
+  auto parsed = ParseCommand(self, args, spec, {"IN", "OUT"}, &exit_code);
+  if (!parsed) return exit_code;
   ConvertOptions options;
   if (auto to = parsed->value("--to")) {
     if (*to == "tensors") {

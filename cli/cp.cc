@@ -66,17 +66,9 @@ class ProgressBar {
 
 int RunCp(const std::vector<std::string>& args) {
   const Command& self = kCpCommand;
-  std::string error;
-  auto parsed = ParseArgs(args, {{}, {}}, &error);
-  if (!parsed) return UsageError(self, error);
-  if (parsed->help) {
-    Print(self.help);
-    return kExitOk;
-  }
-  if (parsed->positional.size() != 2) {
-    return UsageError(self,
-                      parsed->positional.size() < 2 ? "needs SRC and DST" : "expected SRC DST");
-  }
+  int exit_code = kExitOk;
+  auto parsed = ParseCommand(self, args, {{}, {}}, {"SRC", "DST"}, &exit_code);
+  if (!parsed) return exit_code;
   CopyOptions options;
   ProgressBar bar;
   if (::isatty(STDERR_FILENO)) {

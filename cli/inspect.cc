@@ -170,16 +170,9 @@ std::string JsonReport(const std::string& file, uint64_t file_size, const Index&
 
 int RunInspect(const std::vector<std::string>& args) {
   const Command& self = kInspectCommand;
-  std::string error;
-  auto parsed = ParseArgs(args, {{"--json"}, {}}, &error);
-  if (!parsed) return UsageError(self, error);
-  if (parsed->help) {
-    Print(self.help);
-    return kExitOk;
-  }
-  if (parsed->positional.size() != 1) {
-    return UsageError(self, parsed->positional.empty() ? "missing FILE" : "expected one FILE");
-  }
+  int exit_code = kExitOk;
+  auto parsed = ParseCommand(self, args, {{"--json"}, {}}, {"FILE"}, &exit_code);
+  if (!parsed) return exit_code;
   const std::string& file = parsed->positional[0];
   auto opened = OpenTensorsFile(file);
   if (!opened.ok()) return Failure(self, opened.status().message());

@@ -58,16 +58,10 @@ std::string CheckedHashes(const Load& load, HashCheck check) {
 
 int RunVerify(const std::vector<std::string>& args) {
   const Command& self = kVerifyCommand;
-  std::string error;
-  auto parsed = ParseArgs(args, {{"--all"}, {"--key-file", "--passphrase-env"}}, &error);
-  if (!parsed) return UsageError(self, error);
-  if (parsed->help) {
-    Print(self.help);
-    return kExitOk;
-  }
-  if (parsed->positional.size() != 1) {
-    return UsageError(self, parsed->positional.empty() ? "missing FILE" : "expected one FILE");
-  }
+  int exit_code = kExitOk;
+  auto parsed = ParseCommand(self, args, {{"--all"}, {"--key-file", "--passphrase-env"}}, {"FILE"},
+                             &exit_code);
+  if (!parsed) return exit_code;
   const std::string& file = parsed->positional[0];
   std::optional<KeyOptionError> key_error;
   std::optional<DecryptionOptions> decryption = DecryptionFromArgs(*parsed, &key_error);
