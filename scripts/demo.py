@@ -78,18 +78,23 @@ def main():
         print(
             f"saved {convert_bytes(nbytes)} state dict in {save_s:.3f} s ({gbps(nbytes, save_s)})"
         )
+        # Three loads each: the first also pays for the kernel handing this
+        # process fresh memory (slow on some VMs); the best shows the loader.
         for verify in (False, True):
-            t0 = time.perf_counter()
-            d = TensorDeserializer(big, device="cpu", verify_hash=verify)
-            load_s = time.perf_counter() - t0
-            ok = all(torch.equal(d[k], v) for k, v in state.items())
+            times = []
+            for _ in range(3):
+                t0 = time.perf_counter()
+                d = TensorDeserializer(big, device="cpu", verify_hash=verify)
+                times.append(time.perf_counter() - t0)
+                ok = all(torch.equal(d[k], v) for k, v in state.items())
+                if not ok:
+                    raise SystemExit("loaded tensors differ from the saved ones")
+                del d
             print(
-                f"loaded it (verify_hash={verify}) in {load_s:.3f} s"
-                f" ({gbps(nbytes, load_s)}, page-cache warm), values equal: {ok}"
+                f"loaded it (verify_hash={verify}, page-cache warm): best"
+                f" {gbps(nbytes, min(times))}, first {gbps(nbytes, times[0])};"
+                " values equal: True"
             )
-            if not ok:
-                raise SystemExit("loaded tensors differ from the saved ones")
-            del d
 
 
 if __name__ == "__main__":
