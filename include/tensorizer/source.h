@@ -4,7 +4,7 @@
 // positional ReadAt. ReadAt is safe to call from many threads at once (it has
 // no cursor), and either fills the whole destination or fails; a premature end
 // of data is an error naming the URI and the byte range. Backends are chosen
-// by URI scheme in OpenSource(); local files are the only one so far.
+// by URI scheme in OpenSource(): local files, and http:// and https://.
 #pragma once
 
 #include <sys/uio.h>
@@ -37,6 +37,35 @@ Result<std::unique_ptr<Source>> OpenFileSource(const std::string& path);
 Result<std::unique_ptr<Source>> OpenFdSource(int fd, const std::string& name);
 // Bytes already in memory (copied in).
 std::unique_ptr<Source> MakeMemorySource(std::string bytes, const std::string& name);
+// How an HTTP(S) source connects, waits and retries. Durations are in
+// milliseconds; 0 disables that limit.
+struct HttpOptions {
+  uint32_t connect_timeout_ms = 10000;
+  // A transfer that moves no byte for this long is a stall: it is dropped and
+  // retried from the byte where it stopped. libcurl measures it in whole
+  // seconds, so it is rounded up.
+  uint32_t low_speed_timeout_ms = 30000;
+  // TLS: trust these CAs (a PEM bundle, a hashed directory) besides the
+  // system's; verify_tls = false accepts any certificate (the reference's
+  // CAInfo(allow_untrusted=True)).
+  std::string ca_file;
+  std::string ca_path;
+  bool verify_tls = true;
+  // Consecutive failed attempts of one request (dropped connection, stall,
+  // timeout, 5xx, 429) before giving up; an attempt that delivered bytes
+  // resets the count, since the next one resumes after them.
+  int max_retries = 6;
+  // Backoff before retry k: a random time in [0, min(max, base * 2^k)].
+  uint32_t retry_base_delay_ms = 100;
+  uint32_t retry_max_delay_ms = 5000;
+};
+
+// Opens an http:// or https:// URL. One small ranged GET learns the size,
+// the validators (ETag, Last-Modified) and whether the server honours Range;
+// reads are then ranged GETs over keep-alive connections, conditional on the
+// object not having changed since the open.
+Result<std::unique_ptr<Source>> OpenHttpSource(const std::string& url, const HttpOptions& options);
+
 // Picks the backend from the URI scheme; a bare path is a local file.
 Result<std::unique_ptr<Source>> OpenSource(const std::string& uri);
 

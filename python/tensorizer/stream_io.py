@@ -1,7 +1,9 @@
 """tensorizer.stream_io: opening byte streams by path or URI.
 
-Local paths only in this release; http(s)://, s3:// and redis:// raise a
-clear error until the remote backends land.
+TensorDeserializer reads local paths and http(s):// URLs (through the C++
+engine's HttpSource). open_stream opens local paths only in this release;
+s3:// and redis:// everywhere, and remote destinations, raise a clear error
+until those backends land.
 """
 
 import io
@@ -9,6 +11,8 @@ import os
 from typing import Optional
 
 _REMOTE_SCHEMES = ("http://", "https://", "s3://", "redis://")
+# Schemes the engine can read from (TensorDeserializer).
+_ENGINE_READ_SCHEMES = ("http://", "https://")
 
 
 def _scheme_error(path: str) -> ValueError:
@@ -19,12 +23,15 @@ def _scheme_error(path: str) -> ValueError:
 
 
 def check_local_read(path: str) -> None:
-    if path.lower().startswith(_REMOTE_SCHEMES):
+    """Refuses the schemes that the engine cannot read from yet."""
+    lowered = path.lower()
+    if lowered.startswith(_REMOTE_SCHEMES) and not lowered.startswith(_ENGINE_READ_SCHEMES):
         raise _scheme_error(path)
 
 
 def check_local_write(path: str) -> None:
-    check_local_read(path)
+    if path.lower().startswith(_REMOTE_SCHEMES):
+        raise _scheme_error(path)
 
 
 def open_stream(
@@ -55,7 +62,9 @@ def open_stream(
     if "b" not in mode:
         raise ValueError(f"Only binary modes are supported (got mode {mode!r})")
     path = str(path_uri)
-    check_local_read(path)
+    # open_stream returns local file objects only: every remote scheme is
+    # still refused here.
+    check_local_write(path)
     if any(c in mode for c in "wax+"):
         parent = os.path.dirname(os.path.abspath(path))
         os.makedirs(parent, exist_ok=True)

@@ -2,6 +2,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <cctype>
 #include <cerrno>
 #include <climits>
 #include <cstring>
@@ -142,7 +143,9 @@ Result<std::unique_ptr<Source>> OpenSource(const std::string& uri) {
   auto scheme_end = uri.find("://");
   if (scheme_end != std::string::npos) {
     std::string scheme = uri.substr(0, scheme_end);
+    for (char& c : scheme) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
     if (scheme == "file") return OpenFileSource(uri.substr(scheme_end + 3));
+    if (scheme == "http" || scheme == "https") return OpenHttpSource(uri, HttpOptions());
     return Status::InvalidArgument("unsupported URI scheme '" + scheme + "' in " + uri);
   }
   return OpenFileSource(uri);

@@ -1,0 +1,693 @@
+// HttpSource: a Source over an http:// or https:// URL, through libcurl.
+//
+// Steps:
+//  1. Open sends one GET for "Range: bytes=0-0". A 206 gives the size (from
+//     Content-Range) and proves the server honours ranges; a 200 means it
+//     does not (Content-Length gives the size, and the body is not read). A
+//     ranged GET is used rather than HEAD because it answers the range
+//     question for certain (Accept-Ranges is advisory) and because presigned
+//     URLs are often signed for GET only. The ETag and Last-Modified of that
+//     answer are the object's identity for the rest of the load.
+//  2. ReadAt/ReadAtV send "Range: bytes=a-b" with If-Match (a strong ETag) or
+//     If-Unmodified-Since (no ETag, or a weak one), and the libcurl write
+//     callback copies the body straight into the caller's buffers.
+//  3. A dropped connection, a stall, a timeout, a 5xx, a 408 or a 429 is
+//     retried with exponential backoff and full jitter, resuming from the
+//     first byte not yet received; any other 4xx fails at once.
+//  4. A server without range support is read with one streaming GET of the
+//     whole object into a buffer on the first read; later reads copy from it.
+//     That costs host memory of the object's size, and is the only way.
+//
+// Invariants: the write callback never writes outside the caller's buffers;
+// a response whose range, total size or validators differ from what was asked
+// or seen at open is an error, never bytes of two versions of the object; a
+// Status names the URL and the byte range.
+//
+// Thread-safety: ReadAt may run on many threads at once. Each call takes a
+// CURL easy handle from a pool (creating one when all are busy) and gives it
+// back afterwards, so connections stay open between requests (keep-alive)
+// and the pool grows to the number of concurrent readers.
+#include <curl/curl.h>
+
+#include <algorithm>
+#include <cctype>
+#include <cerrno>
+#include <chrono>
+#include <cstring>
+#include <mutex>
+#include <random>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "tensorizer/source.h"
+
+namespace tensorizer {
+namespace {
+
+constexpr char kUserAgent[] = "tensorizer/" TENSORIZER_VERSION " (curl)";
+// Bytes of an error response kept for the message.
+constexpr size_t kErrorBodyBytes = 300;
+
+std::string Range(uint64_t offset, uint64_t length) {
+  return "bytes [" + std::to_string(offset) + ", " + std::to_string(offset + length) + ")";
+}
+
+// --- Pure helpers: header parsing -------------------------------------------
+
+std::string Trim(const std::string& s) {
+  size_t b = s.find_first_not_of(" \t\r\n");
+  if (b == std::string::npos) return "";
+  size_t e = s.find_last_not_of(" \t\r\n");
+  return s.substr(b, e - b + 1);
+}
+
+// An error body for a one-line message: runs of whitespace become one space.
+std::string OneLine(const std::string& s) {
+  std::string out;
+  bool space = false;
+  for (char c : s) {
+    if (std::isspace(static_cast<unsigned char>(c))) {
+      space = !out.empty();
+      continue;
+    }
+    if (space) out += ' ';
+    space = false;
+    out += c;
+  }
+  return out;
+}
+
+bool IEquals(const std::string& a, const char* b) {
+  size_t n = std::strlen(b);
+  if (a.size() != n) return false;
+  for (size_t i = 0; i < n; ++i) {
+    if (std::tolower(static_cast<unsigned char>(a[i])) != std::tolower(b[i])) return false;
+  }
+  return true;
+}
+
+bool ParseU64(const std::string& s, uint64_t* out) {
+  if (s.empty() || s.size() > 19) return false;
+  uint64_t v = 0;
+  for (char c : s) {
+    if (c < '0' || c > '9') return false;
+    v = v * 10 + static_cast<uint64_t>(c - '0');
+  }
+  *out = v;
+  return true;
+}
+
+// "bytes a-b/total" or "bytes */total"; total may be "*" (unknown).
+struct ContentRange {
+  bool has_range = false;
+  uint64_t first = 0, last = 0;
+  bool has_total = false;
+  uint64_t total = 0;
+};
+
+bool ParseContentRange(const std::string& value, ContentRange* out) {
+  std::string v = Trim(value);
+  if (v.size() < 6 || !IEquals(v.substr(0, 6), "bytes ")) return false;
+  v = Trim(v.substr(6));
+  size_t slash = v.find('/');
+  if (slash == std::string::npos) return false;
+  std::string range = v.substr(0, slash), total = v.substr(slash + 1);
+  ContentRange cr;
+  if (range != "*") {
+    size_t dash = range.find('-');
+    if (dash == std::string::npos) return false;
+    if (!ParseU64(range.substr(0, dash), &cr.first) || !ParseU64(range.substr(dash + 1), &cr.last))
+      return false;
+    if (cr.last < cr.first) return false;
+    cr.has_range = true;
+  }
+  if (total != "*") {
+    if (!ParseU64(total, &cr.total)) return false;
+    cr.has_total = true;
+  }
+  *out = cr;
+  return true;
+}
+
+// The headers of the last response (a redirect or a 100 Continue starts a
+// new one).
+struct Response {
+  long status = 0;
+  std::string reason;
+  std::string etag, last_modified, content_range, retry_after;
+  bool has_length = false;
+  uint64_t content_length = 0;
+
+  void AddLine(const std::string& line) {
+    if (line.rfind("HTTP/", 0) == 0) {
+      *this = Response();
+      size_t sp = line.find(' ');
+      if (sp != std::string::npos) {
+        status = std::strtol(line.c_str() + sp + 1, nullptr, 10);
+        size_t sp2 = line.find(' ', sp + 1);
+        if (sp2 != std::string::npos) reason = Trim(line.substr(sp2 + 1));
+      }
+      return;
+    }
+    size_t colon = line.find(':');
+    if (colon == std::string::npos) return;
+    std::string name = Trim(line.substr(0, colon)), value = Trim(line.substr(colon + 1));
+    if (IEquals(name, "etag")) {
+      etag = value;
+    } else if (IEquals(name, "last-modified")) {
+      last_modified = value;
+    } else if (IEquals(name, "content-range")) {
+      content_range = value;
+    } else if (IEquals(name, "retry-after")) {
+      retry_after = value;
+    } else if (IEquals(name, "content-length")) {
+      has_length = ParseU64(value, &content_length);
+    }
+  }
+
+  std::string StatusText() const {
+    return "HTTP " + std::to_string(status) + (reason.empty() ? "" : " " + reason);
+  }
+};
+
+bool IsRetriableStatus(long status) { return status >= 500 || status == 429 || status == 408; }
+
+bool IsRetriableCurl(CURLcode rc) {
+  switch (rc) {
+    case CURLE_COULDNT_RESOLVE_HOST:
+    case CURLE_COULDNT_RESOLVE_PROXY:
+    case CURLE_COULDNT_CONNECT:
+    case CURLE_OPERATION_TIMEDOUT:
+    case CURLE_PARTIAL_FILE:
+    case CURLE_GOT_NOTHING:
+    case CURLE_SEND_ERROR:
+    case CURLE_RECV_ERROR:
+    case CURLE_SSL_CONNECT_ERROR:
+    case CURLE_HTTP2:
+    case CURLE_HTTP2_STREAM:
+    case CURLE_HTTP3:
+      return true;
+    default:
+      return false;
+  }
+}
+
+// errno for a final HTTP status, so Python raises the OSError a local open
+// would (ENOENT for a missing object, EACCES for a refused one).
+int ErrnoForStatus(long status) {
+  switch (status) {
+    case 404:
+    case 410:
+      return ENOENT;
+    case 401:
+    case 403:
+      return EACCES;
+    default:
+      return EIO;
+  }
+}
+
+std::string ChangedMessage() {
+  return "the object changed during the load (its ETag, Last-Modified or size differs from "
+         "when it was opened)";
+}
+
+// --- Transfers -----------------------------------------------------------------
+
+void GlobalInit() {
+  static std::once_flag once;
+  std::call_once(once, [] { curl_global_init(CURL_GLOBAL_DEFAULT); });
+}
+
+struct HandleDeleter {
+  void operator()(CURL* h) const { curl_easy_cleanup(h); }
+};
+using Handle = std::unique_ptr<CURL, HandleDeleter>;
+
+struct SlistDeleter {
+  void operator()(curl_slist* l) const { curl_slist_free_all(l); }
+};
+using Slist = std::unique_ptr<curl_slist, SlistDeleter>;
+
+// Where one request's body goes. Exactly one of: the caller's buffers (iov),
+// a growing string (whole), or nowhere (probe).
+struct Transfer {
+  Response response;
+  // Range asked for: [first, first + want). want == 0 with whole set means
+  // "everything".
+  uint64_t first = 0;
+  uint64_t want = 0;
+  bool ranged = true;
+  // The size seen at open; 0 with !size_known while opening.
+  uint64_t object_size = 0;
+  bool size_known = false;
+  // Acceptable answers, checked once when the body starts.
+  bool body_checked = false;
+  bool body_ok = false;  // false: an error status, body kept for the message
+  // Destination.
+  const struct iovec* iov = nullptr;
+  int iovcnt = 0;
+  int iov_index = 0;
+  size_t iov_offset = 0;
+  std::string* whole = nullptr;
+  bool probe = false;
+  uint64_t got = 0;
+  std::string error_body;
+  // Set by the callbacks when they stop the transfer on purpose.
+  std::string abort_reason;
+  bool probe_done = false;
+};
+
+size_t HeaderCallback(char* data, size_t size, size_t count, void* user) {
+  auto* t = static_cast<Transfer*>(user);
+  t->response.AddLine(std::string(data, size * count));
+  return size * count;
+}
+
+// Decides, when the first body byte arrives, whether the body is the data.
+bool CheckBodyStart(Transfer* t) {
+  const Response& r = t->response;
+  const uint64_t object_size = t->object_size;
+  if (t->probe) return true;
+  if (r.status == 206 && t->ranged) {
+    ContentRange cr;
+    if (!ParseContentRange(r.content_range, &cr) || !cr.has_range) {
+      t->abort_reason = "206 with an unreadable Content-Range '" + r.content_range + "'";
+      return false;
+    }
+    if (cr.has_total && t->size_known && cr.total != object_size) {
+      t->abort_reason = ChangedMessage() + ": the size is now " + std::to_string(cr.total);
+      return false;
+    }
+    if (cr.first != t->first || cr.last != t->first + t->want - 1) {
+      t->abort_reason = "the server answered with Content-Range '" + r.content_range + "'";
+      return false;
+    }
+    t->body_ok = true;
+    return true;
+  }
+  if (r.status == 200) {
+    // A server that ignores Range sends the whole object: usable only when
+    // that is what was asked for.
+    if (!t->ranged || (t->first == 0 && t->want == object_size)) {
+      if (t->size_known && r.has_length && r.content_length != object_size) {
+        t->abort_reason =
+            ChangedMessage() + ": the size is now " + std::to_string(r.content_length);
+        return false;
+      }
+      t->body_ok = true;
+      return true;
+    }
+    t->abort_reason = "the server ignored the Range header and sent the whole object";
+    return false;
+  }
+  t->body_ok = false;  // an error status: keep the start of the body
+  return true;
+}
+
+size_t WriteCallback(char* data, size_t size, size_t count, void* user) {
+  auto* t = static_cast<Transfer*>(user);
+  size_t n = size * count;
+  if (t->probe) {
+    // The probe needs the headers only. Its one byte is read (keeping the
+    // connection for reuse); anything longer (a 200 with the whole object,
+    // an error page) is cut off.
+    long status = t->response.status;
+    if (status == 206 && t->got + n <= 1) {
+      t->got += n;
+      return n;
+    }
+    if (status != 200 && status != 206 && t->error_body.size() + n <= kErrorBodyBytes) {
+      t->error_body.append(data, n);
+      return n;
+    }
+    t->probe_done = true;
+    return 0;
+  }
+  if (!t->body_checked) {
+    t->body_checked = true;
+    if (!CheckBodyStart(t)) return 0;
+  }
+  if (!t->body_ok) {
+    size_t keep = std::min(n, kErrorBodyBytes - std::min(kErrorBodyBytes, t->error_body.size()));
+    t->error_body.append(data, keep);
+    return n;
+  }
+  if (t->whole) {
+    if (t->size_known && t->whole->size() + n > t->object_size) {
+      t->abort_reason =
+          "the server sent more than the object's " + std::to_string(t->object_size) + " bytes";
+      return 0;
+    }
+    t->whole->append(data, n);
+    t->got += n;
+    return n;
+  }
+  if (n > t->want - t->got) {
+    t->abort_reason =
+        "the server sent more bytes than the " + std::to_string(t->want) + " asked for";
+    return 0;
+  }
+  size_t left = n;
+  while (left > 0) {
+    const struct iovec& v = t->iov[t->iov_index];
+    size_t room = v.iov_len - t->iov_offset;
+    size_t take = std::min(room, left);
+    std::memcpy(static_cast<char*>(v.iov_base) + t->iov_offset, data, take);
+    data += take;
+    left -= take;
+    t->iov_offset += take;
+    if (t->iov_offset == v.iov_len) {
+      ++t->iov_index;
+      t->iov_offset = 0;
+    }
+  }
+  t->got += n;
+  return n;
+}
+
+// Skips `bytes` bytes of an iovec cursor (to resume after a partial
+// transfer); empty buffers are skipped too.
+void Advance(const struct iovec* iov, int iovcnt, uint64_t bytes, int* index, size_t* offset) {
+  while (*index < iovcnt) {
+    size_t room = iov[*index].iov_len - *offset;
+    if (bytes < room || (bytes == 0 && room > 0)) {
+      *offset += bytes;
+      return;
+    }
+    bytes -= room;
+    ++*index;
+    *offset = 0;
+  }
+}
+
+class HttpSource final : public Source {
+ public:
+  HttpSource(std::string url, HttpOptions options)
+      : url_(std::move(url)), options_(std::move(options)), rng_(std::random_device{}()) {}
+
+  ~HttpSource() override = default;
+
+  uint64_t size() const override { return size_; }
+  const std::string& uri() const override { return url_; }
+
+  Status Open() {
+    Transfer t;
+    for (int failures = 0;;) {
+      t = Transfer();
+      t.probe = true;
+      t.first = 0;
+      t.want = 1;
+      Status st = Perform(&t, /*conditional=*/false);
+      if (st.ok()) break;
+      if (!retriable_ || ++failures > options_.max_retries) {
+        return st.WithContext("opening " + url_ + " (GET of bytes [0, 1))");
+      }
+      Backoff(failures - 1, t.response);
+    }
+    const Response& r = t.response;
+    etag_ = r.etag;
+    last_modified_ = r.last_modified;
+    if (r.status == 206 || r.status == 416) {
+      ContentRange cr;
+      if (!ParseContentRange(r.content_range, &cr) || !cr.has_total) {
+        return Status::IoError("opening " + url_ + ": " + r.StatusText() +
+                               " without the object's size in Content-Range '" + r.content_range +
+                               "'");
+      }
+      size_ = cr.total;
+      size_known_ = true;
+      ranges_ = true;
+      return Status::Ok();
+    }
+    // 200: the server ignores Range.
+    ranges_ = false;
+    if (!r.has_length) {
+      // No size without reading it all: read it now.
+      TZR_RETURN_IF_ERROR(FetchWhole());
+      size_ = whole_.size();
+      whole_loaded_ = true;
+    } else {
+      size_ = r.content_length;
+    }
+    size_known_ = true;
+    return Status::Ok();
+  }
+
+  Status ReadAt(uint64_t offset, void* dst, uint64_t length) const override {
+    struct iovec iov = {dst, length};
+    return ReadAtV(offset, &iov, 1);
+  }
+
+  Status ReadAtV(uint64_t offset, const struct iovec* iov, int iovcnt) const override {
+    uint64_t total = 0;
+    for (int i = 0; i < iovcnt; ++i) total += iov[i].iov_len;
+    if (offset > size_ || total > size_ - offset) {
+      return Status::FormatError("reading " + url_ + " " + Range(offset, total) +
+                                 ": unexpected end of file at byte " + std::to_string(size_));
+    }
+    if (total == 0) return Status::Ok();
+    if (!ranges_) return ReadFromWhole(offset, iov, iovcnt);
+
+    uint64_t done = 0;
+    int failures = 0;
+    while (done < total) {
+      Transfer t;
+      t.first = offset + done;
+      t.want = total - done;
+      t.object_size = size_;
+      t.size_known = true;
+      t.iov = iov;
+      t.iovcnt = iovcnt;
+      Advance(iov, iovcnt, done, &t.iov_index, &t.iov_offset);
+      Status st = Perform(&t, /*conditional=*/true);
+      done += t.got;
+      if (st.ok()) {
+        if (t.got == t.want) return Status::Ok();
+        st = Status::IoError("the response ended after " + std::to_string(t.got) + " of " +
+                             std::to_string(t.want) + " bytes");
+        retriable_ = true;
+      }
+      if (!retriable_) return st.WithContext("reading " + url_ + " " + Range(offset, total));
+      failures = t.got > 0 ? 1 : failures + 1;
+      if (failures > options_.max_retries) {
+        return st.WithContext("reading " + url_ + " " + Range(offset, total) + " (gave up after " +
+                              std::to_string(failures) + " attempts without progress)");
+      }
+      Backoff(failures - 1, t.response);
+    }
+    return Status::Ok();
+  }
+
+ private:
+  // Runs one request on a pooled handle. On return, `retriable_` (thread
+  // local) says whether a failure is worth another attempt.
+  Status Perform(Transfer* t, bool conditional) const {
+    Handle h = Acquire();
+    if (!h) return Status::IoError("curl_easy_init failed");
+    Slist headers;
+    auto add = [&headers](const std::string& line) {
+      curl_slist* next = curl_slist_append(headers.get(), line.c_str());
+      if (next) {
+        headers.release();
+        headers.reset(next);
+      }
+    };
+    add("Accept-Encoding: identity");
+    if (t->ranged && !t->whole) {
+      add("Range: bytes=" + std::to_string(t->first) + "-" +
+          std::to_string(t->first + t->want - 1));
+    }
+    if (conditional) {
+      if (!etag_.empty() && etag_.rfind("W/", 0) != 0) {
+        add("If-Match: " + etag_);
+      } else if (!last_modified_.empty()) {
+        add("If-Unmodified-Since: " + last_modified_);
+      }
+    }
+    CURL* c = h.get();
+    curl_easy_setopt(c, CURLOPT_HTTPHEADER, headers.get());
+    curl_easy_setopt(c, CURLOPT_HTTPGET, 1L);
+    curl_easy_setopt(c, CURLOPT_HEADERFUNCTION, HeaderCallback);
+    curl_easy_setopt(c, CURLOPT_HEADERDATA, t);
+    curl_easy_setopt(c, CURLOPT_WRITEFUNCTION, WriteCallback);
+    curl_easy_setopt(c, CURLOPT_WRITEDATA, t);
+    char errbuf[CURL_ERROR_SIZE] = {0};
+    curl_easy_setopt(c, CURLOPT_ERRORBUFFER, errbuf);
+    CURLcode rc = curl_easy_perform(c);
+    curl_easy_setopt(c, CURLOPT_ERRORBUFFER, nullptr);
+    curl_easy_setopt(c, CURLOPT_HTTPHEADER, nullptr);
+    Release(std::move(h));
+
+    retriable_ = false;
+    const Response& r = t->response;
+    if (rc == CURLE_WRITE_ERROR && t->probe && t->probe_done) rc = CURLE_OK;
+    if (rc == CURLE_WRITE_ERROR && !t->abort_reason.empty()) {
+      return Status::IoError(t->abort_reason);
+    }
+    if (rc != CURLE_OK) {
+      retriable_ = IsRetriableCurl(rc);
+      std::string detail = errbuf[0] ? std::string(errbuf) : curl_easy_strerror(rc);
+      return Status::IoError(detail);
+    }
+    if (r.status == 412) return Status::IoError(ChangedMessage() + " (HTTP 412)", ESTALE);
+    if (r.status == 416 && !t->probe) {
+      return Status::IoError(ChangedMessage() + " (HTTP 416: the range is past its end)", ESTALE);
+    }
+    bool good = r.status == 200 || r.status == 206 || (t->probe && r.status == 416);
+    if (!good) {
+      retriable_ = IsRetriableStatus(r.status);
+      std::string body = OneLine(t->error_body);
+      return Status::IoError(r.StatusText() + (body.empty() ? "" : ": " + body),
+                             retriable_ ? EIO : ErrnoForStatus(r.status));
+    }
+    // A 206 or 200 with no body bytes skips the checks in the write callback.
+    if (!t->probe && !t->body_checked && t->want > 0) {
+      t->body_checked = true;
+      if (!CheckBodyStart(t)) {
+        return Status::IoError(t->abort_reason);
+      }
+    }
+    if ((!etag_.empty() && !r.etag.empty() && r.etag != etag_) ||
+        (!last_modified_.empty() && !r.last_modified.empty() &&
+         r.last_modified != last_modified_)) {
+      if (!t->probe) return Status::IoError(ChangedMessage(), ESTALE);
+    }
+    return Status::Ok();
+  }
+
+  void Backoff(int attempt, const Response& r) const {
+    uint64_t cap = options_.retry_base_delay_ms;
+    for (int i = 0; i < attempt && cap < options_.retry_max_delay_ms; ++i) cap *= 2;
+    cap = std::min<uint64_t>(cap, options_.retry_max_delay_ms);
+    uint64_t delay_ms;
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      delay_ms = std::uniform_int_distribution<uint64_t>(0, cap)(rng_);
+    }
+    // Retry-After in seconds, when the server says, within our maximum.
+    uint64_t after_s = 0;
+    if (ParseU64(r.retry_after, &after_s)) {
+      delay_ms = std::max<uint64_t>(
+          delay_ms, std::min<uint64_t>(after_s * 1000, options_.retry_max_delay_ms));
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(delay_ms));
+  }
+
+  // The whole object in one GET, for servers without range support.
+  Status FetchWhole() const {
+    int failures = 0;
+    while (true) {
+      std::string buffer;
+      Transfer t;
+      t.ranged = false;
+      t.whole = &buffer;
+      t.object_size = size_;
+      t.size_known = size_known_;
+      Status st = Perform(&t, /*conditional=*/true);
+      if (st.ok() && size_known_ && buffer.size() != size_) {
+        st = Status::IoError("the response ended after " + std::to_string(buffer.size()) + " of " +
+                             std::to_string(size_) + " bytes");
+        retriable_ = true;
+      }
+      if (st.ok()) {
+        whole_ = std::move(buffer);
+        return Status::Ok();
+      }
+      std::string what = "reading " + url_ + " (whole object: the server does not honour Range)";
+      if (!retriable_ || ++failures > options_.max_retries) return st.WithContext(what);
+      Backoff(failures - 1, t.response);
+    }
+  }
+
+  Status ReadFromWhole(uint64_t offset, const struct iovec* iov, int iovcnt) const {
+    {
+      std::lock_guard<std::mutex> lock(whole_mu_);
+      if (!whole_loaded_) {
+        TZR_RETURN_IF_ERROR(FetchWhole());
+        whole_loaded_ = true;
+      }
+    }
+    for (int i = 0; i < iovcnt; ++i) {
+      if (iov[i].iov_len) std::memcpy(iov[i].iov_base, whole_.data() + offset, iov[i].iov_len);
+      offset += iov[i].iov_len;
+    }
+    return Status::Ok();
+  }
+
+  Handle Acquire() const {
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      if (!idle_.empty()) {
+        Handle h = std::move(idle_.back());
+        idle_.pop_back();
+        return h;
+      }
+    }
+    Handle h(curl_easy_init());
+    if (!h) return h;
+    CURL* c = h.get();
+    curl_easy_setopt(c, CURLOPT_URL, url_.c_str());
+    curl_easy_setopt(c, CURLOPT_NOSIGNAL, 1L);
+    curl_easy_setopt(c, CURLOPT_FOLLOWLOCATION, 1L);
+    curl_easy_setopt(c, CURLOPT_MAXREDIRS, 10L);
+    curl_easy_setopt(c, CURLOPT_USERAGENT, kUserAgent);
+    curl_easy_setopt(c, CURLOPT_TCP_KEEPALIVE, 1L);
+    curl_easy_setopt(c, CURLOPT_TCP_NODELAY, 1L);
+    // Bigger socket reads than the 16 KiB default: fewer callbacks at GB/s.
+    curl_easy_setopt(c, CURLOPT_BUFFERSIZE, 512L * 1024);
+    curl_easy_setopt(c, CURLOPT_CONNECTTIMEOUT_MS, static_cast<long>(options_.connect_timeout_ms));
+    if (options_.low_speed_timeout_ms > 0) {
+      curl_easy_setopt(c, CURLOPT_LOW_SPEED_LIMIT, 1L);
+      curl_easy_setopt(c, CURLOPT_LOW_SPEED_TIME,
+                       static_cast<long>((options_.low_speed_timeout_ms + 999) / 1000));
+    }
+    if (!options_.ca_file.empty()) curl_easy_setopt(c, CURLOPT_CAINFO, options_.ca_file.c_str());
+    if (!options_.ca_path.empty()) curl_easy_setopt(c, CURLOPT_CAPATH, options_.ca_path.c_str());
+    if (!options_.verify_tls) {
+      curl_easy_setopt(c, CURLOPT_SSL_VERIFYPEER, 0L);
+      curl_easy_setopt(c, CURLOPT_SSL_VERIFYHOST, 0L);
+    }
+    return h;
+  }
+
+  void Release(Handle h) const {
+    std::lock_guard<std::mutex> lock(mu_);
+    idle_.push_back(std::move(h));
+  }
+
+  std::string url_;
+  HttpOptions options_;
+  uint64_t size_ = 0;
+  bool size_known_ = false;
+  bool ranges_ = true;
+  std::string etag_, last_modified_;
+
+  mutable std::mutex mu_;  // guards idle_ and rng_
+  mutable std::vector<Handle> idle_;
+  mutable std::mt19937_64 rng_;
+
+  mutable std::mutex whole_mu_;  // guards the first fill of whole_
+  mutable bool whole_loaded_ = false;
+  mutable std::string whole_;
+
+  // Whether the last Perform on this thread failed in a way worth retrying.
+  static thread_local bool retriable_;
+};
+
+thread_local bool HttpSource::retriable_ = false;
+
+}  // namespace
+
+Result<std::unique_ptr<Source>> OpenHttpSource(const std::string& url, const HttpOptions& options) {
+  if (url.rfind("http://", 0) != 0 && url.rfind("https://", 0) != 0) {
+    return Status::InvalidArgument("not an http:// or https:// URL: " + url);
+  }
+  GlobalInit();
+  auto source = std::make_unique<HttpSource>(url, options);
+  TZR_RETURN_IF_ERROR(source->Open());
+  return std::unique_ptr<Source>(std::move(source));
+}
+
+}  // namespace tensorizer
