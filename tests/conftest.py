@@ -62,3 +62,19 @@ def ref_python() -> str:
             pytrace=False,
         )
     return path
+
+
+# The `tensorizer` command built by scripts/test.sh, for the CLI tests.
+@pytest.fixture(scope="session")
+def cli() -> str:
+    path = os.environ.get("TENSORIZER_CLI")
+    if not path:
+        pytest.fail(
+            "TENSORIZER_CLI is not set: build the tool (cmake -S . -B build/cpp -G Ninja &&"
+            " ninja -C build/cpp) and set TENSORIZER_CLI=build/cpp/tensorizer"
+            " (scripts/test.sh does both)",
+            pytrace=False,
+        )
+    if not (os.path.isfile(path) and os.access(path, os.X_OK)):
+        pytest.fail(f"TENSORIZER_CLI={path!r} is not an executable file", pytrace=False)
+    return os.path.abspath(path)

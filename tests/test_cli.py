@@ -22,21 +22,6 @@ GOLDEN_DIR = Path(__file__).resolve().parent / "golden"
 COMMANDS = ["inspect", "verify", "bench"]
 
 
-@pytest.fixture(scope="session")
-def cli() -> str:
-    path = os.environ.get("TENSORIZER_CLI")
-    if not path:
-        pytest.fail(
-            "TENSORIZER_CLI is not set: build the tool (cmake -S . -B build/cpp -G Ninja &&"
-            " ninja -C build/cpp) and set TENSORIZER_CLI=build/cpp/tensorizer"
-            " (scripts/test.sh does both)",
-            pytrace=False,
-        )
-    if not (os.path.isfile(path) and os.access(path, os.X_OK)):
-        pytest.fail(f"TENSORIZER_CLI={path!r} is not an executable file", pytrace=False)
-    return os.path.abspath(path)
-
-
 def run(cli, *args, cwd=None):
     return subprocess.run(
         [cli, *map(str, args)], capture_output=True, text=True, cwd=cwd, timeout=60

@@ -24,20 +24,6 @@ from tensorizer import DecryptionParams, TensorDeserializer, TensorSerializer, T
 PASSPHRASE = "correct horse battery staple"
 
 
-@pytest.fixture(scope="session")
-def cli() -> str:
-    path = os.environ.get("TENSORIZER_CLI")
-    if not path:
-        pytest.fail(
-            "TENSORIZER_CLI is not set: build the tool (cmake -S . -B build/cpp -G Ninja &&"
-            " ninja -C build/cpp) and set TENSORIZER_CLI=build/cpp/tensorizer",
-            pytrace=False,
-        )
-    if not (os.path.isfile(path) and os.access(path, os.X_OK)):
-        pytest.fail(f"TENSORIZER_CLI={path!r} is not an executable file", pytrace=False)
-    return os.path.abspath(path)
-
-
 def run(cli, *args, env=None, cwd=None):
     full_env = dict(os.environ)
     full_env.update(env or {})

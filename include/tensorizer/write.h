@@ -103,7 +103,7 @@ class Writer {
   Writer(std::unique_ptr<Sink> sink, const WriterOptions& options)
       : sink_(std::move(sink)), options_(options) {}
   Status WriteBatch(const std::vector<TensorWrite>& tensors);
-  CryptInfo PlaceholderCryptInfo(const TensorRecordSpec& spec, bool meta) const;
+  CryptInfo SizedCryptInfo(const TensorRecordSpec& spec, bool meta) const;
   Status WritePlain(const Record& r, const uint8_t* data, internal::TensorHasher* hasher,
                     EncodedHeader* h);
   Status WriteSealed(const Record& r, const uint8_t* data, internal::TensorHasher* hasher,

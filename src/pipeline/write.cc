@@ -101,7 +101,7 @@ Status Writer::WriteBatch(const std::vector<TensorWrite>& tensors) {
       // Every header of an encrypted file holds a crypt-info block: empty
       // for meta tensors (which keep both hashes), else the cipher chunk.
       r.spec.include_crc32 = t.meta;
-      r.spec.crypt_info_bytes = EncodedCryptInfoBytes(PlaceholderCryptInfo(r.spec, t.meta));
+      r.spec.crypt_info_bytes = EncodedCryptInfoBytes(SizedCryptInfo(r.spec, t.meta));
     }
     auto h = EncodeTensorHeader(r.spec);
     if (!h.ok()) return h.status().WithContext("tensor '" + t.name + "'");
@@ -156,9 +156,8 @@ Status Writer::WriteBatch(const std::vector<TensorWrite>& tensors) {
       std::string prefix = h.HashedPrefix();  // hash values are still zero
       hasher.Update(prefix.data(), prefix.size());
       const uint8_t* data = tensors[i].data;
-      Status st = options_.encryption && !tensors[i].meta
-                      ? WriteSealed(r, data, &hasher, &h)
-                      : WritePlain(r, data, &hasher, &h);
+      Status st = options_.encryption && !tensors[i].meta ? WriteSealed(r, data, &hasher, &h)
+                                                          : WritePlain(r, data, &hasher, &h);
       if (st.ok()) {
         if (r.spec.include_crc32) {
           uint32_t crc = hasher.crc32();
@@ -195,10 +194,13 @@ Status Writer::WriteBatch(const std::vector<TensorWrite>& tensors) {
   return Status::Ok();
 }
 
-CryptInfo Writer::PlaceholderCryptInfo(const TensorRecordSpec& spec, bool meta) const {
+// The crypt-info a record will carry, with zero MACs and nonce: encoding it
+// gives the size to reserve in the header before the data is sealed.
+CryptInfo Writer::SizedCryptInfo(const TensorRecordSpec& spec, bool meta) const {
   CryptInfo info;
   if (meta) return info;
-  if (options_.encryption->key_derivation) info.chunks.push_back(*options_.encryption->key_derivation);
+  if (options_.encryption->key_derivation)
+    info.chunks.push_back(*options_.encryption->key_derivation);
   XSalsa20ParallelChunk cipher;
   cipher.macs.resize(CryptChunkCount(spec.data_length, cipher.chunk_bytes));
   info.chunks.push_back(cipher);
@@ -228,7 +230,7 @@ Status Writer::WritePlain(const Record& r, const uint8_t* data, internal::Tensor
 Status Writer::WriteSealed(const Record& r, const uint8_t* data, internal::TensorHasher* hasher,
                            EncodedHeader* h) {
   const WriterEncryption& enc = *options_.encryption;
-  CryptInfo info = PlaceholderCryptInfo(r.spec, false);
+  CryptInfo info = SizedCryptInfo(r.spec, false);
   auto& cipher = std::get<XSalsa20ParallelChunk>(info.chunks.back());
   auto nonce = RandomNonce();
   if (!nonce.ok()) return nonce.status();
@@ -239,7 +241,8 @@ Status Writer::WriteSealed(const Record& r, const uint8_t* data, internal::Tenso
     uint64_t n = std::min<uint64_t>(cipher.chunk_bytes, r.spec.data_length - off);
     hasher->Update(data + off, n);
     std::memcpy(scratch.data(), data + off, n);
-    TZR_RETURN_IF_ERROR(EncryptChunk(enc.key, cipher.nonce0, i, scratch.data(), n, &cipher.macs[i]));
+    TZR_RETURN_IF_ERROR(
+        EncryptChunk(enc.key, cipher.nonce0, i, scratch.data(), n, &cipher.macs[i]));
     TZR_RETURN_IF_ERROR(sink_->WriteAt(r.data_offset + off, scratch.data(), n));
   }
   auto block = EncodeCryptInfo(info);
