@@ -8,23 +8,15 @@
 #include <cstring>
 #include <vector>
 
+#include "storage/read_range.h"
 #include "tensorizer/source.h"
 
 namespace tensorizer {
 
 namespace {
 
-std::string Range(uint64_t offset, uint64_t length) {
-  return "bytes [" + std::to_string(offset) + ", " + std::to_string(offset + length) + ")";
-}
-
-Status CheckRange(const Source& s, uint64_t offset, uint64_t length) {
-  if (offset > s.size() || length > s.size() - offset) {
-    return Status::FormatError("reading " + s.uri() + " " + Range(offset, length) +
-                               ": unexpected end of file at byte " + std::to_string(s.size()));
-  }
-  return Status::Ok();
-}
+using internal::ByteRange;
+using internal::CheckReadRange;
 
 class FileSource final : public Source {
  public:
@@ -42,7 +34,7 @@ class FileSource final : public Source {
   Status ReadAtV(uint64_t offset, const struct iovec* iov, int iovcnt) const override {
     uint64_t total = 0;
     for (int i = 0; i < iovcnt; ++i) total += iov[i].iov_len;
-    TZR_RETURN_IF_ERROR(CheckRange(*this, offset, total));
+    TZR_RETURN_IF_ERROR(CheckReadRange(*this, offset, total));
     // preadv may stop short (signals, huge requests); advance through the
     // vector and retry until every byte is in place.
     std::vector<struct iovec> rest(iov, iov + iovcnt);
@@ -53,11 +45,11 @@ class FileSource final : public Source {
       ssize_t n = ::preadv(fd_, rest.data() + first, count, static_cast<off_t>(offset + done));
       if (n < 0) {
         if (errno == EINTR) continue;
-        return Status::FromErrno("reading " + uri_ + " " + Range(offset + done, total - done),
+        return Status::FromErrno("reading " + uri_ + " " + ByteRange(offset + done, total - done),
                                  errno);
       }
       if (n == 0) {
-        return Status::FormatError("reading " + uri_ + " " + Range(offset, total) +
+        return Status::FormatError("reading " + uri_ + " " + ByteRange(offset, total) +
                                    ": file ended at byte " + std::to_string(offset + done) +
                                    " (was it truncated while loading?)");
       }
@@ -88,7 +80,7 @@ class MemorySource final : public Source {
   uint64_t size() const override { return bytes_.size(); }
   const std::string& uri() const override { return uri_; }
   Status ReadAt(uint64_t offset, void* dst, uint64_t length) const override {
-    TZR_RETURN_IF_ERROR(CheckRange(*this, offset, length));
+    TZR_RETURN_IF_ERROR(CheckReadRange(*this, offset, length));
     if (length > 0) std::memcpy(dst, bytes_.data() + offset, length);
     return Status::Ok();
   }

@@ -40,6 +40,7 @@
 #include <thread>
 #include <vector>
 
+#include "storage/read_range.h"
 #include "tensorizer/source.h"
 
 namespace tensorizer {
@@ -49,9 +50,7 @@ constexpr char kUserAgent[] = "tensorizer/" TENSORIZER_VERSION " (curl)";
 // Bytes of an error response kept for the message.
 constexpr size_t kErrorBodyBytes = 300;
 
-std::string Range(uint64_t offset, uint64_t length) {
-  return "bytes [" + std::to_string(offset) + ", " + std::to_string(offset + length) + ")";
-}
+using internal::ByteRange;
 
 // --- Pure helpers: header parsing -------------------------------------------
 
@@ -443,10 +442,7 @@ class HttpSource final : public Source {
   Status ReadAtV(uint64_t offset, const struct iovec* iov, int iovcnt) const override {
     uint64_t total = 0;
     for (int i = 0; i < iovcnt; ++i) total += iov[i].iov_len;
-    if (offset > size_ || total > size_ - offset) {
-      return Status::FormatError("reading " + url_ + " " + Range(offset, total) +
-                                 ": unexpected end of file at byte " + std::to_string(size_));
-    }
+    TZR_RETURN_IF_ERROR(internal::CheckReadRange(*this, offset, total));
     if (total == 0) return Status::Ok();
     if (!ranges_) return ReadFromWhole(offset, iov, iovcnt);
 
@@ -469,11 +465,12 @@ class HttpSource final : public Source {
                              std::to_string(t.want) + " bytes");
         retriable_ = true;
       }
-      if (!retriable_) return st.WithContext("reading " + url_ + " " + Range(offset, total));
+      if (!retriable_) return st.WithContext("reading " + url_ + " " + ByteRange(offset, total));
       failures = t.got > 0 ? 1 : failures + 1;
       if (failures > options_.max_retries) {
-        return st.WithContext("reading " + url_ + " " + Range(offset, total) + " (gave up after " +
-                              std::to_string(failures) + " attempts without progress)");
+        return st.WithContext("reading " + url_ + " " + ByteRange(offset, total) +
+                              " (gave up after " + std::to_string(failures) +
+                              " attempts without progress)");
       }
       Backoff(failures - 1, t.response);
     }
