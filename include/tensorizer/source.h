@@ -11,6 +11,7 @@
 
 #include <cstdint>
 #include <memory>
+#include <optional>
 #include <string>
 
 #include "tensorizer/status.h"
@@ -66,7 +67,48 @@ struct HttpOptions {
 // object not having changed since the open.
 Result<std::unique_ptr<Source>> OpenHttpSource(const std::string& url, const HttpOptions& options);
 
+// Where an s3:// object lives and who asks for it. Every field left unset is
+// resolved in this order (docs/configuration.md): these explicit values;
+// ~/.s3cfg (access_key, secret_key, host_base, use_https); the AWS
+// environment (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_SESSION_TOKEN,
+// AWS_ENDPOINT_URL_S3, AWS_ENDPOINT_URL, AWS_REGION, AWS_PROFILE); then
+// ~/.aws/credentials and ~/.aws/config. With no endpoint anywhere, AWS's
+// own is used; with no credentials anywhere, requests go unsigned
+// (public buckets).
+struct S3Options {
+  std::optional<std::string> access_key_id;
+  std::optional<std::string> secret_access_key;
+  std::optional<std::string> session_token;
+  // "host[:port]" (https unless force_http) or "http(s)://host[:port]".
+  std::optional<std::string> endpoint;
+  std::optional<std::string> region;
+  // An s3cmd config file to read instead of ~/.s3cfg; it must exist.
+  std::optional<std::string> s3cfg_path;
+  std::optional<std::string> profile;  // instead of AWS_PROFILE / "default"
+  // Use http:// for an endpoint given without a scheme.
+  std::optional<bool> force_http;
+  // Path-style (https://host/bucket/key) or virtual-hosted
+  // (https://bucket.host/key); kAuto picks virtual-hosted for AWS and
+  // path-style for every other endpoint.
+  enum class Addressing { kAuto, kPath, kVirtual };
+  Addressing addressing = Addressing::kAuto;
+};
+
+// Opens s3://bucket/key: the HTTP source's ranged, retried, ETag-checked
+// reads, each request signed with SigV4 (or unsigned for anonymous access).
+// A 403 names the endpoint, the bucket and the access key id (never the
+// secret).
+Result<std::unique_ptr<Source>> OpenS3Source(const std::string& uri, const S3Options& s3,
+                                             const HttpOptions& http);
+
+// Options for every remote backend, for OpenSource.
+struct SourceOptions {
+  HttpOptions http;
+  S3Options s3;
+};
+
 // Picks the backend from the URI scheme; a bare path is a local file.
-Result<std::unique_ptr<Source>> OpenSource(const std::string& uri);
+Result<std::unique_ptr<Source>> OpenSource(const std::string& uri,
+                                           const SourceOptions& options = SourceOptions());
 
 }  // namespace tensorizer

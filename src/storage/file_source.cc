@@ -131,13 +131,13 @@ std::unique_ptr<Source> MakeMemorySource(std::string bytes, const std::string& n
   return std::make_unique<MemorySource>(std::move(bytes), name);
 }
 
-Result<std::unique_ptr<Source>> OpenSource(const std::string& uri) {
+Result<std::unique_ptr<Source>> OpenSource(const std::string& uri, const SourceOptions& options) {
   auto scheme_end = uri.find("://");
   if (scheme_end != std::string::npos) {
     std::string scheme = uri.substr(0, scheme_end);
     for (char& c : scheme) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
     if (scheme == "file") return OpenFileSource(uri.substr(scheme_end + 3));
-    if (scheme == "http" || scheme == "https") return OpenHttpSource(uri, HttpOptions());
+    if (scheme == "http" || scheme == "https") return OpenHttpSource(uri, options.http);
     return Status::InvalidArgument("unsupported URI scheme '" + scheme + "' in " + uri);
   }
   return OpenFileSource(uri);
