@@ -12,7 +12,7 @@ from typing import Optional
 
 _REMOTE_SCHEMES = ("http://", "https://", "s3://", "redis://")
 # Schemes the engine can read from (TensorDeserializer).
-_ENGINE_READ_SCHEMES = ("http://", "https://")
+_ENGINE_READ_SCHEMES = ("http://", "https://", "s3://", "redis://")
 
 
 def _scheme_error(path: str) -> ValueError:
