@@ -6,10 +6,17 @@ tensorizer 2.12.1 must load from it bit-exact in every load mode. Also: a
 missing object fails at once with an OSError naming the URL, an object
 replaced during a lazy load is an error rather than a mix of two versions,
 and a server that ignores Range (Python's http.server) still works.
+
+Faults go through tests/fault_proxy.py, a test tool in front of the same
+nginx: connections cut every few MiB, bursts of 503, stalls longer than the
+low-speed timeout and refused connections must all end in a bit-exact load,
+or, for a server that never answers, in an OSError after a bounded number of
+attempts.
 """
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import functools
 import http.server
@@ -25,6 +32,7 @@ import time
 
 import pytest
 import torch
+from fault_proxy import FaultProxy
 
 from tensorizer import TensorDeserializer, TensorSerializer
 
@@ -49,17 +57,22 @@ def _wait_for_port(port: int, proc: subprocess.Popen, timeout_s: float = 10.0) -
     raise RuntimeError(f"nginx did not listen on port {port} within {timeout_s} s")
 
 
-@pytest.fixture(scope="module")
-def nginx(tmp_path_factory):
-    """(base URL, served directory) of an nginx on loopback."""
+@contextlib.contextmanager
+def run_nginx(root, server_directives: str = ""):
+    """Runs nginx on a free loopback port; yields the port.
+
+    ``root`` is its working directory; it serves ``root/www``.
+    ``server_directives`` go into the server block; when they name a
+    certificate, the listen directive gets ``ssl``.
+    """
     if not os.path.exists(NGINX):
         pytest.fail("nginx is not installed (apt-get install nginx-light)")
-    root = tmp_path_factory.mktemp("nginx")
     served = root / "www"
-    served.mkdir()
+    served.mkdir(exist_ok=True)
     for sub in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"):
-        (root / sub).mkdir()
+        (root / sub).mkdir(exist_ok=True)
     port = _free_port()
+    listen_ssl = " ssl" if "ssl_certificate" in server_directives else ""
     conf = root / "nginx.conf"
     conf.write_text(
         textwrap.dedent(
@@ -84,12 +97,13 @@ def nginx(tmp_path_factory):
                 keepalive_requests 10000;
                 default_type application/octet-stream;
                 server {{
-                    listen 127.0.0.1:{port};
+                    listen 127.0.0.1:{port}{listen_ssl};
                     root {served};
+                    @SERVER_DIRECTIVES@
                 }}
             }}
             """
-        )
+        ).replace("@SERVER_DIRECTIVES@", server_directives.strip().replace("\n", "\n        "))
     )
     proc = subprocess.Popen(
         [NGINX, "-p", str(root), "-c", str(conf), "-e", str(root / "error.log")],
@@ -102,13 +116,23 @@ def nginx(tmp_path_factory):
         proc.kill()
         _, err = proc.communicate()
         pytest.fail(f"{exc}: {err.decode(errors='replace')}")
-    yield f"http://127.0.0.1:{port}", served
-    proc.terminate()
     try:
-        proc.wait(timeout=10)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
+        yield port
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+@pytest.fixture(scope="module")
+def nginx(tmp_path_factory):
+    """(base URL, served directory) of an nginx on loopback."""
+    root = tmp_path_factory.mktemp("nginx")
+    with run_nginx(root) as port:
+        yield f"http://127.0.0.1:{port}", root / "www"
 
 
 def _payload() -> dict:
@@ -288,89 +312,137 @@ def test_other_remote_schemes_still_refused():
         TensorDeserializer("s3://bucket/x.tensors", device="cpu")
 
 
-class _FlakyRangeHandler(http.server.BaseHTTPRequestHandler):
-    """A test tool, not a server: serves one object with Range support and an
-    ETag, after answering the first ``server.fail_503`` requests with 503 and
-    cutting the connection of the next ``server.cut_bodies`` bodies after
-    ``server.cut_after_bytes`` bytes."""
+# --- Faults, through the test's fault-injecting proxy ------------------------
+#
+# tests/fault_proxy.py sits between the loader and nginx and injects what no
+# real server does on demand: cut connections, stalls, 503s, resets.
 
-    protocol_version = "HTTP/1.1"
+_MiB = 1 << 20
 
-    def log_message(self, *args):
-        pass
 
-    def do_GET(self):
-        srv = self.server
-        with srv.lock:
-            srv.requests.append(self.headers.get("Range"))
-            fail = srv.fail_503 > 0
-            srv.fail_503 -= fail
-            cut = not fail and srv.cut_bodies > 0
-            srv.cut_bodies -= cut
-        if fail:
-            self.send_response(503)
-            self.send_header("Content-Length", "0")
-            self.end_headers()
-            return
-        data = srv.data
-        first, last = 0, len(data) - 1
-        ranged = self.headers.get("Range")
-        if ranged:
-            a, b = ranged.split("=", 1)[1].split("-")
-            first, last = int(a), min(int(b), len(data) - 1)
-        body = data[first : last + 1]
-        self.send_response(206 if ranged else 200)
-        self.send_header("ETag", '"v1"')
-        self.send_header("Accept-Ranges", "bytes")
-        self.send_header("Content-Length", str(len(body)))
-        if ranged:
-            self.send_header("Content-Range", f"bytes {first}-{last}/{len(data)}")
-        self.end_headers()
-        if cut and len(body) > srv.cut_after_bytes:
-            self.wfile.write(body[: srv.cut_after_bytes])
-            self.wfile.flush()
-            self.connection.shutdown(socket.SHUT_RDWR)
-            self.close_connection = True
-            return
-        self.wfile.write(body)
+def _big_payload() -> dict:
+    """About 48 MiB in 100 tensors of several dtypes and sizes."""
+    g = torch.Generator().manual_seed(99)
+    out = {}
+    for i in range(80):
+        out[f"blocks.{i}.weight"] = torch.randn(256, 512, generator=g)  # 512 KiB
+    for i in range(10):
+        out[f"blocks.{i}.half"] = torch.randn(512, 512, generator=g).to(torch.float16)
+        out[f"blocks.{i}.bf16"] = torch.randn(100, 7, generator=g).to(torch.bfloat16)
+    out["embed"] = torch.randn(1024, 1024, generator=g)  # 4 MiB
+    out["lm_head"] = torch.randn(2048, 1024, generator=g)  # 8 MiB
+    out["ids"] = torch.arange(100_000, dtype=torch.int64)
+    return out
+
+
+@pytest.fixture(scope="module")
+def big(nginx):
+    """(URL path, expected tensors, file size) of a ~48 MiB file by our serializer."""
+    _, served = nginx
+    tensors = _big_payload()
+    s = TensorSerializer(str(served / "big.tensors"))
+    s.write_state_dict(tensors)
+    s.close()
+    size = (served / "big.tensors").stat().st_size
+    assert size > 40 * _MiB
+    return "/big.tensors", tensors, size
+
+
+def _proxy_threads() -> list:
+    return [t for t in threading.enumerate() if t.name.startswith("fault-proxy")]
 
 
 @pytest.fixture
-def flaky_server(tmp_path):
-    path = tmp_path / "x.tensors"
-    s = TensorSerializer(str(path))
-    s.write_state_dict(_payload())
-    s.close()
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _FlakyRangeHandler)
-    server.data = path.read_bytes()
-    server.lock = threading.Lock()
-    server.requests = []
-    server.fail_503 = 0
-    server.cut_bodies = 0
-    server.cut_after_bytes = 0
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield server, f"http://127.0.0.1:{server.server_address[1]}/x.tensors"
-    server.shutdown()
-    server.server_close()
+def proxy(nginx):
+    """A FaultProxy in front of the nginx fixture, with no fault set."""
+    base, _ = nginx
+    port = int(base.rsplit(":", 1)[1])
+    with FaultProxy("127.0.0.1", port) as p:
+        yield p
+    # Leaving the context joined every thread it started.
+    assert _proxy_threads() == []
 
 
-def test_burst_of_503s_is_retried(flaky_server):
-    server, url = flaky_server
-    server.fail_503 = 3
-    with TensorDeserializer(url, device="cpu", num_readers=2, verify_hash=True) as d:
-        _assert_same(d, _payload())
-    assert server.fail_503 == 0
+def _via(proxy: FaultProxy, path: str) -> str:
+    return f"http://127.0.0.1:{proxy.port}{path}"
 
 
-def test_cut_connections_resume_where_they_stopped(flaky_server):
-    server, url = flaky_server
-    server.cut_bodies = 6
-    server.cut_after_bytes = 1 << 20
-    with TensorDeserializer(url, device="cpu", num_readers=2, verify_hash=True) as d:
-        _assert_same(d, _payload())
-    assert server.cut_bodies == 0
-    # Each retry asks for the rest of its range, not the whole range again.
-    ranges = {tuple(map(int, r.split("=")[1].split("-"))) for r in server.requests if r}
-    resumed = {(a + server.cut_after_bytes, b) for a, b in ranges} & ranges
-    assert len(resumed) >= 2, sorted(ranges)
+def test_proxy_without_faults_is_transparent(proxy, big):
+    path, tensors, size = big
+    with TensorDeserializer(_via(proxy, path), device="cpu", num_readers=4) as d:
+        _assert_same(d, tensors)
+    assert proxy.cuts == proxy.stalls == proxy.responses_503 == proxy.resets == 0
+    # Every byte of the file went through once, plus response headers.
+    assert size <= proxy.bytes_downstream < size + _MiB
+    assert 1 <= proxy.connections <= 8
+
+
+@pytest.mark.parametrize("lazy", [False, True])
+def test_every_connection_cut_after_4_mib(proxy, big, lazy):
+    path, tensors, size = big
+    proxy.cut_after_bytes = 4 * _MiB
+    with TensorDeserializer(_via(proxy, path), device="cpu", lazy_load=lazy, num_readers=4) as d:
+        _assert_same(d, tensors)
+    # No connection carried more than 4 MiB, so the load took many.
+    assert proxy.connections >= size // (4 * _MiB)
+    assert proxy.cuts >= size // (4 * _MiB) - 1
+    # Each retry resumed where its cut stopped: the bytes sent are the file
+    # once plus little, and some request asks for the tail of an earlier one.
+    assert proxy.bytes_downstream < 1.1 * size
+    ranges = {r for r in proxy.ranges if r is not None}
+    assert any(a < a2 and b == b2 for a, b in ranges for a2, b2 in ranges), sorted(ranges)
+
+
+def test_every_connection_cut_after_4_mib_verified(proxy, big):
+    # verify_hash reads in smaller chunks: cuts land between and inside them.
+    path, tensors, size = big
+    proxy.cut_after_bytes = 4 * _MiB
+    with TensorDeserializer(_via(proxy, path), device="cpu", num_readers=4, verify_hash=True) as d:
+        _assert_same(d, tensors)
+    assert proxy.connections >= size // (4 * _MiB)
+
+
+def test_burst_of_503s_when_opening_is_retried(proxy, big):
+    path, tensors, _ = big
+    proxy.fail_503 = 4
+    proxy.retry_after = 0
+    start = time.monotonic()
+    with TensorDeserializer(_via(proxy, path), device="cpu", num_readers=4) as d:
+        _assert_same(d, tensors)
+    assert proxy.responses_503 == 4 and proxy.fail_503 == 0
+    # Retry-After: 0 and the default backoff (at most 0.1+0.2+0.4+0.8 s).
+    assert time.monotonic() - start < 10
+
+
+def test_burst_of_503s_on_kept_alive_connections_is_retried(proxy, big):
+    path, tensors, _ = big
+    with TensorDeserializer(_via(proxy, path), device="cpu", lazy_load=True, num_readers=4) as d:
+        # The 503s answer the ranged reads of the tensor data, on connections
+        # the loader keeps alive.
+        proxy.fail_503 = 5
+        _assert_same(d, tensors)
+    assert proxy.responses_503 == 5 and proxy.fail_503 == 0
+
+
+@pytest.fixture(params=["proxy resets", "upstream refuses"])
+def refusing_url(request, proxy):
+    """A URL whose every connection is reset: by the proxy itself, or because
+    the upstream behind it refuses connections."""
+    if request.param == "proxy resets":
+        proxy.refuse = True
+        yield _via(proxy, "/big.tensors"), proxy
+    else:
+        with FaultProxy("127.0.0.1", _free_port()) as dead:
+            yield _via(dead, "/big.tensors"), dead
+
+
+def test_refusing_upstream_fails_after_bounded_retries(refusing_url):
+    url, p = refusing_url
+    start = time.monotonic()
+    with pytest.raises(OSError, match=re.escape(url)):
+        TensorDeserializer(url, device="cpu")
+    # The default policy: 6 retries after the first attempt, with backoff of
+    # at most 0.1·(1+2+4+8+16+32) = 6.3 s in all.
+    assert time.monotonic() - start < 10
+    assert p.connections == 7 and p.resets == 7
+    assert p.bytes_upstream == 0
