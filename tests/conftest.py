@@ -1,3 +1,4 @@
+import contextlib
 import os
 import subprocess
 import sys
@@ -78,3 +79,17 @@ def cli() -> str:
     if not (os.path.isfile(path) and os.access(path, os.X_OK)):
         pytest.fail(f"TENSORIZER_CLI={path!r} is not an executable file", pytrace=False)
     return os.path.abspath(path)
+
+
+# A real S3 server (SeaweedFS with SigV4 authentication) for the S3 tests;
+# see s3_server.py for what it holds.
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory):
+    from s3_server import running_s3_server
+
+    with contextlib.ExitStack() as stack:
+        try:
+            server = stack.enter_context(running_s3_server(tmp_path_factory.mktemp("s3")))
+        except (FileNotFoundError, RuntimeError) as exc:
+            pytest.fail(str(exc), pytrace=False)
+        yield server
