@@ -8,14 +8,17 @@
 // Resolution order (the reference tensorizer's, extended with what boto3
 // users expect):
 //   credentials: explicit S3Options (both given; "" and "" means anonymous)
-//     -> s3cmd config (S3Options::s3cfg_path, which must exist, or ~/.s3cfg)
+//     -> s3cmd config (S3Options::s3cfg_path, which must exist, or ~/.s3cfg;
+//        its access_token is the session token)
 //     -> AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY (+ AWS_SESSION_TOKEN)
 //     -> the profile (S3Options::profile, AWS_PROFILE, "default") in
 //        AWS_SHARED_CREDENTIALS_FILE or ~/.aws/credentials, then in
 //        AWS_CONFIG_FILE or ~/.aws/config
 //     -> none: anonymous (unsigned) requests, for public buckets.
 //   A partial explicit pair (only the key id) is completed from the s3cmd
-//   config, as the reference does.
+//   config, as the reference does. Half a pair in any one source is an error.
+//   Each setting below is resolved on its own: explicit credentials do not
+//   stop the s3cmd config's host_base from being the endpoint.
 //   endpoint: explicit -> s3cfg host_base (with its use_https) ->
 //     AWS_ENDPOINT_URL_S3 -> AWS_ENDPOINT_URL -> the profile's
 //     `s3 = endpoint_url` then `endpoint_url` in the config file ->
@@ -23,11 +26,13 @@
 //   scheme: the endpoint's own when it has one; otherwise https, or http with
 //     force_http or s3cfg use_https = False.
 //   region: explicit -> AWS_REGION -> AWS_DEFAULT_REGION -> the profile's
-//     `region` -> s3cfg bucket_location (unless "US") -> "us-east-1".
+//     `region` -> s3cfg bucket_location (unless "US") -> the region named by
+//     an AWS endpoint's host (s3.<region>.amazonaws.com) -> "us-east-1".
 //   addressing: explicit -> the profile's `s3 = addressing_style` -> auto:
 //     virtual-hosted for *.amazonaws.com (unless the bucket name has a dot
-//     and the scheme is https) and for cwobject.com / cwlota.com; path-style
-//     otherwise.
+//     and the scheme is https, or is not a DNS label: capitals, '_') and for
+//     cwobject.com / cwlota.com; path-style otherwise. The bucket is known
+//     only per request, so that exception is applied by RequestHost.
 #pragma once
 
 #include <functional>
@@ -65,13 +70,18 @@ struct ResolvedConfig {
   std::string scheme;  // "https" or "http"
   std::string host;    // the endpoint's host[:port], without the bucket
   std::string region;
+  // Virtual-hosted addressing for this endpoint. With path_style_fallback
+  // (auto addressing on AWS), a bucket that cannot be a TLS-valid host label
+  // is still addressed path-style; VirtualHostedFor decides per bucket.
   bool virtual_hosted = false;
+  bool path_style_fallback = false;
   std::optional<Credentials> credentials;  // nullopt: anonymous
   // Where the credentials came from, for error messages: "explicit
   // arguments", "/root/.s3cfg", "environment", "/root/.aws/credentials
   // [profile default]", "none (anonymous)".
   std::string credentials_from;
 
+  bool VirtualHostedFor(const Location& loc) const;
   // The Host header and the path to sign for one object:
   // path-style  -> host,            "/bucket/key"
   // virtual     -> "bucket." + host, "/key"
