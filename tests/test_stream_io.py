@@ -27,9 +27,42 @@ def test_text_mode_is_refused(tmp_path):
         stream_io.open_stream(str(tmp_path / "t.txt"), "w")
 
 
-@pytest.mark.parametrize(
-    "uri", ["http://127.0.0.1/x.tensors", "s3://bucket/x.tensors", "redis://localhost/x"]
-)
-def test_remote_schemes_are_refused_clearly(uri):
-    with pytest.raises(ValueError, match="not supported by this release"):
-        stream_io.open_stream(uri, "rb")
+@pytest.mark.parametrize("uri", ["http://127.0.0.1:1/x.tensors", "redis://127.0.0.1:1/x"])
+@pytest.mark.parametrize("mode", ["wb", "ab", "rb+"])
+def test_read_only_remote_schemes_refuse_write_modes(uri, mode):
+    with pytest.raises(ValueError, match='Only the mode "rb"'):
+        stream_io.open_stream(uri, mode)
+
+
+def test_s3_refuses_an_explicit_http_endpoint_without_force_http():
+    # The reference's rule: an explicitly passed endpoint is https unless
+    # force_http; it checks this before any request is made.
+    with pytest.raises(ValueError, match="Non-HTTPS endpoint"):
+        stream_io.open_stream("s3://b/k", "rb", "id", "secret", "http://127.0.0.1:1")
+
+
+def test_s3_refuses_signature_versions_other_than_v4():
+    with pytest.raises(ValueError, match="SigV4"):
+        stream_io.open_stream(
+            "s3://b/k", "rb", "id", "secret", "127.0.0.1:1", s3_signature_version="s3"
+        )
+
+
+def test_s3_missing_explicit_config_path_is_file_not_found(tmp_path):
+    with pytest.raises(FileNotFoundError, match="s3_config_path"):
+        stream_io.open_stream("s3://b/k", "rb", s3_config_path=tmp_path / "missing.s3cfg")
+
+
+def test_cainfo_takes_exactly_one_choice(tmp_path):
+    with pytest.raises(ValueError, match="Exactly one"):
+        stream_io.CAInfo()
+    with pytest.raises(ValueError, match="Exactly one"):
+        stream_io.CAInfo(capath=str(tmp_path), allow_untrusted=True)
+    with pytest.raises(ValueError, match="cacert"):
+        stream_io.CAInfo(cacert=str(tmp_path / "missing.pem"))
+    assert stream_io.CAInfo(capath=str(tmp_path)).curl_flags == ("--capath", str(tmp_path))
+
+
+def test_unreachable_remote_is_an_os_error_naming_the_url():
+    with pytest.raises(OSError, match=r"http://127\.0\.0\.1:1/x\.tensors"):
+        stream_io.open_stream("http://127.0.0.1:1/x.tensors", "rb")

@@ -24,6 +24,7 @@
 
 #include "tensorizer/crypto.h"
 #include "tensorizer/format.h"
+#include "tensorizer/source.h"
 #include "tensorizer/status.h"
 
 namespace tensorizer {
@@ -41,6 +42,12 @@ class Sink {
   virtual Status Commit() = 0;
   virtual void Abort() = 0;
   virtual const std::string& uri() const = 0;
+  // True for sinks that publish nothing before Commit() and can take each
+  // byte past the file-header region [0, kFirstTensorOffset) only once (an
+  // S3 multipart upload sends a part as soon as all its bytes are written).
+  // The Writer then skips the per-batch trailer that keeps a file valid
+  // after every write, since nobody can see the object before Commit().
+  virtual bool writes_once() const { return false; }
 };
 
 // Writes `path` through a temporary file renamed over it on Commit().
@@ -48,6 +55,34 @@ Result<std::unique_ptr<Sink>> CreateFileSink(const std::string& path);
 // Writes into a descriptor the caller owns (duplicated here). No rename:
 // Commit() only flushes nothing more; Abort() leaves the descriptor's file.
 Result<std::unique_ptr<Sink>> CreateFdSink(int fd, const std::string& name);
+
+// How an S3 sink uploads: a multipart upload of part_bytes parts,
+// parallel_uploads at a time. Host memory holds at most the first part (sent
+// last, once the file header is final), the parts being filled, and
+// max_queued_parts complete parts waiting for an upload slot; a writer that
+// gets further ahead blocks until a slot frees.
+struct S3UploadOptions {
+  uint64_t part_bytes = 16ull << 20;  // S3's minimum is 5 MiB (the last part may be less)
+  int parallel_uploads = 4;
+  int max_queued_parts = 4;
+};
+
+// Streams an s3://bucket/key upload. The object appears only on Commit()
+// (CompleteMultipartUpload); Abort() and any failed request abort the
+// upload, so no partial object is ever visible.
+Result<std::unique_ptr<Sink>> CreateS3Sink(const std::string& uri, const S3Options& s3,
+                                           const HttpOptions& http,
+                                           const S3UploadOptions& upload = S3UploadOptions());
+
+struct SinkOptions {
+  HttpOptions http;
+  S3Options s3;
+  S3UploadOptions s3_upload;
+};
+
+// Picks the backend from the URI scheme: s3:// or a local path (file://).
+Result<std::unique_ptr<Sink>> CreateSink(const std::string& uri,
+                                         const SinkOptions& options = SinkOptions());
 
 struct TensorWrite {
   std::string name;

@@ -85,6 +85,106 @@ WriterOptions WriterArgs(int num_threads, std::optional<nb::bytes> key,
   return o;
 }
 
+// Remote-backend options from a dict of {name: value}; unknown names are an
+// error so a typo never silently falls back to a default. Python builds the
+// dict (stream_io.HttpOptions, CAInfo, the s3_* arguments).
+template <typename T>
+bool TakeOpt(nb::dict& d, const char* name, T* out) {
+  if (!d.contains(name)) return false;
+  nb::object v = d[name];
+  nb::del(d[name]);
+  if (v.is_none()) return false;
+  *out = nb::cast<T>(v);
+  return true;
+}
+
+template <typename T>
+void TakeOpt(nb::dict& d, const char* name, std::optional<T>* out) {
+  T v;
+  if (TakeOpt(d, name, &v)) *out = std::move(v);
+}
+
+void ParseRemoteOptions(nb::dict options, HttpOptions* http, S3Options* s3,
+                        S3UploadOptions* upload) {
+  nb::dict d = nb::steal<nb::dict>(PyDict_Copy(options.ptr()));
+  TakeOpt(d, "connect_timeout_ms", &http->connect_timeout_ms);
+  TakeOpt(d, "low_speed_timeout_ms", &http->low_speed_timeout_ms);
+  TakeOpt(d, "ca_file", &http->ca_file);
+  TakeOpt(d, "ca_path", &http->ca_path);
+  TakeOpt(d, "verify_tls", &http->verify_tls);
+  TakeOpt(d, "max_retries", &http->max_retries);
+  TakeOpt(d, "retry_base_delay_ms", &http->retry_base_delay_ms);
+  TakeOpt(d, "retry_max_delay_ms", &http->retry_max_delay_ms);
+  TakeOpt(d, "s3_access_key_id", &s3->access_key_id);
+  TakeOpt(d, "s3_secret_access_key", &s3->secret_access_key);
+  TakeOpt(d, "s3_session_token", &s3->session_token);
+  TakeOpt(d, "s3_endpoint", &s3->endpoint);
+  TakeOpt(d, "s3_region", &s3->region);
+  TakeOpt(d, "s3_config_path", &s3->s3cfg_path);
+  TakeOpt(d, "s3_profile", &s3->profile);
+  TakeOpt(d, "force_http", &s3->force_http);
+  std::string addressing;
+  if (TakeOpt(d, "s3_addressing", &addressing)) {
+    if (addressing == "path") {
+      s3->addressing = S3Options::Addressing::kPath;
+    } else if (addressing == "virtual") {
+      s3->addressing = S3Options::Addressing::kVirtual;
+    } else if (addressing != "auto") {
+      throw nb::value_error("s3_addressing must be 'auto', 'path' or 'virtual'");
+    }
+  }
+  if (upload) {
+    TakeOpt(d, "s3_part_bytes", &upload->part_bytes);
+    TakeOpt(d, "s3_parallel_uploads", &upload->parallel_uploads);
+    TakeOpt(d, "s3_max_queued_parts", &upload->max_queued_parts);
+  }
+  if (d.size() != 0) {
+    std::string names;
+    for (auto [k, v] : d) names += (names.empty() ? "" : ", ") + nb::cast<std::string>(k);
+    throw nb::value_error(("unknown remote options: " + names).c_str());
+  }
+}
+
+// An open byte source (any scheme), for stream_io's engine-backed streams and
+// for TensorDeserializer.
+class PySource {
+ public:
+  explicit PySource(std::shared_ptr<const Source> s) : s_(std::move(s)) {}
+  const std::shared_ptr<const Source>& get() const { return s_; }
+
+ private:
+  std::shared_ptr<const Source> s_;
+};
+
+using WritableBytes = nb::ndarray<uint8_t, nb::ndim<1>, nb::c_contig, nb::device::cpu>;
+
+// A sink for stream_io's write streams of raw bytes.
+class PySink {
+ public:
+  explicit PySink(std::unique_ptr<Sink> s) : s_(std::move(s)) {}
+  Sink& get() {
+    if (!s_) throw nb::value_error("the sink is closed");
+    return *s_;
+  }
+  void Finish(bool commit) {
+    if (!s_) return;
+    std::unique_ptr<Sink> s = std::move(s_);
+    Status st;
+    {
+      nb::gil_scoped_release release;
+      if (commit) {
+        st = s->Commit();
+      } else {
+        s->Abort();
+      }
+    }
+    Check(st);
+  }
+
+ private:
+  std::unique_ptr<Sink> s_;
+};
+
 // An open .tensors file: its source and parsed index.
 class PyReader {
  public:
@@ -241,6 +341,8 @@ NB_MODULE(_core, m) {
             }();
             return std::make_unique<PyReader>(std::shared_ptr<const Source>(Take(std::move(s))));
           })
+      .def_static("open_source",
+                  [](const PySource& s) { return std::make_unique<PyReader>(s.get()); })
       .def_static("open_fd",
                   [](int fd, const std::string& name) {
                     return std::make_unique<PyReader>(
@@ -270,6 +372,58 @@ NB_MODULE(_core, m) {
       .def("start_load", &PyReader::StartLoad, "selected"_a, "verify"_a = 0, "num_threads"_a = 0,
            "chunk_bytes"_a = 16ull << 20, "huge_pages"_a = true, "key"_a = nb::none(),
            "passphrase"_a = nb::none());
+
+  nb::class_<PySource>(m, "Source")
+      .def_static(
+          "open",
+          [](const std::string& uri, nb::dict options) {
+            SourceOptions o;
+            ParseRemoteOptions(options, &o.http, &o.s3, nullptr);
+            Result<std::unique_ptr<Source>> s = [&] {
+              nb::gil_scoped_release release;
+              return OpenSource(uri, o);
+            }();
+            return std::make_unique<PySource>(std::shared_ptr<const Source>(Take(std::move(s))));
+          },
+          "uri"_a, "options"_a = nb::dict())
+      .def_prop_ro("size", [](const PySource& s) { return s.get()->size(); })
+      .def_prop_ro("uri", [](const PySource& s) { return s.get()->uri(); })
+      // Fills the whole buffer from `offset` (the caller clips to the size).
+      .def("read_into", [](const PySource& s, uint64_t offset, WritableBytes dst) {
+        Status st;
+        {
+          nb::gil_scoped_release release;
+          st = s.get()->ReadAt(offset, dst.data(), dst.shape(0));
+        }
+        Check(st);
+      });
+
+  nb::class_<PySink>(m, "Sink")
+      .def_static(
+          "create",
+          [](const std::string& uri, nb::dict options) {
+            SinkOptions o;
+            ParseRemoteOptions(options, &o.http, &o.s3, &o.s3_upload);
+            Result<std::unique_ptr<Sink>> s = [&] {
+              nb::gil_scoped_release release;
+              return CreateSink(uri, o);
+            }();
+            return std::make_unique<PySink>(Take(std::move(s)));
+          },
+          "uri"_a, "options"_a = nb::dict())
+      .def("write_at",
+           [](PySink& s, uint64_t offset, ByteArray data) {
+             Sink& sink = s.get();
+             Status st;
+             {
+               nb::gil_scoped_release release;
+               st = sink.WriteAt(offset, data.data(), data.shape(0));
+             }
+             Check(st);
+           })
+      .def("commit", [](PySink& s) { s.Finish(true); })
+      .def("abort", [](PySink& s) { s.Finish(false); })
+      .def_prop_ro("uri", [](PySink& s) { return s.get().uri(); });
 
   nb::class_<Load>(m, "Load")
       .def("wait_tensor",
@@ -320,6 +474,20 @@ NB_MODULE(_core, m) {
             return std::make_unique<PyWriter>(Take(Writer::Create(std::move(sink), o)));
           },
           "path"_a, "num_threads"_a = 0, "key"_a = nb::none(), "kdf"_a = nb::none())
+      .def_static(
+          "create_uri",
+          [](const std::string& uri, nb::dict options, int num_threads,
+             std::optional<nb::bytes> key, std::optional<nb::tuple> kdf) {
+            WriterOptions o = WriterArgs(num_threads, key, kdf);
+            SinkOptions so;
+            ParseRemoteOptions(options, &so.http, &so.s3, &so.s3_upload);
+            Result<std::unique_ptr<Sink>> sink = [&] {
+              nb::gil_scoped_release release;
+              return CreateSink(uri, so);
+            }();
+            return std::make_unique<PyWriter>(Take(Writer::Create(Take(std::move(sink)), o)));
+          },
+          "uri"_a, "options"_a, "num_threads"_a = 0, "key"_a = nb::none(), "kdf"_a = nb::none())
       .def_static(
           "from_fd",
           [](int fd, const std::string& name, int num_threads, std::optional<nb::bytes> key,

@@ -207,15 +207,25 @@ class TensorSerializer:
         if isinstance(file_obj, (str, bytes, os.PathLike)):
             path = os.fsdecode(file_obj)
             stream_io.check_local_write(path)
-            parent = os.path.dirname(os.path.abspath(path))
-            os.makedirs(parent, exist_ok=True)
-            self._writer = _core.Writer.create(path, self.cpu_limit, key, kdf)
+            if path.lower().startswith(stream_io._ENGINE_WRITE_SCHEMES):
+                self._writer = _core.Writer.create_uri(path, {}, self.cpu_limit, key, kdf)
+            else:
+                parent = os.path.dirname(os.path.abspath(path))
+                os.makedirs(parent, exist_ok=True)
+                self._writer = _core.Writer.create(path, self.cpu_limit, key, kdf)
             self.name = path
         elif isinstance(file_obj, int):
             self._writer = _core.Writer.from_fd(
                 file_obj, f"<fd {file_obj}>", self.cpu_limit, key, kdf
             )
             self.name = f"<fd {file_obj}>"
+        elif isinstance(file_obj, stream_io._S3WriteStream):
+            # A stream from open_stream("s3://...", "wb"): the writer streams
+            # the multipart upload itself, with the stream's credentials.
+            uri, options = file_obj._take_for_serializer()
+            self._writer = _core.Writer.create_uri(uri, options, self.cpu_limit, key, kdf)
+            self._file = file_obj
+            self.name = uri
         else:
             self._check_file_object(file_obj)
             self._file = file_obj
@@ -591,6 +601,10 @@ class TensorDeserializer(collections.abc.Mapping, contextlib.AbstractContextMana
             return _core.Reader.open_path(path)
         if isinstance(file_obj, int):
             return _core.Reader.open_fd(file_obj, f"<fd {file_obj}>")
+        if isinstance(file_obj, stream_io._EngineReadStream):
+            # Already-open remote source with its options: load through it.
+            self._file = file_obj
+            return _core.Reader.open_source(file_obj._source)
         if isinstance(file_obj, io.TextIOBase):
             raise ValueError("file_obj must be opened in binary mode")
         readable = getattr(file_obj, "readable", None)

@@ -187,7 +187,7 @@ Status Writer::WriteBatch(const std::vector<TensorWrite>& tensors) {
     end_ = pos;
     header_ = next;
     for (Record& r : batch) records_.push_back(std::move(r));
-    st = WriteTrailer();
+    if (!sink_->writes_once()) st = WriteTrailer();
   }
   if (!st.ok()) return st;  // Write() aborts: the destination is inconsistent
   broken_ = false;

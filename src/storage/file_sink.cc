@@ -1,6 +1,7 @@
 #include <fcntl.h>
 #include <unistd.h>
 
+#include <cctype>
 #include <cerrno>
 #include <cstring>
 #include <random>
@@ -92,6 +93,17 @@ Result<std::unique_ptr<Sink>> CreateFdSink(int fd, const std::string& name) {
   int dup = ::fcntl(fd, F_DUPFD_CLOEXEC, 0);
   if (dup < 0) return Status::FromErrno("duplicating descriptor of " + name, errno);
   return std::unique_ptr<Sink>(std::make_unique<FileSink>(dup, name, ""));
+}
+
+Result<std::unique_ptr<Sink>> CreateSink(const std::string& uri, const SinkOptions& options) {
+  auto scheme_end = uri.find("://");
+  if (scheme_end == std::string::npos) return CreateFileSink(uri);
+  std::string scheme = uri.substr(0, scheme_end);
+  for (char& c : scheme) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+  if (scheme == "file") return CreateFileSink(uri.substr(scheme_end + 3));
+  if (scheme == "s3") return CreateS3Sink(uri, options.s3, options.http, options.s3_upload);
+  return Status::InvalidArgument("cannot write to '" + scheme + "' URIs (" + uri +
+                                 "): only local paths and s3:// are writable");
 }
 
 }  // namespace tensorizer

@@ -40,6 +40,7 @@
 #include <thread>
 #include <vector>
 
+#include "storage/http_source.h"
 #include "storage/read_range.h"
 #include "tensorizer/source.h"
 
@@ -48,7 +49,7 @@ namespace {
 
 constexpr char kUserAgent[] = "tensorizer/" TENSORIZER_VERSION " (curl)";
 // Bytes of an error response kept for the message.
-constexpr size_t kErrorBodyBytes = 300;
+constexpr size_t kErrorBodyBytes = 1024;
 
 using internal::ByteRange;
 
@@ -383,13 +384,18 @@ void Advance(const struct iovec* iov, int iovcnt, uint64_t bytes, int* index, si
 
 class HttpSource final : public Source {
  public:
-  HttpSource(std::string url, HttpOptions options)
-      : url_(std::move(url)), options_(std::move(options)), rng_(std::random_device{}()) {}
+  HttpSource(std::string url, std::string name, HttpOptions options,
+             std::shared_ptr<const internal::HttpRequestAuth> auth)
+      : url_(std::move(url)),
+        name_(std::move(name)),
+        options_(std::move(options)),
+        auth_(std::move(auth)),
+        rng_(std::random_device{}()) {}
 
   ~HttpSource() override = default;
 
   uint64_t size() const override { return size_; }
-  const std::string& uri() const override { return url_; }
+  const std::string& uri() const override { return name_; }
 
   Status Open() {
     Transfer t;
@@ -401,7 +407,7 @@ class HttpSource final : public Source {
       Status st = Perform(&t, /*conditional=*/false);
       if (st.ok()) break;
       if (!retriable_ || ++failures > options_.max_retries) {
-        return st.WithContext("opening " + url_ + " (GET of bytes [0, 1))");
+        return st.WithContext("opening " + name_ + " (GET of bytes [0, 1))");
       }
       Backoff(failures - 1, t.response);
     }
@@ -411,7 +417,7 @@ class HttpSource final : public Source {
     if (r.status == 206 || r.status == 416) {
       ContentRange cr;
       if (!ParseContentRange(r.content_range, &cr) || !cr.has_total) {
-        return Status::IoError("opening " + url_ + ": " + r.StatusText() +
+        return Status::IoError("opening " + name_ + ": " + r.StatusText() +
                                " without the object's size in Content-Range '" + r.content_range +
                                "'");
       }
@@ -465,10 +471,10 @@ class HttpSource final : public Source {
                              std::to_string(t.want) + " bytes");
         retriable_ = true;
       }
-      if (!retriable_) return st.WithContext("reading " + url_ + " " + ByteRange(offset, total));
+      if (!retriable_) return st.WithContext("reading " + name_ + " " + ByteRange(offset, total));
       failures = t.got > 0 ? 1 : failures + 1;
       if (failures > options_.max_retries) {
-        return st.WithContext("reading " + url_ + " " + ByteRange(offset, total) +
+        return st.WithContext("reading " + name_ + " " + ByteRange(offset, total) +
                               " (gave up after " + std::to_string(failures) +
                               " attempts without progress)");
       }
@@ -492,6 +498,9 @@ class HttpSource final : public Source {
       }
     };
     add("Accept-Encoding: identity");
+    if (auth_) {
+      for (const std::string& line : auth_->Headers()) add(line);
+    }
     if (t->ranged && !t->whole) {
       add("Range: bytes=" + std::to_string(t->first) + "-" +
           std::to_string(t->first + t->want - 1));
@@ -536,8 +545,9 @@ class HttpSource final : public Source {
     if (!good) {
       retriable_ = IsRetriableStatus(r.status);
       std::string body = OneLine(t->error_body);
-      return Status::IoError(r.StatusText() + (body.empty() ? "" : ": " + body),
-                             retriable_ ? EIO : ErrnoForStatus(r.status));
+      std::string message = auth_ ? auth_->DescribeFailure(r.StatusText(), body)
+                                  : r.StatusText() + (body.empty() ? "" : ": " + body);
+      return Status::IoError(message, retriable_ ? EIO : ErrnoForStatus(r.status));
     }
     // A 206 or 200 with no body bytes skips the checks in the write callback.
     if (!t->probe && !t->body_checked && t->want > 0) {
@@ -592,7 +602,7 @@ class HttpSource final : public Source {
         whole_ = std::move(buffer);
         return Status::Ok();
       }
-      std::string what = "reading " + url_ + " (whole object: the server does not honour Range)";
+      std::string what = "reading " + name_ + " (whole object: the server does not honour Range)";
       if (!retriable_ || ++failures > options_.max_retries) return st.WithContext(what);
       Backoff(failures - 1, t.response);
     }
@@ -655,7 +665,9 @@ class HttpSource final : public Source {
   }
 
   std::string url_;
+  std::string name_;  // uri(): the URL, or s3://bucket/key
   HttpOptions options_;
+  std::shared_ptr<const internal::HttpRequestAuth> auth_;
   uint64_t size_ = 0;
   bool size_known_ = false;
   bool ranges_ = true;
@@ -682,9 +694,22 @@ Result<std::unique_ptr<Source>> OpenHttpSource(const std::string& url, const Htt
     return Status::InvalidArgument("not an http:// or https:// URL: " + url);
   }
   GlobalInit();
-  auto source = std::make_unique<HttpSource>(url, options);
+  auto source = std::make_unique<HttpSource>(url, url, options, nullptr);
   TZR_RETURN_IF_ERROR(source->Open());
   return std::unique_ptr<Source>(std::move(source));
 }
+
+namespace internal {
+
+Result<std::unique_ptr<Source>> OpenAuthenticatedHttpSource(
+    const std::string& url, const std::string& name, const HttpOptions& options,
+    std::shared_ptr<const HttpRequestAuth> auth) {
+  GlobalInit();
+  auto source = std::make_unique<HttpSource>(url, name, options, std::move(auth));
+  TZR_RETURN_IF_ERROR(source->Open());
+  return std::unique_ptr<Source>(std::move(source));
+}
+
+}  // namespace internal
 
 }  // namespace tensorizer

@@ -1,0 +1,489 @@
+// S3Sink: a .tensors file streamed into an S3 multipart upload.
+//
+// Steps:
+//  1. Create: resolve the endpoint and credentials, then
+//     CreateMultipartUpload (POST ?uploads) gives the upload id.
+//  2. WriteAt copies bytes into part buffers. Part k covers bytes
+//     [k * part_bytes, (k + 1) * part_bytes). The Writer writes every byte
+//     past the file-header region exactly once (writes_once()), so a part
+//     whose bytes have all arrived is final and goes to the upload queue;
+//     `parallel_uploads` threads send queued parts (UploadPart).
+//  3. Part 1 (k = 0) holds the file header and the metadata block, which the
+//     Writer rewrites until the end: it stays in memory and is sent by
+//     Commit(), with the last, partial part. S3 orders parts by number, not
+//     by arrival, so sending part 1 last is fine.
+//  4. Commit() waits for the queue, sends part 1 and the tail, then
+//     CompleteMultipartUpload: only now does the object exist.
+//  5. Abort(), a failed request or destruction without Commit() sends
+//     AbortMultipartUpload: no partial object is ever visible.
+//
+// Invariants: host memory is part 1, the parts being filled (about one per
+// writer thread, plus one per record whose header is written after its
+// data), and at most max_queued_parts full parts waiting plus
+// parallel_uploads in flight; a writer that gets further ahead waits. A byte
+// written into a part already sent is an error, never a silent loss.
+//
+// Requests are retried with backoff on dropped connections, timeouts, 5xx and
+// 429 (the body is in memory, so a part is simply sent again); other 4xx
+// fail at once with a message naming the endpoint, bucket and key id.
+// Payloads are sent as UNSIGNED-PAYLOAD: hashing every part with SHA-256
+// would cost a core's worth of throughput for what TLS already protects.
+#include <curl/curl.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <chrono>
+#include <condition_variable>
+#include <cstring>
+#include <ctime>
+#include <deque>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <random>
+#include <set>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "storage/s3_auth.h"
+#include "storage/s3_config.h"
+#include "tensorizer/write.h"
+
+namespace tensorizer {
+namespace {
+
+// S3's minimum size for every part but the last.
+constexpr uint64_t kMinPartBytes = 5ull << 20;
+constexpr uint64_t kMaxParts = 10000;
+constexpr size_t kMaxResponseBody = 64 << 10;
+
+struct Reply {
+  long status = 0;
+  std::string status_text;
+  std::string etag;
+  std::string body;
+};
+
+size_t CollectHeader(char* data, size_t size, size_t count, void* user) {
+  auto* r = static_cast<Reply*>(user);
+  std::string line(data, size * count);
+  while (!line.empty() && (line.back() == '\n' || line.back() == '\r')) line.pop_back();
+  if (line.rfind("HTTP/", 0) == 0) {
+    *r = Reply();
+    size_t sp = line.find(' ');
+    if (sp != std::string::npos) {
+      r->status = std::strtol(line.c_str() + sp + 1, nullptr, 10);
+      r->status_text = "HTTP " + line.substr(sp + 1);
+    }
+  } else if (line.size() > 5 && strncasecmp(line.c_str(), "etag:", 5) == 0) {
+    size_t b = line.find_first_not_of(' ', 5);
+    r->etag = b == std::string::npos ? "" : line.substr(b);
+  }
+  return size * count;
+}
+
+size_t CollectBody(char* data, size_t size, size_t count, void* user) {
+  auto* r = static_cast<Reply*>(user);
+  size_t n = size * count;
+  if (r->body.size() < kMaxResponseBody) {
+    r->body.append(data, std::min(n, kMaxResponseBody - r->body.size()));
+  }
+  return n;
+}
+
+bool RetriableCurl(CURLcode rc) {
+  switch (rc) {
+    case CURLE_COULDNT_RESOLVE_HOST:
+    case CURLE_COULDNT_CONNECT:
+    case CURLE_OPERATION_TIMEDOUT:
+    case CURLE_PARTIAL_FILE:
+    case CURLE_GOT_NOTHING:
+    case CURLE_SEND_ERROR:
+    case CURLE_RECV_ERROR:
+    case CURLE_SSL_CONNECT_ERROR:
+      return true;
+    default:
+      return false;
+  }
+}
+
+int ErrnoFor(long status) {
+  if (status == 404) return ENOENT;
+  if (status == 401 || status == 403) return EACCES;
+  return EIO;
+}
+
+// One S3 client connection: sends signed requests about one object.
+// Not thread-safe; each uploader thread has its own.
+class S3Connection {
+ public:
+  S3Connection(const s3::ResolvedConfig& config, const s3::Location& location,
+               const HttpOptions& http)
+      : config_(config), location_(location), http_(http), handle_(curl_easy_init()) {}
+  ~S3Connection() {
+    if (handle_) curl_easy_cleanup(handle_);
+  }
+  S3Connection(const S3Connection&) = delete;
+  S3Connection& operator=(const S3Connection&) = delete;
+
+  // Sends `method` with `query` and `body`, retrying transient failures.
+  // `what` names the request in errors ("UploadPart 3").
+  Result<Reply> Send(const std::string& method, const s3::QueryList& query,
+                     const std::string& body_data, const std::string& what) {
+    if (!handle_) return Status::IoError("curl_easy_init failed");
+    std::mt19937_64 rng(std::random_device{}());
+    for (int attempt = 0;; ++attempt) {
+      bool retriable = false;
+      Result<Reply> r = SendOnce(method, query, body_data, &retriable);
+      if (r.ok() && r->status >= 200 && r->status < 300) {
+        // CompleteMultipartUpload may fail after a 200 with an Error body.
+        if (r->body.find("<Error>") == std::string::npos) return r;
+        retriable = true;
+        r = Status::IoError(s3::DescribeFailure(config_, location_, r->status_text, r->body));
+      } else if (r.ok()) {
+        long status = r->status;
+        retriable = status >= 500 || status == 429 || status == 408;
+        r = Status::IoError(s3::DescribeFailure(config_, location_, r->status_text, r->body),
+                            retriable ? EIO : ErrnoFor(status));
+      }
+      if (!retriable || attempt >= http_.max_retries) {
+        return r.status().WithContext(what + " of " + ObjectName());
+      }
+      uint64_t cap = http_.retry_base_delay_ms;
+      for (int i = 0; i < attempt && cap < http_.retry_max_delay_ms; ++i) cap *= 2;
+      cap = std::min<uint64_t>(cap, http_.retry_max_delay_ms);
+      std::this_thread::sleep_for(
+          std::chrono::milliseconds(std::uniform_int_distribution<uint64_t>(0, cap)(rng)));
+    }
+  }
+
+  std::string ObjectName() const { return "s3://" + location_.bucket + "/" + location_.key; }
+
+ private:
+  Result<Reply> SendOnce(const std::string& method, const s3::QueryList& query,
+                         const std::string& body_data, bool* retriable) {
+    std::string url = config_.ObjectUrl(location_);
+    std::string qs;
+    for (const auto& [k, v] : query) {
+      qs += (qs.empty() ? "?" : "&") + s3::UriEncode(k, false);
+      if (!v.empty()) qs += "=" + s3::UriEncode(v, false);
+    }
+    url += qs;
+    curl_slist* headers = nullptr;
+    std::vector<std::string> lines = s3::AuthHeaders(
+        config_, location_, method, query, std::string(s3::kUnsignedPayload), std::time(nullptr));
+    lines.push_back("Expect:");
+    lines.push_back("Content-Type:");
+    for (const std::string& l : lines) headers = curl_slist_append(headers, l.c_str());
+
+    CURL* c = handle_;
+    curl_easy_reset(c);
+    curl_easy_setopt(c, CURLOPT_URL, url.c_str());
+    curl_easy_setopt(c, CURLOPT_NOSIGNAL, 1L);
+    curl_easy_setopt(c, CURLOPT_TCP_KEEPALIVE, 1L);
+    curl_easy_setopt(c, CURLOPT_TCP_NODELAY, 1L);
+    curl_easy_setopt(c, CURLOPT_USERAGENT, "tensorizer/" TENSORIZER_VERSION " (curl)");
+    curl_easy_setopt(c, CURLOPT_CUSTOMREQUEST, method.c_str());
+    curl_easy_setopt(c, CURLOPT_HTTPHEADER, headers);
+    if (method == "PUT" || method == "POST") {
+      curl_easy_setopt(c, CURLOPT_POSTFIELDS, body_data.data());
+      curl_easy_setopt(c, CURLOPT_POSTFIELDSIZE_LARGE, static_cast<curl_off_t>(body_data.size()));
+    } else if (method == "DELETE") {
+      curl_easy_setopt(c, CURLOPT_NOBODY, 0L);
+    }
+    Reply reply;
+    curl_easy_setopt(c, CURLOPT_HEADERFUNCTION, CollectHeader);
+    curl_easy_setopt(c, CURLOPT_HEADERDATA, &reply);
+    curl_easy_setopt(c, CURLOPT_WRITEFUNCTION, CollectBody);
+    curl_easy_setopt(c, CURLOPT_WRITEDATA, &reply);
+    curl_easy_setopt(c, CURLOPT_CONNECTTIMEOUT_MS, static_cast<long>(http_.connect_timeout_ms));
+    if (http_.low_speed_timeout_ms > 0) {
+      curl_easy_setopt(c, CURLOPT_LOW_SPEED_LIMIT, 1L);
+      curl_easy_setopt(c, CURLOPT_LOW_SPEED_TIME,
+                       static_cast<long>((http_.low_speed_timeout_ms + 999) / 1000));
+    }
+    if (!http_.ca_file.empty()) curl_easy_setopt(c, CURLOPT_CAINFO, http_.ca_file.c_str());
+    if (!http_.ca_path.empty()) curl_easy_setopt(c, CURLOPT_CAPATH, http_.ca_path.c_str());
+    if (!http_.verify_tls) {
+      curl_easy_setopt(c, CURLOPT_SSL_VERIFYPEER, 0L);
+      curl_easy_setopt(c, CURLOPT_SSL_VERIFYHOST, 0L);
+    }
+    char errbuf[CURL_ERROR_SIZE] = {0};
+    curl_easy_setopt(c, CURLOPT_ERRORBUFFER, errbuf);
+    CURLcode rc = curl_easy_perform(c);
+    curl_easy_setopt(c, CURLOPT_ERRORBUFFER, nullptr);
+    curl_easy_setopt(c, CURLOPT_HTTPHEADER, nullptr);
+    curl_slist_free_all(headers);
+    if (rc != CURLE_OK) {
+      *retriable = RetriableCurl(rc);
+      return Status::IoError(errbuf[0] ? std::string(errbuf) : curl_easy_strerror(rc));
+    }
+    return reply;
+  }
+
+  const s3::ResolvedConfig& config_;
+  const s3::Location& location_;
+  const HttpOptions& http_;
+  CURL* handle_;
+};
+
+class S3Sink final : public Sink {
+ public:
+  S3Sink(std::string uri, s3::ResolvedConfig config, s3::Location location, HttpOptions http,
+         S3UploadOptions upload)
+      : uri_(std::move(uri)),
+        config_(std::move(config)),
+        location_(std::move(location)),
+        http_(std::move(http)),
+        upload_(upload) {}
+
+  ~S3Sink() override {
+    if (!finished_) Abort();
+  }
+
+  Status Start() {
+    S3Connection conn(config_, location_, http_);
+    auto reply = conn.Send("POST", {{"uploads", ""}}, "", "CreateMultipartUpload");
+    if (!reply.ok()) return reply.status();
+    upload_id_ = s3::XmlElement(reply->body, "UploadId");
+    if (upload_id_.empty()) {
+      return Status::IoError("CreateMultipartUpload of " + uri_ + " answered without an UploadId");
+    }
+    int n = std::max(1, upload_.parallel_uploads);
+    for (int i = 0; i < n; ++i) uploaders_.emplace_back([this] { UploadLoop(); });
+    return Status::Ok();
+  }
+
+  Status WriteAt(uint64_t offset, const void* data, uint64_t length) override {
+    const auto* src = static_cast<const uint8_t*>(data);
+    const uint64_t part_bytes = upload_.part_bytes;
+    while (length > 0) {
+      uint64_t index = offset / part_bytes;
+      uint64_t in_part = offset % part_bytes;
+      uint64_t n = std::min(length, part_bytes - in_part);
+      if (index >= kMaxParts) {
+        return Status::ResourceExhausted("writing " + uri_ + ": more than " +
+                                         std::to_string(kMaxParts) + " parts of " +
+                                         std::to_string(part_bytes) + " bytes");
+      }
+      uint8_t* dst;
+      {
+        std::unique_lock<std::mutex> lock(mu_);
+        if (!error_.ok()) return error_;
+        auto it = parts_.find(index);
+        if (it == parts_.end()) {
+          if (sent_.count(index)) {
+            return Status::IoError("writing " + uri_ + ": bytes at " + std::to_string(offset) +
+                                   " belong to part " + std::to_string(index + 1) +
+                                   ", which was already uploaded");
+          }
+          // Back-pressure: wait for an upload slot before taking more memory.
+          space_cv_.wait(lock, [&] {
+            return !error_.ok() || queue_.size() < static_cast<size_t>(upload_.max_queued_parts);
+          });
+          if (!error_.ok()) return error_;
+          it = parts_.emplace(index, Part()).first;
+          it->second.bytes.resize(part_bytes);
+        }
+        dst = reinterpret_cast<uint8_t*>(it->second.bytes.data()) + in_part;
+      }
+      std::memcpy(dst, src, n);
+      {
+        std::lock_guard<std::mutex> lock(mu_);
+        Part& part = parts_[index];
+        end_ = std::max(end_, offset + n);
+        if (index != 0) {
+          part.written += n;
+          if (part.written == part_bytes) Enqueue(index);
+        }
+      }
+      src += n;
+      offset += n;
+      length -= n;
+    }
+    return Status::Ok();
+  }
+
+  void Preallocate(uint64_t, uint64_t) override {}
+
+  Status Commit() override {
+    if (finished_) return Status::InvalidArgument(uri_ + " is already closed");
+    {
+      std::unique_lock<std::mutex> lock(mu_);
+      // What is left: part 1 and the last part. Anything else was never
+      // completely written, which the Writer never does.
+      const uint64_t last = end_ == 0 ? 0 : (end_ - 1) / upload_.part_bytes;
+      for (auto& [index, part] : parts_) {
+        if (index == 0 || part.queued) continue;
+        if (index != last) {
+          error_ = Status::IoError("writing " + uri_ + ": part " + std::to_string(index + 1) +
+                                   " has bytes that were never written");
+          break;
+        }
+        part.bytes.resize(end_ - index * upload_.part_bytes);
+        Enqueue(index);
+      }
+      if (error_.ok() && parts_.count(0)) {
+        parts_[0].bytes.resize(std::min<uint64_t>(end_, upload_.part_bytes));
+        Enqueue(0);
+      }
+      idle_cv_.wait(lock, [&] { return !error_.ok() || (queue_.empty() && in_flight_ == 0); });
+    }
+    StopUploaders();
+    Status st = error_;
+    if (st.ok()) st = Complete();
+    if (!st.ok()) {
+      AbortUpload();
+      finished_ = true;
+      return st;
+    }
+    finished_ = true;
+    return Status::Ok();
+  }
+
+  void Abort() override {
+    if (finished_) return;
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      if (error_.ok()) error_ = Status::Cancelled("the upload of " + uri_ + " was aborted");
+    }
+    space_cv_.notify_all();
+    idle_cv_.notify_all();
+    StopUploaders();
+    AbortUpload();
+    finished_ = true;
+  }
+
+  const std::string& uri() const override { return uri_; }
+  bool writes_once() const override { return true; }
+
+ private:
+  struct Part {
+    std::string bytes;
+    uint64_t written = 0;  // bytes received (parts after the first)
+    bool queued = false;
+  };
+
+  // Called with mu_ held.
+  void Enqueue(uint64_t index) {
+    parts_[index].queued = true;
+    queue_.push_back(index);
+    work_cv_.notify_one();
+  }
+
+  void UploadLoop() {
+    S3Connection conn(config_, location_, http_);
+    while (true) {
+      uint64_t index;
+      std::string body;
+      {
+        std::unique_lock<std::mutex> lock(mu_);
+        work_cv_.wait(lock, [&] { return stop_ || !queue_.empty(); });
+        if (stop_ || !error_.ok()) return;
+        index = queue_.front();
+        queue_.pop_front();
+        // No writer is copying into a queued part: a full part is queued by
+        // the copy that finished it, and part 1 and the tail only by Commit.
+        body = std::move(parts_[index].bytes);
+        parts_.erase(index);
+        sent_.insert(index);
+        in_flight_++;
+        space_cv_.notify_all();
+      }
+      const std::string number = std::to_string(index + 1);
+      auto reply = conn.Send("PUT", {{"partNumber", number}, {"uploadId", upload_id_}}, body,
+                             "UploadPart " + number);
+      std::lock_guard<std::mutex> lock(mu_);
+      in_flight_--;
+      if (!reply.ok()) {
+        if (error_.ok()) error_ = reply.status();
+        space_cv_.notify_all();
+      } else if (reply->etag.empty()) {
+        if (error_.ok()) {
+          error_ =
+              Status::IoError("UploadPart " + number + " of " + uri_ + " answered without an ETag");
+        }
+        space_cv_.notify_all();
+      } else {
+        etags_[index + 1] = reply->etag;
+      }
+      idle_cv_.notify_all();
+    }
+  }
+
+  void StopUploaders() {
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      stop_ = true;
+    }
+    work_cv_.notify_all();
+    for (auto& t : uploaders_) t.join();
+    uploaders_.clear();
+  }
+
+  Status Complete() {
+    std::string xml = "<CompleteMultipartUpload>";
+    for (const auto& [number, etag] : etags_) {
+      xml += "<Part><PartNumber>" + std::to_string(number) + "</PartNumber><ETag>" + etag +
+             "</ETag></Part>";
+    }
+    xml += "</CompleteMultipartUpload>";
+    S3Connection conn(config_, location_, http_);
+    auto reply = conn.Send("POST", {{"uploadId", upload_id_}}, xml, "CompleteMultipartUpload");
+    return reply.ok() ? Status::Ok() : reply.status();
+  }
+
+  void AbortUpload() {
+    if (upload_id_.empty()) return;
+    S3Connection conn(config_, location_, http_);
+    // Best effort: if this fails too, the store's lifecycle rules are the
+    // only cleanup left; either way no object was created.
+    (void)conn.Send("DELETE", {{"uploadId", upload_id_}}, "", "AbortMultipartUpload");
+    upload_id_.clear();
+  }
+
+  const std::string uri_;
+  const s3::ResolvedConfig config_;
+  const s3::Location location_;
+  const HttpOptions http_;
+  const S3UploadOptions upload_;
+  std::string upload_id_;
+  bool finished_ = false;
+
+  std::mutex mu_;  // guards everything below
+  std::condition_variable work_cv_, space_cv_, idle_cv_;
+  std::map<uint64_t, Part> parts_;
+  std::deque<uint64_t> queue_;
+  std::set<uint64_t> sent_;
+  std::map<uint64_t, std::string> etags_;  // part number -> ETag
+  uint64_t end_ = 0;
+  int in_flight_ = 0;
+  bool stop_ = false;
+  Status error_;
+  std::vector<std::thread> uploaders_;
+};
+
+}  // namespace
+
+Result<std::unique_ptr<Sink>> CreateS3Sink(const std::string& uri, const S3Options& s3,
+                                           const HttpOptions& http, const S3UploadOptions& upload) {
+  if (upload.part_bytes < kMinPartBytes || upload.part_bytes > (5ull << 30)) {
+    return Status::InvalidArgument("S3 part size " + std::to_string(upload.part_bytes) +
+                                   " is outside S3's 5 MiB .. 5 GiB");
+  }
+  if (upload.max_queued_parts < 1) {
+    return Status::InvalidArgument("max_queued_parts must be at least 1");
+  }
+  TZR_ASSIGN_OR_RETURN(s3::Location location, s3::ParseS3Uri(uri));
+  auto config = s3::ResolveConfig(s3, s3::Environment::FromProcess());
+  if (!config.ok()) return config.status().WithContext("opening " + uri + " for writing");
+  static std::once_flag curl_once;
+  std::call_once(curl_once, [] { curl_global_init(CURL_GLOBAL_DEFAULT); });
+  auto sink =
+      std::make_unique<S3Sink>(uri, std::move(config).value(), std::move(location), http, upload);
+  TZR_RETURN_IF_ERROR(sink->Start());
+  return std::unique_ptr<Sink>(std::move(sink));
+}
+
+}  // namespace tensorizer
