@@ -151,8 +151,8 @@ def test_allow_untrusted(https, writer):
 
 
 def test_ca_directory_without_our_ca_still_fails(https, tmp_path):
-    # capath replaces the trust anchors the loader checks against: an empty
-    # hashed directory trusts nothing, least of all our test CA.
+    # A capath only adds what it holds: an empty directory does not make the
+    # test CA trusted, so the load still fails on verification.
     with pytest.raises(OSError, match=r"(?i)certificate"):
         _load(_url(https), stream_io.CAInfo(capath=str(tmp_path)))
 
