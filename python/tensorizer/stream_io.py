@@ -245,6 +245,7 @@ class _S3WriteStream(io.RawIOBase):
         self._sink = None
         self._pos = 0
         self._taken = False
+        self._aborted = False
 
     def writable(self) -> bool:
         return True
@@ -283,7 +284,7 @@ class _S3WriteStream(io.RawIOBase):
         if self.closed:
             return
         try:
-            if not self._taken:
+            if not self._taken and not self._aborted:
                 if self._sink is None:
                     # An empty object, as closing an empty file would leave.
                     self._sink = _core.Sink.create(self._uri, self._options)
@@ -293,6 +294,7 @@ class _S3WriteStream(io.RawIOBase):
             super().close()
 
     def _abort(self) -> None:
+        self._aborted = True
         if self._sink is not None:
             self._sink.abort()
             self._sink = None

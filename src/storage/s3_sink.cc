@@ -316,14 +316,18 @@ class S3Sink final : public Sink {
       const uint64_t last = end_ == 0 ? 0 : (end_ - 1) / upload_.part_bytes;
       for (auto& [index, part] : parts_) {
         if (index == 0 || part.queued) continue;
-        if (index != last) {
+        const uint64_t size = end_ - index * upload_.part_bytes;
+        if (index != last || part.written != size) {
           error_ = Status::IoError("writing " + uri_ + ": part " + std::to_string(index + 1) +
                                    " has bytes that were never written");
           break;
         }
-        part.bytes.resize(end_ - index * upload_.part_bytes);
+        part.bytes.resize(size);
         Enqueue(index);
       }
+      // An empty object is one empty part: S3 allows the only part to be
+      // shorter than the minimum, down to zero bytes.
+      if (error_.ok() && end_ == 0) parts_.emplace(0, Part());
       if (error_.ok() && parts_.count(0)) {
         parts_[0].bytes.resize(std::min<uint64_t>(end_, upload_.part_bytes));
         Enqueue(0);
