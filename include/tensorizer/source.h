@@ -101,6 +101,15 @@ struct S3Options {
 Result<std::unique_ptr<Source>> OpenS3Source(const std::string& uri, const S3Options& s3,
                                              const HttpOptions& http);
 
+// Opens redis://[user:password@]host[:port]/prefix: the keys
+// `prefix:<name>:<byte offset>` that tensorizer's to_redis writes, each
+// holding the file's bytes from that offset (`prefix:header:0` the header and
+// metadata). Keys are listed with SCAN and measured once; reads are GETRANGEs
+// over a pool of connections, retried on a new connection when one drops.
+// Bytes in no key are an error, never zeros. AUTH is sent when the URI has a
+// password; error messages show the URI with the password masked.
+Result<std::unique_ptr<Source>> OpenRedisSource(const std::string& uri);
+
 // Options for every remote backend, for OpenSource.
 struct SourceOptions {
   HttpOptions http;

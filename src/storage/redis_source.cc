@@ -1,0 +1,842 @@
+// RedisSource: a Source over the keys tensorizer's to_redis writes, for
+// redis://[user:password@]host[:port]/prefix.
+//
+// Steps:
+//  1. Open connects (AUTH when the URI has a password), lists the keys with
+//     SCAN MATCH "<escaped prefix>:*", measures them with pipelined STRLEN and
+//     builds a sorted extent map (src/storage/redis_protocol.h): key
+//     `<prefix>:<name>:<offset>` holds the file's bytes [offset, offset +
+//     STRLEN). Keys that overlap are an error; the size is the end of the
+//     last key.
+//  2. ReadAt/ReadAtV plan the pieces of the range (one per key it touches)
+//     and send one `GETRANGE key start end` per piece, pipelined on one
+//     connection; each bulk-string reply is received straight into the
+//     caller's buffers.
+//  3. A dropped connection, a stall or a server that is briefly loading is
+//     retried on a new connection after a random backoff, resuming at the
+//     first byte not yet received; a retry that follows progress starts the
+//     failure count afresh, and a read gives up after kMaxRetries failures in
+//     a row.
+//
+// Bytes that no key holds. What tensorizer 2.12.1 writes leaves exactly one
+// range of the file out: `header:0` is the magic, the file header and the
+// raw metadata block (all L bytes of it, zero padding included), and each
+// tensor's header and data keys are back to back from the first record on,
+// as the records are in the file; so only the 8-byte terminator after the
+// last record is in no key. That lies past the last key, hence past size(),
+// and no reader reads it. Any other uncovered range means keys are missing
+// (a to_redis after filter_func, an interrupted write, an evicted or expired
+// key), and nothing in the format says what its bytes were, so reading it is
+// an error naming the URI and the range; no byte is ever made up.
+//
+// Consistency: Redis keeps no version of a value, so a key rewritten with the
+// same length during a load cannot be told apart; a key that shrank, grew or
+// vanished since the open is an error (ESTALE), never a short read.
+//
+// Why not hiredis: its reader copies every reply into an allocation of its
+// own, and the point of step 2 is that the payload lands in the caller's
+// buffer once. The subset of RESP needed here (bulk strings, integers,
+// arrays, errors) is small.
+//
+// Thread-safety: ReadAt may run on many threads at once. Each call takes a
+// connection from a pool (connecting a new one when all are busy) and puts it
+// back after a clean exchange, so the pool grows to the number of concurrent
+// readers; a connection that failed mid-exchange is closed, never reused.
+#include <fcntl.h>
+#include <netdb.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <poll.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cctype>
+#include <cerrno>
+#include <chrono>
+#include <cstring>
+#include <memory>
+#include <mutex>
+#include <random>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "storage/read_range.h"
+#include "storage/redis_protocol.h"
+#include "tensorizer/source.h"
+
+namespace tensorizer {
+namespace redis {
+
+// --- Pure helpers ---------------------------------------------------------------
+
+namespace {
+
+int HexValue(char c) {
+  if (c >= '0' && c <= '9') return c - '0';
+  if (c >= 'a' && c <= 'f') return c - 'a' + 10;
+  if (c >= 'A' && c <= 'F') return c - 'A' + 10;
+  return -1;
+}
+
+bool PercentDecode(const std::string& s, std::string* out) {
+  out->clear();
+  for (size_t i = 0; i < s.size(); ++i) {
+    if (s[i] != '%') {
+      *out += s[i];
+      continue;
+    }
+    if (i + 2 >= s.size()) return false;
+    int hi = HexValue(s[i + 1]), lo = HexValue(s[i + 2]);
+    if (hi < 0 || lo < 0) return false;
+    *out += static_cast<char>(hi * 16 + lo);
+    i += 2;
+  }
+  return true;
+}
+
+bool ParseDecimal(const std::string& s, uint64_t* out) {
+  if (s.empty() || s.size() > 20) return false;
+  uint64_t v = 0;
+  for (char c : s) {
+    if (c < '0' || c > '9') return false;
+    uint64_t d = static_cast<uint64_t>(c - '0');
+    if (v > (UINT64_MAX - d) / 10) return false;
+    v = v * 10 + d;
+  }
+  *out = v;
+  return true;
+}
+
+bool ParseSigned(const std::string& s, int64_t* out) {
+  bool negative = !s.empty() && s[0] == '-';
+  uint64_t magnitude = 0;
+  if (!ParseDecimal(negative ? s.substr(1) : s, &magnitude)) return false;
+  if (magnitude > static_cast<uint64_t>(INT64_MAX)) return false;
+  *out = negative ? -static_cast<int64_t>(magnitude) : static_cast<int64_t>(magnitude);
+  return true;
+}
+
+// A Redis error reply as a Status: the first word says whether waiting helps.
+Status ErrorReply(const std::string& text) {
+  std::string word = text.substr(0, text.find(' '));
+  int err = EIO;
+  if (word == "LOADING" || word == "BUSY" || word == "TRYAGAIN" || word == "MASTERDOWN") {
+    err = EAGAIN;
+  } else if (word == "NOAUTH" || word == "WRONGPASS" || word == "NOPERM") {
+    err = EACCES;
+  }
+  return Status::IoError("the server answered '" + text + "'", err);
+}
+
+constexpr size_t kMaxLineBytes = 1 << 20;
+// Redis's own limit on a string (proto-max-bulk-len's default).
+constexpr int64_t kMaxBulkBytes = int64_t{512} << 20;
+constexpr int64_t kMaxArrayElements = int64_t{1} << 24;
+constexpr int kMaxNesting = 8;
+
+}  // namespace
+
+Result<RedisUri> ParseRedisUri(const std::string& uri) {
+  constexpr size_t kSchemeLen = 8;  // "redis://"
+  std::string scheme = uri.substr(0, kSchemeLen);
+  for (char& c : scheme) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+  if (scheme != "redis://") return Status::InvalidArgument("not a redis:// URI: " + uri);
+  std::string rest = uri.substr(kSchemeLen);
+  size_t slash = rest.find('/');
+  std::string authority = rest.substr(0, slash);
+  std::string path = slash == std::string::npos ? "" : rest.substr(slash);
+
+  RedisUri u;
+  std::string hostport = authority;
+  std::string redacted_userinfo;
+  size_t at = authority.rfind('@');
+  if (at != std::string::npos) {
+    std::string userinfo = authority.substr(0, at);
+    hostport = authority.substr(at + 1);
+    size_t colon = userinfo.find(':');
+    std::string user_raw = userinfo.substr(0, colon);
+    if (!PercentDecode(user_raw, &u.user)) {
+      return Status::InvalidArgument("bad percent-encoding in the user name of a redis:// URI");
+    }
+    redacted_userinfo = user_raw;
+    if (colon != std::string::npos) {
+      if (!PercentDecode(userinfo.substr(colon + 1), &u.password)) {
+        return Status::InvalidArgument("bad percent-encoding in the password of a redis:// URI");
+      }
+      u.has_password = true;
+      redacted_userinfo += ":***";
+    }
+    redacted_userinfo += "@";
+  }
+  u.redacted = "redis://" + redacted_userinfo + hostport + path;
+
+  std::string port;
+  if (!hostport.empty() && hostport[0] == '[') {
+    size_t close = hostport.find(']');
+    if (close == std::string::npos) return Status::InvalidArgument("unclosed '[' in " + u.redacted);
+    u.host = hostport.substr(1, close - 1);
+    std::string after = hostport.substr(close + 1);
+    if (!after.empty()) {
+      if (after[0] != ':') return Status::InvalidArgument("bad host in " + u.redacted);
+      port = after.substr(1);
+    }
+  } else {
+    size_t colon = hostport.rfind(':');
+    u.host = hostport.substr(0, colon);
+    if (colon != std::string::npos) port = hostport.substr(colon + 1);
+  }
+  if (u.host.empty()) return Status::InvalidArgument("no host in " + u.redacted);
+  if (!port.empty()) {
+    uint64_t p = 0;
+    if (!ParseDecimal(port, &p) || p == 0 || p > 65535) {
+      return Status::InvalidArgument("bad port '" + port + "' in " + u.redacted);
+    }
+    u.port = static_cast<uint16_t>(p);
+  }
+  // As urllib.parse.urlparse(uri).path.lstrip("/"): no query, no fragment.
+  path = path.substr(0, path.find_first_of("?#"));
+  size_t first = path.find_first_not_of('/');
+  u.prefix = first == std::string::npos ? "" : path.substr(first);
+  return u;
+}
+
+std::string EscapeGlob(const std::string& s) {
+  std::string out;
+  out.reserve(s.size());
+  for (char c : s) {
+    if (c == '*' || c == '?' || c == '[' || c == ']' || c == '\\') out += '\\';
+    out += c;
+  }
+  return out;
+}
+
+std::string EncodeCommand(const std::vector<std::string>& args) {
+  std::string out = "*" + std::to_string(args.size()) + "\r\n";
+  for (const std::string& a : args) {
+    out += "$" + std::to_string(a.size()) + "\r\n";
+    out += a;
+    out += "\r\n";
+  }
+  return out;
+}
+
+bool ParseKeyOffset(const std::string& key, const std::string& prefix, uint64_t* offset) {
+  if (key.size() <= prefix.size() + 1 || key.compare(0, prefix.size(), prefix) != 0 ||
+      key[prefix.size()] != ':') {
+    return false;
+  }
+  std::string rest = key.substr(prefix.size() + 1);
+  size_t colon = rest.rfind(':');
+  if (colon == std::string::npos) return false;
+  return ParseDecimal(rest.substr(colon + 1), offset);
+}
+
+Result<std::vector<Extent>> BuildExtentMap(std::vector<Extent> extents, const std::string& uri) {
+  std::vector<Extent> kept;
+  kept.reserve(extents.size());
+  for (Extent& e : extents) {
+    if (e.length == 0) continue;
+    if (e.offset > UINT64_MAX - e.length) {
+      return Status::FormatError(uri + ": key '" + e.key + "' of " + std::to_string(e.length) +
+                                 " bytes at offset " + std::to_string(e.offset) +
+                                 " ends past 2^64");
+    }
+    kept.push_back(std::move(e));
+  }
+  std::sort(kept.begin(), kept.end(), [](const Extent& a, const Extent& b) {
+    return a.offset != b.offset ? a.offset < b.offset : a.key < b.key;
+  });
+  for (size_t i = 1; i < kept.size(); ++i) {
+    const Extent& a = kept[i - 1];
+    const Extent& b = kept[i];
+    if (b.offset < a.offset + a.length) {
+      return Status::FormatError(uri + ": keys '" + a.key + "' (" +
+                                 internal::ByteRange(a.offset, a.length) + ") and '" + b.key +
+                                 "' (" + internal::ByteRange(b.offset, b.length) +
+                                 ") overlap: the prefix holds parts of more than one file");
+    }
+  }
+  return kept;
+}
+
+Result<std::vector<Piece>> PlanPieces(const std::vector<Extent>& extents, uint64_t offset,
+                                      uint64_t length, const std::string& uri) {
+  std::vector<Piece> pieces;
+  const uint64_t end = offset + length;
+  // The last extent starting at or before `offset`.
+  auto it = std::upper_bound(extents.begin(), extents.end(), offset,
+                             [](uint64_t pos, const Extent& e) { return pos < e.offset; });
+  size_t i = static_cast<size_t>(it - extents.begin());
+  if (i > 0) --i;
+  uint64_t pos = offset;
+  while (pos < end) {
+    while (i < extents.size() && extents[i].offset + extents[i].length <= pos) ++i;
+    if (i == extents.size() || extents[i].offset > pos) {
+      uint64_t gap_end = i == extents.size() ? end : std::min(end, extents[i].offset);
+      return Status::IoError("reading " + uri + " " + internal::ByteRange(offset, length) + ": " +
+                                 internal::ByteRange(pos, gap_end - pos) +
+                                 " are in no key (keys under the prefix are missing: written "
+                                 "with a filter, not completely, or evicted)",
+                             ENODATA);
+    }
+    const Extent& e = extents[i];
+    uint64_t take = std::min(end, e.offset + e.length) - pos;
+    pieces.push_back(Piece{i, pos - e.offset, take});
+    pos += take;
+    ++i;
+  }
+  return pieces;
+}
+
+bool IsRetriable(const Status& st) {
+  if (st.code() != StatusCode::kIoError) return false;
+  switch (st.sys_errno()) {
+    case ECONNRESET:
+    case ECONNREFUSED:
+    case ECONNABORTED:
+    case EPIPE:
+    case ETIMEDOUT:
+    case EAGAIN:
+    case ENOTCONN:
+    case EHOSTUNREACH:
+    case ENETUNREACH:
+    case ENETDOWN:
+      return true;
+    default:
+      return false;
+  }
+}
+
+// --- RespReader -----------------------------------------------------------------
+
+RespReader::RespReader(RecvFn recv, size_t buffer_bytes)
+    : recv_(std::move(recv)), buf_(std::max<size_t>(buffer_bytes, 64)) {}
+
+Status RespReader::Fill() {
+  if (begin_ == end_) {
+    begin_ = end_ = 0;
+  } else if (begin_ > 0) {
+    std::memmove(buf_.data(), buf_.data() + begin_, end_ - begin_);
+    end_ -= begin_;
+    begin_ = 0;
+  }
+  if (end_ == buf_.size()) buf_.resize(buf_.size() * 2);
+  while (true) {
+    ssize_t n = recv_(buf_.data() + end_, buf_.size() - end_);
+    if (n > 0) {
+      end_ += static_cast<size_t>(n);
+      return Status::Ok();
+    }
+    if (n == 0) return Status::IoError("the server closed the connection", ECONNRESET);
+    if (errno == EINTR) continue;
+    int err = (errno == EAGAIN || errno == EWOULDBLOCK) ? ETIMEDOUT : errno;
+    return Status::FromErrno("receiving", err);
+  }
+}
+
+Status RespReader::ReadLine(std::string* line) {
+  size_t checked = 0;  // bytes after begin_ known to end no line
+  while (true) {
+    for (size_t i = begin_ + std::max<size_t>(checked, 1); i < end_; ++i) {
+      if (buf_[i] == '\n' && buf_[i - 1] == '\r') {
+        line->assign(buf_.data() + begin_, i - 1 - begin_);
+        begin_ = i + 1;
+        return Status::Ok();
+      }
+    }
+    checked = end_ - begin_;
+    if (checked > kMaxLineBytes) {
+      return Status::FormatError("a reply line longer than " + std::to_string(kMaxLineBytes) +
+                                 " bytes");
+    }
+    TZR_RETURN_IF_ERROR(Fill());  // may move the bytes, never past begin_'s offsets
+  }
+}
+
+Status RespReader::ReadExact(char* dst, size_t n) {
+  while (n > 0) {
+    if (begin_ == end_) TZR_RETURN_IF_ERROR(Fill());
+    size_t take = std::min(n, end_ - begin_);
+    std::memcpy(dst, buf_.data() + begin_, take);
+    begin_ += take;
+    dst += take;
+    n -= take;
+  }
+  return Status::Ok();
+}
+
+Status RespReader::ReadValue(RespValue* out) { return ReadValueDepth(out, 0); }
+
+Status RespReader::ReadValueDepth(RespValue* out, int depth) {
+  std::string line;
+  TZR_RETURN_IF_ERROR(ReadLine(&line));
+  if (line.empty()) return Status::FormatError("an empty reply line");
+  *out = RespValue();
+  std::string body = line.substr(1);
+  switch (line[0]) {
+    case '+':
+      out->type = RespValue::Type::kSimple;
+      out->str = std::move(body);
+      return Status::Ok();
+    case '-':
+      out->type = RespValue::Type::kError;
+      out->str = std::move(body);
+      return Status::Ok();
+    case ':':
+      out->type = RespValue::Type::kInteger;
+      if (!ParseSigned(body, &out->integer)) {
+        return Status::FormatError("a malformed integer reply ':" + body + "'");
+      }
+      return Status::Ok();
+    case '$': {
+      int64_t n = 0;
+      if (!ParseSigned(body, &n) || n < -1 || n > kMaxBulkBytes) {
+        return Status::FormatError("a malformed bulk string length '$" + body + "'");
+      }
+      if (n == -1) return Status::Ok();  // null
+      out->type = RespValue::Type::kBulk;
+      out->str.resize(static_cast<size_t>(n));
+      TZR_RETURN_IF_ERROR(ReadExact(out->str.data(), out->str.size()));
+      char crlf[2];
+      TZR_RETURN_IF_ERROR(ReadExact(crlf, 2));
+      if (crlf[0] != '\r' || crlf[1] != '\n') {
+        return Status::FormatError("a bulk string not followed by CRLF");
+      }
+      return Status::Ok();
+    }
+    case '*': {
+      int64_t n = 0;
+      if (!ParseSigned(body, &n) || n < -1 || n > kMaxArrayElements) {
+        return Status::FormatError("a malformed array length '*" + body + "'");
+      }
+      if (n == -1) return Status::Ok();
+      if (depth >= kMaxNesting) return Status::FormatError("arrays nested too deep");
+      out->type = RespValue::Type::kArray;
+      out->elements.resize(static_cast<size_t>(n));
+      for (RespValue& e : out->elements) TZR_RETURN_IF_ERROR(ReadValueDepth(&e, depth + 1));
+      return Status::Ok();
+    }
+    default:
+      return Status::FormatError("an unknown reply type '" + line.substr(0, 16) + "'");
+  }
+}
+
+Status RespReader::ReadBulkInto(const struct iovec* iov, int iovcnt, uint64_t length,
+                                uint64_t* got) {
+  std::string line;
+  TZR_RETURN_IF_ERROR(ReadLine(&line));
+  if (line.empty()) return Status::FormatError("an empty reply line");
+  if (line[0] == '-') return ErrorReply(line.substr(1));
+  int64_t n = 0;
+  if (line[0] != '$' || !ParseSigned(line.substr(1), &n) || n < -1) {
+    return Status::FormatError("expected a bulk string, got '" + line.substr(0, 64) + "'");
+  }
+  if (n != static_cast<int64_t>(length)) {
+    return Status::IoError("the key answered " + std::to_string(std::max<int64_t>(n, 0)) +
+                               " bytes where " + std::to_string(length) +
+                               " were expected: it changed since the source was opened",
+                           ESTALE);
+  }
+  int index = 0;
+  size_t at = 0;
+  uint64_t left = length;
+  while (left > 0) {
+    if (index >= iovcnt) return Status::InvalidArgument("buffers smaller than the reply");
+    size_t room = iov[index].iov_len - at;
+    if (room == 0) {
+      ++index;
+      at = 0;
+      continue;
+    }
+    char* dst = static_cast<char*>(iov[index].iov_base) + at;
+    size_t take;
+    if (begin_ < end_) {
+      // Payload bytes that came in with the reply header.
+      take = static_cast<size_t>(std::min<uint64_t>({room, left, end_ - begin_}));
+      std::memcpy(dst, buf_.data() + begin_, take);
+      begin_ += take;
+    } else {
+      ssize_t r = recv_(dst, static_cast<size_t>(std::min<uint64_t>(room, left)));
+      if (r == 0) return Status::IoError("the server closed the connection", ECONNRESET);
+      if (r < 0) {
+        if (errno == EINTR) continue;
+        int err = (errno == EAGAIN || errno == EWOULDBLOCK) ? ETIMEDOUT : errno;
+        return Status::FromErrno("receiving", err);
+      }
+      take = static_cast<size_t>(r);
+    }
+    at += take;
+    left -= take;
+    *got += take;
+  }
+  char crlf[2];
+  TZR_RETURN_IF_ERROR(ReadExact(crlf, 2));
+  if (crlf[0] != '\r' || crlf[1] != '\n') {
+    return Status::FormatError("a bulk string not followed by CRLF");
+  }
+  return Status::Ok();
+}
+
+}  // namespace redis
+
+namespace {
+
+using internal::ByteRange;
+using redis::Extent;
+using redis::Piece;
+using redis::RedisUri;
+using redis::RespReader;
+using redis::RespValue;
+
+constexpr uint32_t kConnectTimeoutMs = 5000;
+// A reply that moves no byte for this long is a stall: the connection is
+// dropped and the read retried.
+constexpr uint32_t kStallTimeoutMs = 30000;
+// Consecutive failed attempts of one operation before giving up.
+constexpr int kMaxRetries = 6;
+// Backoff before retry k: a random time in [0, min(max, base * 2^k)].
+constexpr uint32_t kRetryBaseDelayMs = 50;
+constexpr uint32_t kRetryMaxDelayMs = 2000;
+// Commands written before their replies are read: enough to hide the round
+// trip behind many small keys, few enough to bound the server's output
+// buffer for one client.
+constexpr size_t kPipelineDepth = 64;
+constexpr size_t kScanCount = 1000;
+
+class Connection {
+ public:
+  explicit Connection(int fd)
+      : fd_(fd), reader_([fd](void* dst, size_t n) { return ::recv(fd, dst, n, 0); }) {}
+  ~Connection() { ::close(fd_); }
+  Connection(const Connection&) = delete;
+  Connection& operator=(const Connection&) = delete;
+
+  Status Send(const std::string& bytes) {
+    size_t done = 0;
+    while (done < bytes.size()) {
+      ssize_t n = ::send(fd_, bytes.data() + done, bytes.size() - done, MSG_NOSIGNAL);
+      if (n < 0) {
+        if (errno == EINTR) continue;
+        int err = (errno == EAGAIN || errno == EWOULDBLOCK) ? ETIMEDOUT : errno;
+        return Status::FromErrno("sending", err);
+      }
+      done += static_cast<size_t>(n);
+    }
+    return Status::Ok();
+  }
+
+  RespReader& reader() { return reader_; }
+
+ private:
+  int fd_;
+  RespReader reader_;
+};
+
+// A TCP connection to host:port, within kConnectTimeoutMs, with the stall
+// timeout set on both directions.
+Result<std::unique_ptr<Connection>> Dial(const RedisUri& u) {
+  struct addrinfo hints {};
+  hints.ai_family = AF_UNSPEC;
+  hints.ai_socktype = SOCK_STREAM;
+  struct addrinfo* found = nullptr;
+  std::string port = std::to_string(u.port);
+  int rc = ::getaddrinfo(u.host.c_str(), port.c_str(), &hints, &found);
+  if (rc != 0) {
+    return Status::IoError("resolving " + u.host + ": " + gai_strerror(rc), ENXIO);
+  }
+  std::unique_ptr<struct addrinfo, decltype(&::freeaddrinfo)> list(found, ::freeaddrinfo);
+  int last_err = ECONNREFUSED;
+  for (struct addrinfo* a = found; a != nullptr; a = a->ai_next) {
+    int fd = ::socket(a->ai_family, a->ai_socktype | SOCK_CLOEXEC | SOCK_NONBLOCK, a->ai_protocol);
+    if (fd < 0) {
+      last_err = errno;
+      continue;
+    }
+    int err = 0;
+    if (::connect(fd, a->ai_addr, a->ai_addrlen) != 0) {
+      err = errno;
+      if (err == EINPROGRESS) {
+        struct pollfd p = {fd, POLLOUT, 0};
+        int ready;
+        do {
+          ready = ::poll(&p, 1, static_cast<int>(kConnectTimeoutMs));
+        } while (ready < 0 && errno == EINTR);
+        socklen_t len = sizeof(err);
+        if (ready == 0) {
+          err = ETIMEDOUT;
+        } else if (ready < 0 || ::getsockopt(fd, SOL_SOCKET, SO_ERROR, &err, &len) != 0) {
+          err = errno;
+        }
+      }
+    }
+    if (err != 0) {
+      ::close(fd);
+      last_err = err;
+      continue;
+    }
+    int flags = ::fcntl(fd, F_GETFL);
+    ::fcntl(fd, F_SETFL, flags & ~O_NONBLOCK);
+    int one = 1;
+    ::setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+    ::setsockopt(fd, SOL_SOCKET, SO_KEEPALIVE, &one, sizeof(one));
+    struct timeval tv = {kStallTimeoutMs / 1000, (kStallTimeoutMs % 1000) * 1000};
+    ::setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+    ::setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof(tv));
+    return std::make_unique<Connection>(fd);
+  }
+  return Status::FromErrno("connecting to " + u.host + ":" + port, last_err);
+}
+
+class RedisSource final : public Source {
+ public:
+  explicit RedisSource(RedisUri u) : u_(std::move(u)) {}
+
+  uint64_t size() const override { return size_; }
+  // The URI with its password masked: it goes into error messages.
+  const std::string& uri() const override { return u_.redacted; }
+
+  Status Open() {
+    std::vector<Extent> extents;
+    Status st = WithRetries([&](Connection& c) { return ListKeys(c, &extents); });
+    if (!st.ok()) return st.WithContext("opening " + uri());
+    if (extents.empty()) {
+      return Status::IoError(
+          "opening " + uri() + ": no keys match '" + redis::EscapeGlob(u_.prefix) + ":*'", ENOENT);
+    }
+    TZR_ASSIGN_OR_RETURN(extents_, redis::BuildExtentMap(std::move(extents), uri()));
+    size_ = extents_.empty() ? 0 : extents_.back().offset + extents_.back().length;
+    return Status::Ok();
+  }
+
+  Status ReadAt(uint64_t offset, void* dst, uint64_t length) const override {
+    struct iovec iov = {dst, length};
+    return ReadAtV(offset, &iov, 1);
+  }
+
+  Status ReadAtV(uint64_t offset, const struct iovec* iov, int iovcnt) const override {
+    uint64_t total = 0;
+    for (int i = 0; i < iovcnt; ++i) total += iov[i].iov_len;
+    TZR_RETURN_IF_ERROR(internal::CheckReadRange(*this, offset, total));
+    if (total == 0) return Status::Ok();
+    TZR_ASSIGN_OR_RETURN(std::vector<Piece> pieces,
+                         redis::PlanPieces(extents_, offset, total, uri()));
+    // Where each piece starts in the caller's buffers.
+    std::vector<uint64_t> starts(pieces.size());
+    uint64_t at = 0;
+    for (size_t i = 0; i < pieces.size(); ++i) {
+      starts[i] = at;
+      at += pieces[i].length;
+    }
+    // Progress survives a dropped connection: pieces before `next` are
+    // complete, and `next_done` bytes of piece `next` are in place.
+    size_t next = 0;
+    uint64_t next_done = 0;
+    Status st = WithRetries(
+        [&](Connection& c) -> Status {
+          std::vector<struct iovec> slice;
+          while (next < pieces.size()) {
+            size_t batch_end = std::min(pieces.size(), next + kPipelineDepth);
+            std::string commands;
+            for (size_t i = next; i < batch_end; ++i) {
+              const Piece& p = pieces[i];
+              uint64_t skip = i == next ? next_done : 0;
+              uint64_t first = p.key_offset + skip;
+              uint64_t last = p.key_offset + p.length - 1;
+              commands += redis::EncodeCommand({"GETRANGE", extents_[p.extent].key,
+                                                std::to_string(first), std::to_string(last)});
+            }
+            TZR_RETURN_IF_ERROR(c.Send(commands));
+            for (size_t i = next; i < batch_end; ++i) {
+              const Piece& p = pieces[i];
+              uint64_t skip = i == next ? next_done : 0;
+              Slice(iov, iovcnt, starts[i] + skip, p.length - skip, &slice);
+              uint64_t got = 0;
+              Status r = c.reader().ReadBulkInto(slice.data(), static_cast<int>(slice.size()),
+                                                 p.length - skip, &got);
+              if (!r.ok()) {
+                next_done = skip + got;
+                return r.WithContext("GETRANGE " + extents_[p.extent].key + " " +
+                                     std::to_string(p.key_offset + skip) + " " +
+                                     std::to_string(p.key_offset + p.length - 1));
+              }
+              next = i + 1;
+              next_done = 0;
+            }
+          }
+          return Status::Ok();
+        },
+        [&] { return std::make_pair(next, next_done); });
+    if (!st.ok()) return st.WithContext("reading " + uri() + " " + ByteRange(offset, total));
+    return Status::Ok();
+  }
+
+ private:
+  // SCAN for the prefix's keys, then STRLEN of each, pipelined.
+  Status ListKeys(Connection& c, std::vector<Extent>* out) const {
+    std::vector<std::string> keys;
+    std::string pattern = redis::EscapeGlob(u_.prefix) + ":*";
+    std::string cursor = "0";
+    do {
+      TZR_RETURN_IF_ERROR(c.Send(redis::EncodeCommand(
+          {"SCAN", cursor, "MATCH", pattern, "COUNT", std::to_string(kScanCount)})));
+      RespValue v;
+      TZR_RETURN_IF_ERROR(c.reader().ReadValue(&v));
+      if (v.type == RespValue::Type::kError) return redis::ErrorReply(v.str).WithContext("SCAN");
+      if (v.type != RespValue::Type::kArray || v.elements.size() != 2 ||
+          v.elements[0].type != RespValue::Type::kBulk ||
+          v.elements[1].type != RespValue::Type::kArray) {
+        return Status::FormatError("SCAN: an unexpected reply");
+      }
+      cursor = v.elements[0].str;
+      for (RespValue& k : v.elements[1].elements) {
+        if (k.type != RespValue::Type::kBulk)
+          return Status::FormatError("SCAN: a key not a string");
+        keys.push_back(std::move(k.str));
+      }
+    } while (cursor != "0");
+    // SCAN may return a key more than once.
+    std::sort(keys.begin(), keys.end());
+    keys.erase(std::unique(keys.begin(), keys.end()), keys.end());
+
+    std::vector<Extent> extents(keys.size());
+    for (size_t i = 0; i < keys.size(); ++i) {
+      if (!redis::ParseKeyOffset(keys[i], u_.prefix, &extents[i].offset)) {
+        return Status::FormatError("key '" + keys[i] + "' is not '" + u_.prefix +
+                                   ":<name>:<byte offset>'");
+      }
+      extents[i].key = std::move(keys[i]);
+    }
+    for (size_t begin = 0; begin < extents.size(); begin += kScanCount) {
+      size_t end = std::min(extents.size(), begin + kScanCount);
+      std::string commands;
+      for (size_t i = begin; i < end; ++i) {
+        commands += redis::EncodeCommand({"STRLEN", extents[i].key});
+      }
+      TZR_RETURN_IF_ERROR(c.Send(commands));
+      for (size_t i = begin; i < end; ++i) {
+        RespValue v;
+        TZR_RETURN_IF_ERROR(c.reader().ReadValue(&v));
+        if (v.type == RespValue::Type::kError) {
+          return redis::ErrorReply(v.str).WithContext("STRLEN " + extents[i].key);
+        }
+        if (v.type != RespValue::Type::kInteger || v.integer < 0) {
+          return Status::FormatError("STRLEN " + extents[i].key + ": an unexpected reply");
+        }
+        // A key deleted since SCAN measures 0 and is dropped with the empty ones.
+        extents[i].length = static_cast<uint64_t>(v.integer);
+      }
+    }
+    *out = std::move(extents);
+    return Status::Ok();
+  }
+
+  // Runs `attempt` on a pooled connection until it succeeds, fails in a way
+  // no retry mends, or fails kMaxRetries times in a row. `progress` returns
+  // a value that changes when an attempt got somewhere; a retry after
+  // progress starts the count afresh.
+  template <typename Attempt, typename Progress>
+  Status WithRetries(Attempt attempt, Progress progress) const {
+    int failures = 0;
+    while (true) {
+      auto before = progress();
+      Result<std::unique_ptr<Connection>> c = Acquire();
+      Status st = c.ok() ? attempt(**c) : c.status();
+      if (st.ok()) {
+        Release(std::move(*c));
+        return st;
+      }
+      // A connection that failed mid-exchange is out of step: close it.
+      if (!redis::IsRetriable(st)) return st;
+      failures = progress() != before ? 1 : failures + 1;
+      if (failures > kMaxRetries) {
+        return st.WithContext("gave up after " + std::to_string(failures) +
+                              " attempts without progress");
+      }
+      Backoff(failures - 1);
+    }
+  }
+
+  template <typename Attempt>
+  Status WithRetries(Attempt attempt) const {
+    return WithRetries(attempt, [] { return 0; });
+  }
+
+  void Backoff(int attempt) const {
+    uint64_t cap = kRetryBaseDelayMs;
+    for (int i = 0; i < attempt && cap < kRetryMaxDelayMs; ++i) cap *= 2;
+    cap = std::min<uint64_t>(cap, kRetryMaxDelayMs);
+    thread_local std::minstd_rand rng(std::random_device{}());
+    uint64_t delay_ms = std::uniform_int_distribution<uint64_t>(0, cap)(rng);
+    std::this_thread::sleep_for(std::chrono::milliseconds(delay_ms));
+  }
+
+  Result<std::unique_ptr<Connection>> Acquire() const {
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      if (!idle_.empty()) {
+        std::unique_ptr<Connection> c = std::move(idle_.back());
+        idle_.pop_back();
+        return c;
+      }
+    }
+    TZR_ASSIGN_OR_RETURN(std::unique_ptr<Connection> c, Dial(u_));
+    if (u_.has_password) {
+      std::vector<std::string> auth = {"AUTH"};
+      if (!u_.user.empty()) auth.push_back(u_.user);
+      auth.push_back(u_.password);
+      TZR_RETURN_IF_ERROR(c->Send(redis::EncodeCommand(auth)));
+      RespValue v;
+      TZR_RETURN_IF_ERROR(c->reader().ReadValue(&v));
+      if (v.type != RespValue::Type::kSimple) {
+        // Never the password itself in the message.
+        std::string why = v.type == RespValue::Type::kError ? v.str : "an unexpected reply";
+        return Status::IoError(
+            "AUTH as " + (u_.user.empty() ? "the default user" : u_.user) + " was refused: " + why,
+            EACCES);
+      }
+    }
+    return c;
+  }
+
+  void Release(std::unique_ptr<Connection> c) const {
+    std::lock_guard<std::mutex> lock(mu_);
+    idle_.push_back(std::move(c));
+  }
+
+  // The part [start, start + length) of the caller's buffers.
+  static void Slice(const struct iovec* iov, int iovcnt, uint64_t start, uint64_t length,
+                    std::vector<struct iovec>* out) {
+    out->clear();
+    for (int i = 0; i < iovcnt && length > 0; ++i) {
+      uint64_t len = iov[i].iov_len;
+      if (start >= len) {
+        start -= len;
+        continue;
+      }
+      uint64_t take = std::min(len - start, length);
+      out->push_back({static_cast<char*>(iov[i].iov_base) + start, static_cast<size_t>(take)});
+      length -= take;
+      start = 0;
+    }
+  }
+
+  RedisUri u_;
+  std::vector<Extent> extents_;
+  uint64_t size_ = 0;
+
+  mutable std::mutex mu_;  // guards idle_
+  mutable std::vector<std::unique_ptr<Connection>> idle_;
+};
+
+}  // namespace
+
+Result<std::unique_ptr<Source>> OpenRedisSource(const std::string& uri) {
+  TZR_ASSIGN_OR_RETURN(RedisUri u, redis::ParseRedisUri(uri));
+  auto source = std::make_unique<RedisSource>(std::move(u));
+  TZR_RETURN_IF_ERROR(source->Open());
+  return std::unique_ptr<Source>(std::move(source));
+}
+
+}  // namespace tensorizer
