@@ -8,7 +8,14 @@ directory. SigV4 authentication is enforced by an identities file
 - ``admin``: full rights (create buckets, read, write, list, tag);
 - ``reader``: read and list only (writes get 403 AccessDenied);
 - ``anonymous``: read on the public bucket only, so unsigned GETs of
-  ``public/...`` succeed and unsigned GETs anywhere else get 403.
+  ``public-models/...`` succeed and unsigned GETs anywhere else get 403.
+
+Temporary credentials come from SeaweedFS's own STS (`-s3.iam.config`):
+``S3Server.session_credentials()`` calls AssumeRole as the admin and returns
+an access key, a secret and a session token (a JWT signed by the server).
+The server rejects the temporary key without its token, and rejects a static
+key that comes with a token it did not issue, so a load that succeeds with
+them proves the token was sent.
 
 Startup is "ready" only once a signed CreateBucket succeeds, not when the
 S3 port first answers: the gateway accepts connections before the master
@@ -47,6 +54,9 @@ READER_SECRET_KEY = "tzr-reader-secret/2b6e0d9a4c8f1e37b5a2"
 PRIVATE_BUCKET = "models"
 PUBLIC_BUCKET = "public-models"
 SCRATCH_BUCKET = "scratch"
+SESSION_ROLE_ARN = "arn:aws:iam::role/TzrSession"
+# Base64 of a 32-byte key that signs the STS session tokens (JWTs).
+_STS_SIGNING_KEY = "dHpyLXRlc3Qtc3RzLXNpZ25pbmcta2V5LTMyLWJ5dGVzIQ=="
 
 _STARTUP_TIMEOUT_S = 60.0
 
@@ -121,6 +131,23 @@ class S3Server:
             **client_kwargs,
         )
 
+    def session_credentials(self, duration_s: int = 3600) -> tuple[str, str, str]:
+        """(access key, secret key, session token) from AssumeRole on the
+        server's STS; they may read and write every bucket."""
+        import boto3
+
+        sts = boto3.client(
+            "sts",
+            endpoint_url=self.endpoint_url,
+            region_name=self.region,
+            aws_access_key_id=self.access_key,
+            aws_secret_access_key=self.secret_key,
+        )
+        creds = sts.assume_role(
+            RoleArn=SESSION_ROLE_ARN, RoleSessionName="tzr-tests", DurationSeconds=duration_s
+        )["Credentials"]
+        return creds["AccessKeyId"], creds["SecretAccessKey"], creds["SessionToken"]
+
     def log_tail(self, n_bytes: int = 4000) -> str:
         try:
             data = self.log_path.read_bytes()
@@ -146,6 +173,49 @@ def _identities() -> dict:
             # requests; "Read:<bucket>" scopes it to one bucket.
             {"name": "anonymous", "actions": [f"Read:{PUBLIC_BUCKET}"]},
         ]
+    }
+
+
+def _iam_config() -> dict:
+    """SeaweedFS's advanced IAM config: only what AssumeRole needs, a role
+    that any authenticated identity may assume, with full S3 rights."""
+    return {
+        "sts": {
+            "tokenDuration": 3600 * 10**9,  # nanoseconds
+            "maxSessionLength": 12 * 3600 * 10**9,
+            "issuer": "seaweedfs-sts",
+            "signingKey": _STS_SIGNING_KEY,
+        },
+        "policy": {"defaultEffect": "Deny", "storeType": "memory"},
+        "roles": [
+            {
+                "roleName": SESSION_ROLE_ARN.rsplit("/", 1)[1],
+                "roleArn": SESSION_ROLE_ARN,
+                "trustPolicy": {
+                    "Version": "2012-10-17",
+                    "Statement": [
+                        {
+                            "Effect": "Allow",
+                            "Principal": {"AWS": "*"},
+                            "Action": ["sts:AssumeRole"],
+                        }
+                    ],
+                },
+                "attachedPolicies": ["S3All"],
+            }
+        ],
+        "policies": [
+            {
+                "name": "S3All",
+                "document": {
+                    "Version": "2012-10-17",
+                    "Statement": [
+                        {"Effect": "Allow", "Action": "s3:*", "Resource": "*"},
+                        {"Effect": "Allow", "Action": "sts:ValidateSession", "Resource": "*"},
+                    ],
+                },
+            }
+        ],
     }
 
 
@@ -186,22 +256,25 @@ def _wait_ready(server: S3Server, proc: subprocess.Popen, deadline: float) -> No
     admin = server.client()
     last = None
     for bucket in (server.bucket, server.public_bucket, server.scratch_bucket):
+        created = False
         while True:
             if proc.poll() is not None:
                 raise RuntimeError(f"weed exited with {proc.returncode}")
             try:
-                admin.create_bucket(Bucket=bucket)
+                if not created:
+                    try:
+                        admin.create_bucket(Bucket=bucket)
+                    except botocore.exceptions.ClientError as exc:
+                        code = exc.response.get("Error", {}).get("Code")
+                        if code not in ("BucketAlreadyExists", "BucketAlreadyOwnedByYou"):
+                            raise
+                    created = True
                 # A first write grows the collection's volumes now rather
                 # than in the first test.
                 admin.put_object(Bucket=bucket, Key=".ready", Body=b"ok")
                 break
-            except botocore.exceptions.ClientError as exc:
-                code = exc.response.get("Error", {}).get("Code")
-                if code in ("BucketAlreadyExists", "BucketAlreadyOwnedByYou"):
-                    continue
-                last = exc
-            except botocore.exceptions.BotoCoreError as exc:  # not listening yet
-                last = exc
+            except (botocore.exceptions.ClientError, botocore.exceptions.BotoCoreError) as exc:
+                last = exc  # BotoCoreError: not listening yet
             if time.monotonic() > deadline:
                 raise RuntimeError(f"S3 gateway not ready: {last!r}")
             time.sleep(0.1)
@@ -224,6 +297,8 @@ def running_s3_server(base_dir: Optional[Path] = None) -> Iterator[S3Server]:
             data.mkdir(parents=True)
             config = work / "s3.json"
             config.write_text(json.dumps(_identities(), indent=1))
+            iam_config = work / "iam.json"
+            iam_config.write_text(json.dumps(_iam_config(), indent=1))
             log_path = work / "weed.log"
             ports = _free_ports(8)
             master, master_grpc, volume, volume_grpc, filer, filer_grpc, s3, s3_grpc = ports
@@ -254,6 +329,7 @@ def running_s3_server(base_dir: Optional[Path] = None) -> Iterator[S3Server]:
                 "-s3.port.iceberg=0",
                 "-s3.port.lance=0",
                 f"-s3.config={config}",
+                f"-s3.iam.config={iam_config}",
             ]
             log = open(log_path, "wb")
             proc = subprocess.Popen(
