@@ -243,6 +243,15 @@ def _kill_tree(proc: subprocess.Popen) -> None:
         proc.wait(timeout=10)
 
 
+def _die_with_parent() -> None:
+    """In the child before exec: SIGKILL it when the process that started it
+    dies, so a test run killed outright leaves no `weed` behind."""
+    import ctypes
+
+    pr_set_pdeathsig = 1
+    ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGKILL, 0, 0, 0)
+
+
 def _socket_files(ports: list[int]) -> list[Path]:
     # weed puts gRPC unix sockets in /tmp named after the port, with no
     # option for the master's and the volume server's.
@@ -339,6 +348,7 @@ def running_s3_server(base_dir: Optional[Path] = None) -> Iterator[S3Server]:
                 stderr=subprocess.STDOUT,
                 cwd=work,
                 start_new_session=True,
+                preexec_fn=_die_with_parent if sys.platform == "linux" else None,
             )
             log.close()
             server = S3Server(
