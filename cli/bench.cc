@@ -6,32 +6,48 @@
 // same page cache state; the first repetition may read from storage while
 // the later ones read from the cache, and the best of each is reported.
 // A load is timed from reading the index to the last tensor in place.
+//
+// For a remote FILE (http(s)://, s3://, redis://) the limit is the same
+// measurement through the same Source: raw parallel range reads of the
+// whole object into a fresh arena, no parsing, with as many threads as the
+// load uses (the network, not the cores, is what bounds it, and the same
+// number of requests in flight makes the two comparable).
 #include <chrono>
 #include <cstdio>
 
 #include "command.h"
 #include "machine_limits.h"
+#include "remote_options.h"
 #include "tensor_display.h"
+#include "tensorizer/convert.h"
 #include "tensorizer/load.h"
 
 namespace tensorizer::cli {
 namespace {
 
-const char kHelp[] =
-    "usage: tensorizer bench [--threads N] [--repeat N] [--verify] FILE\n"
-    "\n"
-    "Loads every tensor of a .tensors file N times and prints the best\n"
-    "throughput beside the machine's limit, measured in the same run: reading\n"
-    "the same file with plain positional reads into a fresh huge-page arena,\n"
-    "one thread per core. Prints the ratio of the two, whether the file was in\n"
-    "the page cache before the first run, and the conditions measured under.\n"
-    "GB/s is 10^9 bytes per second.\n"
-    "\n"
-    "options:\n"
-    "  --threads N  load with N threads (default: one per core)\n"
-    "  --repeat N   load N times and keep the best (default: 3)\n"
-    "  --verify     check each tensor's CRC32 while loading\n"
-    "  -h, --help   show this help\n"
+const std::string kHelp =
+    std::string(
+        "usage: tensorizer bench [--threads N] [--repeat N] [--verify] [REMOTE OPTIONS] FILE\n"
+        "\n"
+        "Loads every tensor of a .tensors file N times and prints the best\n"
+        "throughput beside the machine's limit, measured in the same run: reading\n"
+        "the same file with plain positional reads into a fresh huge-page arena,\n"
+        "one thread per core. Prints the ratio of the two, whether the file was in\n"
+        "the page cache before the first run, and the conditions measured under.\n"
+        "GB/s is 10^9 bytes per second.\n"
+        "\n"
+        "FILE may be a URI (http(s)://, s3://bucket/key, redis://host/prefix): the\n"
+        "limit is then raw parallel range reads of the whole object through the\n"
+        "same connection settings into memory, without parsing, with as many\n"
+        "threads as the load.\n"
+        "\n"
+        "options:\n"
+        "  --threads N  load with N threads (default: one per core)\n"
+        "  --repeat N   load N times and keep the best (default: 3)\n"
+        "  --verify     check each tensor's CRC32 while loading\n"
+        "  -h, --help   show this help\n"
+        "\n") +
+    kRemoteOptionsHelp +
     "\n"
     "exit status: 0 measured, 1 the file cannot be read or is invalid, 2 usage error\n";
 
@@ -58,9 +74,13 @@ Result<double> TimeLoad(const std::shared_ptr<const Source>& source, const LoadO
 int RunBench(const std::vector<std::string>& args) {
   const Command& self = kBenchCommand;
   int exit_code = kExitOk;
-  auto parsed =
-      ParseCommand(self, args, {{"--verify"}, {"--threads", "--repeat"}}, {"FILE"}, &exit_code);
+  OptionSpec spec{{"--verify"}, {"--threads", "--repeat"}};
+  AddRemoteOptions(&spec);
+  auto parsed = ParseCommand(self, args, spec, {"FILE"}, &exit_code);
   if (!parsed) return exit_code;
+  std::string usage_error;
+  auto remote = RemoteOptionsFromArgs(*parsed, &usage_error);
+  if (!remote) return UsageError(self, usage_error);
   const int cores = AvailableCores();
   int threads = cores;
   if (auto v = parsed->value("--threads")) {
@@ -77,18 +97,22 @@ int RunBench(const std::vector<std::string>& args) {
   const bool verify = parsed->has("--verify");
 
   const std::string& file = parsed->positional[0];
-  auto opened = OpenTensorsFile(file);
+  auto opened = OpenTensorsFile(file, remote->source);
   if (!opened.ok()) return Failure(self, opened.status().message());
   const uint64_t size = opened->source->size();
-  const std::string local = file.rfind("file://", 0) == 0 ? file.substr(7) : file;
-  auto cached = PageCacheResidency(local);
+  const bool is_remote = IsRemoteUri(file);
+  std::optional<double> cached;
+  if (!is_remote) {
+    cached = PageCacheResidency(file.rfind("file://", 0) == 0 ? file.substr(7) : file);
+  }
+  const int limit_threads = is_remote ? threads : cores;
 
   LoadOptions options;
   options.num_threads = threads;
   options.verify = verify ? HashCheck::kFast : HashCheck::kNone;
   double best_load = 0, best_limit = 0;
   for (uint64_t r = 0; r < repeat; ++r) {
-    auto limit = TimeReadIntoArena(*opened->source, cores, options.chunk_bytes);
+    auto limit = TimeReadIntoArena(*opened->source, limit_threads, options.chunk_bytes);
     if (!limit.ok()) return Failure(self, limit.status().message());
     auto load = TimeLoad(opened->source, options);
     if (!load.ok()) return Failure(self, load.status().message());
@@ -105,15 +129,18 @@ int RunBench(const std::vector<std::string>& args) {
          Plural(opened->index->entries.size(), "tensor") + ", " + DescribeFormat(*opened->index) +
          "\n";
   out += "page cache: " +
-         (cached ? Fixed(*cached * 100, 0) + "% of the file resident before the first run"
-                 : std::string("unknown")) +
+         (is_remote ? std::string("not applicable (remote source)")
+          : cached  ? Fixed(*cached * 100, 0) + "% of the file resident before the first run"
+                    : std::string("unknown")) +
          "\n";
   out += "load:       " + Fixed(load_gbs, 2) + " GB/s  " + best + " (" + Fixed(best_load * 1e3, 3) +
          " ms), " + std::to_string(threads) +
          " threads, hash check: " + (verify ? "fast (CRC32)" : "none") + "\n";
   out += "limit:      " + Fixed(limit_gbs, 2) + " GB/s  " + best + " (" +
-         Fixed(best_limit * 1e3, 3) + " ms), pread into a huge-page arena, " +
-         std::to_string(cores) + " threads\n";
+         Fixed(best_limit * 1e3, 3) + " ms), " +
+         (is_remote ? "range reads through the same source into a huge-page arena, "
+                    : "pread into a huge-page arena, ") +
+         std::to_string(limit_threads) + " threads\n";
   out += "ratio:      " + (limit_gbs > 0 ? Fixed(load_gbs / limit_gbs, 2) : std::string("n/a")) +
          " of the limit\n";
   out += "machine:    " + std::to_string(cores) +
@@ -126,6 +153,6 @@ int RunBench(const std::vector<std::string>& args) {
 }  // namespace
 
 const Command kBenchCommand = {"bench", "time loading a file beside the machine's read limit",
-                               kHelp, RunBench};
+                               kHelp.c_str(), RunBench};
 
 }  // namespace tensorizer::cli

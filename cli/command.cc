@@ -1,6 +1,7 @@
 // Option parsing and message helpers for the subcommands; see command.h.
-// Hand-written because the tool has three subcommands with one or two
-// options each, and CLI11 is not among the build's dependencies.
+// Hand-written because the tool has five subcommands with flat options
+// (no nesting, no types beyond text and counts), and CLI11 is not among the
+// build's dependencies.
 #include "command.h"
 
 #include <algorithm>
@@ -81,8 +82,8 @@ std::optional<uint64_t> ParseCount(const std::string& text, uint64_t min, uint64
   return v;
 }
 
-Result<OpenedFile> OpenTensorsFile(const std::string& uri) {
-  auto source = OpenSource(uri);
+Result<OpenedFile> OpenTensorsFile(const std::string& uri, const SourceOptions& options) {
+  auto source = OpenSource(uri, options);
   if (!source.ok()) return source.status();
   std::shared_ptr<const Source> shared = std::move(source).value();
   auto index = ReadIndex(*shared);

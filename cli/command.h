@@ -76,9 +76,10 @@ struct OpenedFile {
   std::shared_ptr<const Source> source;
   std::shared_ptr<const Index> index;
 };
-// Opens FILE (a path or file:// URI) and reads its index; the error names
-// the file.
-Result<OpenedFile> OpenTensorsFile(const std::string& uri);
+// Opens FILE (a path or any URI OpenSource opens: file://, http(s)://,
+// s3://, redis://) and reads its index; the error names the file.
+Result<OpenedFile> OpenTensorsFile(const std::string& uri,
+                                   const SourceOptions& options = SourceOptions());
 
 // Prints "tensorizer CMD: MESSAGE" and a pointer to --help on stderr;
 // returns kExitUsage.

@@ -1,28 +1,35 @@
-// `tensorizer cp SRC DST`: copy a file through the library's CopyFile
-// (convert.h), with a progress bar on stderr when stderr is a terminal.
+// `tensorizer cp SRC DST`: copy a file from any readable URI to a local path
+// or s3:// through the library's CopyFile (convert.h), with a progress bar
+// on stderr when stderr is a terminal.
 #include <unistd.h>
 
 #include <chrono>
 #include <cstdio>
 
 #include "command.h"
+#include "remote_options.h"
 #include "tensor_display.h"
 #include "tensorizer/convert.h"
 
 namespace tensorizer::cli {
 namespace {
 
-const char kHelp[] =
-    "usage: tensorizer cp SRC DST\n"
-    "\n"
-    "Copies SRC to DST (a file, or an existing directory to copy into), in\n"
-    "chunks read and written in parallel. DST is written under a temporary name\n"
-    "and renamed at the end, so a failed copy leaves no DST behind. SRC and DST\n"
-    "are local paths or file:// URIs; other schemes (s3://, http://) are not\n"
-    "supported yet. When stderr is a terminal, a progress bar is shown there.\n"
-    "\n"
-    "options:\n"
-    "  -h, --help  show this help\n"
+const std::string kHelp =
+    std::string(
+        "usage: tensorizer cp [REMOTE OPTIONS] SRC DST\n"
+        "\n"
+        "Copies SRC to DST in chunks read and written in parallel. SRC is a path or\n"
+        "a URI: file://, http(s)://, s3://bucket/key or redis://host/prefix. DST is\n"
+        "a file, an existing directory to copy into, s3://bucket/key, or an s3://\n"
+        "URI ending in / to copy into under SRC's name. A local DST is written under\n"
+        "a temporary name and renamed at the end, an s3:// DST is a multipart upload\n"
+        "completed at the end, so a failed copy leaves no DST behind. When stderr is\n"
+        "a terminal, a progress bar is shown there.\n"
+        "\n"
+        "options:\n"
+        "  -h, --help  show this help\n"
+        "\n") +
+    kRemoteOptionsHelp +
     "\n"
     "exit status: 0 copied, 1 SRC cannot be read or DST cannot be written,\n"
     "2 usage error\n";
@@ -67,9 +74,16 @@ class ProgressBar {
 int RunCp(const std::vector<std::string>& args) {
   const Command& self = kCpCommand;
   int exit_code = kExitOk;
-  auto parsed = ParseCommand(self, args, {{}, {}}, {"SRC", "DST"}, &exit_code);
+  OptionSpec spec;
+  AddRemoteOptions(&spec);
+  auto parsed = ParseCommand(self, args, spec, {"SRC", "DST"}, &exit_code);
   if (!parsed) return exit_code;
+  std::string usage_error;
+  auto remote = RemoteOptionsFromArgs(*parsed, &usage_error);
+  if (!remote) return UsageError(self, usage_error);
   CopyOptions options;
+  options.source = remote->source;
+  options.sink = remote->sink;
   ProgressBar bar;
   if (::isatty(STDERR_FILENO)) {
     options.progress = [&bar](uint64_t done, uint64_t total) { bar.Draw(done, total); };
@@ -82,6 +96,7 @@ int RunCp(const std::vector<std::string>& args) {
 
 }  // namespace
 
-const Command kCpCommand = {"cp", "copy a file (local paths for now)", kHelp, RunCp};
+const Command kCpCommand = {"cp", "copy a file between local paths and URIs (s3://, http(s)://)",
+                            kHelp.c_str(), RunCp};
 
 }  // namespace tensorizer::cli

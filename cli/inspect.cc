@@ -5,26 +5,32 @@
 #include <nlohmann/json.hpp>
 
 #include "command.h"
+#include "remote_options.h"
 #include "tensor_display.h"
 
 namespace tensorizer::cli {
 namespace {
 
-const char kHelp[] =
-    "usage: tensorizer inspect [--json] FILE\n"
-    "\n"
-    "Prints the header of a .tensors (or safetensors) file (data version, feature flags, tensor\n"
-    "count and total tensor data) and, for each tensor in file order, its name,\n"
-    "dtype, shape, data bytes, tensor type and whether it is a meta tensor\n"
-    "(stored with a shape but no data). Only the index is read.\n"
-    "\n"
-    "Names that are paths (0x1E + JSON) show as their JSON; control characters\n"
-    "and bytes that are not UTF-8 show as \\xNN. Opaque dtypes show as their\n"
-    "torch name (torch.bfloat16), others as the numpy dtype string (<f4).\n"
-    "\n"
-    "options:\n"
-    "  --json      print one JSON document instead of text\n"
-    "  -h, --help  show this help\n"
+const std::string kHelp =
+    std::string(
+        "usage: tensorizer inspect [--json] [REMOTE OPTIONS] FILE\n"
+        "\n"
+        "Prints the header of a .tensors (or safetensors) file (data version, feature flags, "
+        "tensor\n"
+        "count and total tensor data) and, for each tensor in file order, its name,\n"
+        "dtype, shape, data bytes, tensor type and whether it is a meta tensor\n"
+        "(stored with a shape but no data). Only the index is read. FILE is a path\n"
+        "or a URI: file://, http(s)://, s3://bucket/key or redis://host/prefix.\n"
+        "\n"
+        "Names that are paths (0x1E + JSON) show as their JSON; control characters\n"
+        "and bytes that are not UTF-8 show as \\xNN. Opaque dtypes show as their\n"
+        "torch name (torch.bfloat16), others as the numpy dtype string (<f4).\n"
+        "\n"
+        "options:\n"
+        "  --json      print one JSON document instead of text\n"
+        "  -h, --help  show this help\n"
+        "\n") +
+    kRemoteOptionsHelp +
     "\n"
     "exit status: 0 printed, 1 the file cannot be read or is invalid, 2 usage error\n";
 
@@ -171,10 +177,15 @@ std::string JsonReport(const std::string& file, uint64_t file_size, const Index&
 int RunInspect(const std::vector<std::string>& args) {
   const Command& self = kInspectCommand;
   int exit_code = kExitOk;
-  auto parsed = ParseCommand(self, args, {{"--json"}, {}}, {"FILE"}, &exit_code);
+  OptionSpec spec{{"--json"}, {}};
+  AddRemoteOptions(&spec);
+  auto parsed = ParseCommand(self, args, spec, {"FILE"}, &exit_code);
   if (!parsed) return exit_code;
+  std::string usage_error;
+  auto remote = RemoteOptionsFromArgs(*parsed, &usage_error);
+  if (!remote) return UsageError(self, usage_error);
   const std::string& file = parsed->positional[0];
-  auto opened = OpenTensorsFile(file);
+  auto opened = OpenTensorsFile(file, remote->source);
   if (!opened.ok()) return Failure(self, opened.status().message());
   const Index& index = *opened->index;
   auto totals = CountTotals(index);
@@ -187,7 +198,7 @@ int RunInspect(const std::vector<std::string>& args) {
 
 }  // namespace
 
-const Command kInspectCommand = {"inspect", "print the header and the index of tensors", kHelp,
-                                 RunInspect};
+const Command kInspectCommand = {"inspect", "print the header and the index of tensors",
+                                 kHelp.c_str(), RunInspect};
 
 }  // namespace tensorizer::cli

@@ -20,7 +20,10 @@ std::string MainHelp() {
       "       tensorizer --help | --version\n"
       "\n"
       "Reads, checks, converts and copies .tensors files (tensorizer data versions\n"
-      "1-5) and safetensors files, without Python.\n"
+      "1-5) and safetensors files, without Python. FILE is a path or a URI:\n"
+      "file://, http(s)://, s3://bucket/key or redis://host/prefix; convert and cp\n"
+      "also write to s3://bucket/key. S3 credentials come from the environment and\n"
+      "config files, never from the command line.\n"
       "\n"
       "commands:\n";
   for (const Command* c : kCommands) {

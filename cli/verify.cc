@@ -8,6 +8,7 @@
 
 #include "command.h"
 #include "key_options.h"
+#include "remote_options.h"
 #include "tensor_check.h"
 #include "tensor_display.h"
 #include "tensorizer/load.h"
@@ -15,25 +16,30 @@
 namespace tensorizer::cli {
 namespace {
 
-const char kHelp[] =
-    "usage: tensorizer verify [--all] [--key-file F | --passphrase-env VAR] FILE\n"
-    "\n"
-    "Loads every tensor of a .tensors file and checks its stored hashes. By\n"
-    "default each tensor is checked with its CRC32 (SHA-256 where no CRC32 is\n"
-    "stored), which catches the accidental corruption either hash can catch;\n"
-    "--all checks every stored hash. Prints one line per tensor that fails,\n"
-    "then a summary. Safetensors files store no hashes: they pass when every\n"
-    "tensor can be read, and the summary says no data was checked.\n"
-    "\n"
-    "Encrypted files store SHA-256 hashes of the plaintext: give the key to\n"
-    "decrypt each tensor and check them (decryption also authenticates the\n"
-    "data). Without a key, an encrypted tensor fails.\n"
-    "\n"
-    "options:\n"
-    "  --all                 check every stored hash (SHA-256 too; slower)\n"
-    "  --key-file F          decrypt with the 32-byte key in file F\n"
-    "  --passphrase-env VAR  decrypt with the passphrase in $VAR\n"
-    "  -h, --help            show this help\n"
+const std::string kHelp =
+    std::string(
+        "usage: tensorizer verify [--all] [--key-file F | --passphrase-env VAR]\n"
+        "                         [REMOTE OPTIONS] FILE\n"
+        "\n"
+        "Loads every tensor of a .tensors file and checks its stored hashes. By\n"
+        "default each tensor is checked with its CRC32 (SHA-256 where no CRC32 is\n"
+        "stored), which catches the accidental corruption either hash can catch;\n"
+        "--all checks every stored hash. Prints one line per tensor that fails,\n"
+        "then a summary. Safetensors files store no hashes: they pass when every\n"
+        "tensor can be read, and the summary says no data was checked. FILE is a\n"
+        "path or a URI: file://, http(s)://, s3://bucket/key or redis://host/prefix.\n"
+        "\n"
+        "Encrypted files store SHA-256 hashes of the plaintext: give the key to\n"
+        "decrypt each tensor and check them (decryption also authenticates the\n"
+        "data). Without a key, an encrypted tensor fails.\n"
+        "\n"
+        "options:\n"
+        "  --all                 check every stored hash (SHA-256 too; slower)\n"
+        "  --key-file F          decrypt with the 32-byte key in file F\n"
+        "  --passphrase-env VAR  decrypt with the passphrase in $VAR\n"
+        "  -h, --help            show this help\n"
+        "\n") +
+    kRemoteOptionsHelp +
     "\n"
     "exit status: 0 every tensor passed, 1 a tensor failed its check or the\n"
     "file cannot be read or is invalid, 2 usage error\n";
@@ -59,14 +65,18 @@ std::string CheckedHashes(const Load& load, HashCheck check) {
 int RunVerify(const std::vector<std::string>& args) {
   const Command& self = kVerifyCommand;
   int exit_code = kExitOk;
-  auto parsed = ParseCommand(self, args, {{"--all"}, {"--key-file", "--passphrase-env"}}, {"FILE"},
-                             &exit_code);
+  OptionSpec spec{{"--all"}, {"--key-file", "--passphrase-env"}};
+  AddRemoteOptions(&spec);
+  auto parsed = ParseCommand(self, args, spec, {"FILE"}, &exit_code);
   if (!parsed) return exit_code;
+  std::string usage_error;
+  auto remote = RemoteOptionsFromArgs(*parsed, &usage_error);
+  if (!remote) return UsageError(self, usage_error);
   const std::string& file = parsed->positional[0];
   std::optional<KeyOptionError> key_error;
   std::optional<DecryptionOptions> decryption = DecryptionFromArgs(*parsed, &key_error);
   if (key_error) return KeyOptionFailure(self, *key_error);
-  auto opened = OpenTensorsFile(file);
+  auto opened = OpenTensorsFile(file, remote->source);
   if (!opened.ok()) return Failure(self, opened.status().message());
   if (opened->index->header.has_crypt_info() && !decryption) {
     return Failure(self, DisplayText(file) +
@@ -114,7 +124,7 @@ int RunVerify(const std::vector<std::string>& args) {
 
 }  // namespace
 
-const Command kVerifyCommand = {"verify", "check the stored hashes of every tensor", kHelp,
+const Command kVerifyCommand = {"verify", "check the stored hashes of every tensor", kHelp.c_str(),
                                 RunVerify};
 
 }  // namespace tensorizer::cli

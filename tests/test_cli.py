@@ -4,12 +4,19 @@ The binary under test is $TENSORIZER_CLI (scripts/test.sh points it at
 build/cpp/tensorizer). Files are written with our Python package.
 Regenerate a golden file after an intended change of the output with
 TENSORIZER_UPDATE_GOLDEN=1 and review the diff.
+
+Remote URIs are tested against real servers: the SeaweedFS S3 server of the
+`s3_server` fixture (SigV4 enforced), whose public bucket also answers plain
+HTTP GETs. Credentials reach the tool only through its environment, with
+HOME a fresh directory so this machine's ~/.s3cfg and ~/.aws never matter.
 """
 
 import json
 import os
 import re
 import subprocess
+import textwrap
+import uuid
 from pathlib import Path
 
 import pytest
@@ -20,11 +27,12 @@ from tensorizer import TensorSerializer, TensorType
 
 GOLDEN_DIR = Path(__file__).resolve().parent / "golden"
 COMMANDS = ["inspect", "verify", "bench"]
+ALL_COMMANDS = ["inspect", "verify", "bench", "convert", "cp"]
 
 
-def run(cli, *args, cwd=None):
+def run(cli, *args, cwd=None, env=None):
     return subprocess.run(
-        [cli, *map(str, args)], capture_output=True, text=True, cwd=cwd, timeout=60
+        [cli, *map(str, args)], capture_output=True, text=True, cwd=cwd, env=env, timeout=60
     )
 
 
@@ -319,3 +327,287 @@ def test_command_help(cli, command):
     assert helps[0].stdout == helps[1].stdout == helps[2].stdout
     # --help wins over everything else on the line, even a missing file.
     assert run(cli, command, "/no/such/file", "--help").returncode == 0
+
+
+# --- help: golden files and the shared remote options ---------------------------
+
+REMOTE_OPTIONS = [
+    "--s3-endpoint URL",
+    "--s3-region R",
+    "--s3-profile P",
+    "--ca-file F",
+    "--ca-path D",
+    "--insecure",
+    "--connect-timeout-ms N",
+    "--retries N",
+]
+
+
+@pytest.mark.parametrize("command", ["main", *ALL_COMMANDS])
+def test_help_matches_golden(cli, command):
+    out = run(cli, "--help") if command == "main" else run(cli, command, "--help")
+    assert out.returncode == 0, out.stderr
+    golden = GOLDEN_DIR / f"help_{command}.txt"
+    if os.environ.get("TENSORIZER_UPDATE_GOLDEN"):
+        golden.write_text(out.stdout)
+    assert out.stdout == golden.read_text()
+
+
+@pytest.mark.parametrize("command", ALL_COMMANDS)
+def test_every_command_takes_the_remote_options(cli, command):
+    text = run(cli, command, "--help").stdout
+    for option in REMOTE_OPTIONS:
+        assert f"\n  {option} " in text, option
+    # Secrets never go on the command line, and the help says where they come from.
+    assert "S3 credentials are never taken from the command line" in text
+    assert "AWS_SECRET_ACCESS_KEY" in text
+    for flag in ["--secret", "--access-key", "--s3-secret"]:
+        assert flag not in text
+
+
+@pytest.mark.parametrize("command", ALL_COMMANDS)
+@pytest.mark.parametrize(
+    "option",
+    [
+        ["--retries", "many"],
+        ["--retries", "101"],
+        ["--connect-timeout-ms", "-1"],
+        ["--s3-endpoint", ""],
+        ["--s3-region="],
+        ["--insecure=yes"],
+        ["--s3-secret-key", "x"],
+    ],
+)
+def test_bad_remote_options_are_usage_errors(cli, command, option):
+    operands = ["s3://b/in", "s3://b/out"] if command in ("convert", "cp") else ["s3://b/k"]
+    out = run(cli, command, *option, *operands)
+    assert out.returncode == 2, out.stdout + out.stderr
+    assert out.stdout == ""
+    assert out.stderr.startswith(f"tensorizer {command}: ")
+
+
+# --- remote URIs: a real S3 server ----------------------------------------------
+
+
+def s3_env(server, home: Path, *, secret=None, endpoint=None) -> dict:
+    """The environment of a tool run: admin credentials from AWS_* variables,
+    HOME a fresh directory (no ~/.s3cfg, no ~/.aws), and no AWS_* variable of
+    this machine's."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
+    env.update(
+        HOME=str(home),
+        AWS_ACCESS_KEY_ID=server.access_key,
+        AWS_SECRET_ACCESS_KEY=secret or server.secret_key,
+        AWS_REGION=server.region,
+        AWS_ENDPOINT_URL=endpoint or server.endpoint_url,
+    )
+    return env
+
+
+@pytest.fixture
+def env(s3_server, tmp_path_factory) -> dict:
+    return s3_env(s3_server, tmp_path_factory.mktemp("home"))
+
+
+def new_key(name: str) -> str:
+    return f"cli/{uuid.uuid4().hex}/{name}"
+
+
+def s3_bytes(server, bucket: str, key: str) -> bytes:
+    return server.client().get_object(Bucket=bucket, Key=key)["Body"].read()
+
+
+def s3_keys(server, bucket: str, prefix: str) -> list:
+    listed = server.client().list_objects_v2(Bucket=bucket, Prefix=prefix)
+    return sorted(o["Key"] for o in listed.get("Contents", []))
+
+
+def test_cp_local_to_s3_to_local_is_bit_exact(cli, s3_server, env, tmp_path):
+    data = os.urandom((20 << 20) + 12345)  # two 16 MiB upload parts, the second partial
+    src = tmp_path / "src.bin"
+    src.write_bytes(data)
+    bucket, key = s3_server.bucket, new_key("model.bin")
+    out = run(cli, "cp", src, f"s3://{bucket}/{key}", env=env)
+    assert (out.returncode, out.stdout, out.stderr) == (0, "", "")
+    assert s3_bytes(s3_server, bucket, key) == data
+    # Download, to a file and into a directory under the object's name.
+    out = run(cli, "cp", f"s3://{bucket}/{key}", tmp_path / "down.bin", env=env)
+    assert (out.returncode, out.stderr) == (0, "")
+    assert (tmp_path / "down.bin").read_bytes() == data
+    (tmp_path / "dir").mkdir()
+    assert run(cli, "cp", f"s3://{bucket}/{key}", tmp_path / "dir", env=env).returncode == 0
+    assert (tmp_path / "dir" / "model.bin").read_bytes() == data
+    # S3 -> S3, into a key prefix (the trailing '/' appends the name).
+    prefix = new_key("")
+    out = run(
+        cli, "cp", f"s3://{bucket}/{key}", f"s3://{s3_server.scratch_bucket}/{prefix}", env=env
+    )
+    assert (out.returncode, out.stderr) == (0, "")
+    assert s3_keys(s3_server, s3_server.scratch_bucket, prefix) == [prefix + "model.bin"]
+    assert s3_bytes(s3_server, s3_server.scratch_bucket, prefix + "model.bin") == data
+
+
+def test_cp_http_to_s3(cli, s3_server, env, tmp_path):
+    data = os.urandom((6 << 20) + 7)
+    public = new_key("public.bin")
+    s3_server.client().put_object(Bucket=s3_server.public_bucket, Key=public, Body=data)
+    url = f"{s3_server.endpoint_url}/{s3_server.public_bucket}/{public}"
+    key = new_key("from-http.bin")
+    out = run(cli, "cp", url, f"s3://{s3_server.bucket}/{key}", env=env)
+    assert (out.returncode, out.stdout, out.stderr) == (0, "", "")
+    assert s3_bytes(s3_server, s3_server.bucket, key) == data
+
+
+def test_cp_missing_s3_object_fails_naming_it(cli, s3_server, env, tmp_path):
+    uri = f"s3://{s3_server.bucket}/{new_key('missing.bin')}"
+    out = run(cli, "cp", uri, tmp_path / "out.bin", env=env)
+    assert out.returncode == 1
+    assert out.stdout == ""
+    assert out.stderr.startswith(f"tensorizer cp: opening {uri}")
+    assert "404" in out.stderr
+    assert out.stderr.count("\n") == 1
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_cp_to_s3_with_a_wrong_secret_leaves_no_object(cli, s3_server, tmp_path):
+    src = tmp_path / "src.bin"
+    src.write_bytes(os.urandom(1 << 20))
+    wrong = "not-the-secret/0123456789abcdefghijklmn"
+    env = s3_env(s3_server, tmp_path / "home", secret=wrong)
+    key = new_key("denied.bin")
+    out = run(cli, "cp", src, f"s3://{s3_server.bucket}/{key}", env=env)
+    assert out.returncode == 1
+    assert out.stderr.startswith("tensorizer cp: ")
+    assert f"s3://{s3_server.bucket}/{key}" in out.stderr and "403" in out.stderr
+    assert s3_server.access_key in out.stderr  # names the key id ...
+    assert wrong not in out.stderr  # ... never the secret
+    prefix = key.rsplit("/", 1)[0]
+    assert s3_keys(s3_server, s3_server.bucket, prefix) == []
+    uploads = s3_server.client().list_multipart_uploads(Bucket=s3_server.bucket, Prefix=prefix)
+    assert uploads.get("Uploads", []) == []
+
+
+def test_s3_endpoint_option_overrides_the_environment(cli, s3_server, small, tmp_path):
+    # AWS_ENDPOINT_URL points at a closed port; --s3-endpoint wins over it.
+    env = s3_env(s3_server, tmp_path / "home", endpoint="http://127.0.0.1:9")
+    uri = f"s3://{s3_server.bucket}/{new_key('small.tensors')}"
+    endpoint = ["--s3-endpoint", s3_server.endpoint_url]
+    assert run(cli, "cp", *endpoint, small, uri, env=env).returncode == 0
+    out = run(cli, "inspect", *endpoint, "--json", uri, env=env)
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout)["tensor_count"] == 7
+    # Without it, the environment's endpoint is used (and fails at once with
+    # --retries 0).
+    out = run(cli, "inspect", "--retries", "0", "--connect-timeout-ms", "2000", uri, env=env)
+    assert out.returncode == 1
+    assert out.stderr.startswith(f"tensorizer inspect: opening {uri}")
+    assert "127.0.0.1 port 9" in out.stderr
+
+
+@pytest.fixture
+def small_on_s3(cli, s3_server, env, small) -> str:
+    uri = f"s3://{s3_server.bucket}/{new_key('small.tensors')}"
+    out = run(cli, "cp", small, uri, env=env)
+    assert out.returncode == 0, out.stderr
+    return uri
+
+
+def test_inspect_and_verify_an_s3_object(cli, small, small_on_s3, env):
+    out = run(cli, "inspect", "--json", small_on_s3, env=env)
+    assert out.returncode == 0, out.stderr
+    remote = json.loads(out.stdout)
+    local = index_of(cli, small)
+    assert remote.pop("file") == small_on_s3
+    local.pop("file")
+    assert remote == local
+    # The text report is the golden one but for the file line.
+    out = run(cli, "inspect", small_on_s3, env=env)
+    assert out.returncode == 0, out.stderr
+    golden = (GOLDEN_DIR / "inspect_small.txt").read_text()
+    assert out.stdout == golden.replace("small.tensors", small_on_s3, 1)
+    out = run(cli, "verify", "--all", small_on_s3, env=env)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert out.stdout == f"{small_on_s3}: OK: 7 tensors passed (7 CRC32, 7 SHA-256)\n"
+
+
+def test_bench_an_s3_object_prints_throughput_beside_the_limit(cli, small, small_on_s3, env):
+    out = run(cli, "bench", "--repeat", "2", "--threads", "3", small_on_s3, env=env)
+    assert out.returncode == 0, out.stderr
+    keys = [line.split(":", 1)[0] for line in out.stdout.splitlines()]
+    assert keys == ["file", "page cache", "load", "limit", "ratio", "machine"]
+    lines = dict(line.split(":", 1) for line in out.stdout.splitlines())
+    assert (
+        lines["file"].strip().startswith(f"{small_on_s3}, {small.stat().st_size} bytes, 7 tensors")
+    )
+    assert lines["page cache"].strip() == "not applicable (remote source)"
+    gbs = r"\s+\d+\.\d\d GB/s  best of 2 \(\d+\.\d{3} ms\)"
+    assert re.match(gbs + r", 3 threads, hash check: none$", lines["load"])
+    # The limit: raw range reads through the same source, as many threads as the load.
+    assert re.match(
+        gbs + r", range reads through the same source into a huge-page arena, 3 threads$",
+        lines["limit"],
+    )
+    assert re.match(r"\s+\d+\.\d\d of the limit$", lines["ratio"])
+
+
+REF_LOAD = textwrap.dedent(
+    """
+    import sys, torch
+    from safetensors.torch import load_file
+    from tensorizer import TensorDeserializer
+
+    def raw(t):
+        return bytes(t.detach().contiguous().reshape(-1).view(torch.uint8).numpy())
+
+    want = load_file(sys.argv[2])
+    with TensorDeserializer(sys.argv[1], verify_hash=True) as d:
+        got = dict(d.items())
+    assert set(got) == set(want), (sorted(got), sorted(want))
+    for k, w in want.items():
+        g = got[k]
+        assert g.dtype == w.dtype and g.shape == w.shape and raw(g) == raw(w), k
+    print("ok", len(got))
+    """
+)
+
+
+def test_convert_between_s3_objects_round_trip(cli, s3_server, env, tmp_path, ref_python):
+    g = torch.Generator().manual_seed(5)
+    # Dtypes in an order the safetensors package reorders, so the output's
+    # data order is not the input's.
+    tensors = {
+        "z.half": torch.randn(300, 100, generator=g).half(),
+        "a.weight": torch.randn(200, 100, generator=g),
+        "m.ids": torch.arange(1000),
+        "b.bf16": torch.randn(50, generator=g).to(torch.bfloat16),
+        "c.mask": torch.tensor([True, False, True]),
+    }
+    src = tmp_path / "model.safetensors"
+    save_file(tensors, str(src))
+    bucket, base = s3_server.bucket, new_key("")
+    st_uri, tz_uri, back_uri = (
+        f"s3://{bucket}/{base}{n}" for n in ("in.safetensors", "mid.tensors", "back.safetensors")
+    )
+    assert run(cli, "cp", src, st_uri, env=env).returncode == 0
+    out = run(cli, "convert", "--batch-bytes", "30000", st_uri, tz_uri, env=env)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.startswith(f"{st_uri} -> {tz_uri}: 5 tensors, ")
+    # The same bytes as a local conversion.
+    local = tmp_path / "local.tensors"
+    assert run(cli, "convert", src, local).returncode == 0
+    mid = s3_bytes(s3_server, bucket, base + "mid.tensors")
+    assert mid == local.read_bytes()
+    out = run(cli, "convert", "--verify", "--batch-bytes", "30000", tz_uri, back_uri, env=env)
+    assert out.returncode == 0, out.stderr
+    assert s3_bytes(s3_server, bucket, base + "back.safetensors") == src.read_bytes()
+    # The .tensors object loads in the reference tensorizer.
+    downloaded = tmp_path / "downloaded.tensors"
+    downloaded.write_bytes(mid)
+    res = subprocess.run(
+        [ref_python, "-c", REF_LOAD, str(downloaded), str(src)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.split() == ["ok", "5"]

@@ -1,6 +1,8 @@
-"""`tensorizer convert` and `tensorizer cp`: round trips, byte identity with the
-files the safetensors package and tensorizer write, interop with the
-reference tensorizer 2.12.1, encryption, failures and exit codes.
+"""`tensorizer convert` and `tensorizer cp` on local files: round trips, byte
+identity with the files the safetensors package and tensorizer write, interop
+with the reference tensorizer 2.12.1, encryption, failures and exit codes.
+Remote sources and s3:// destinations are tested in test_cli.py, against a
+real S3 server.
 
 The binary under test is $TENSORIZER_CLI, as in test_cli.py. The reference
 runs once, in one subprocess (importing torch is slow): it loads every
@@ -480,18 +482,28 @@ def test_cp_copies_bytes_exactly(cli, tmp_path):
     assert (tmp_path / "empty2").read_bytes() == b""
 
 
-@pytest.mark.parametrize(
-    ("src", "dst", "scheme"),
-    [("SRC", "s3://bucket/model.tensors", "s3"), ("https://example.com/m.tensors", "DST", "https")],
-)
-def test_cp_refuses_remote_uris(cli, tmp_path, src, dst, scheme):
+@pytest.mark.parametrize("command", ["cp", "convert"])
+def test_unwritable_schemes_are_refused(cli, converted, tmp_path, command):
+    # Remote sources and s3:// destinations work (tests/test_cli.py, against a
+    # real S3 server); nothing writes to http(s):// or redis://.
+    src = converted["plain"]
+    for dst in ["https://example.com/m.tensors", "redis://localhost/m"]:
+        scheme = dst.split(":", 1)[0]
+        res = run(cli, command, src, dst)
+        assert res.returncode == 1
+        assert res.stdout == ""
+        assert res.stderr == (
+            f"tensorizer {command}: cannot write to '{scheme}' URIs ({dst}):"
+            " only local paths and s3:// are writable\n"
+        )
+    assert listing(tmp_path) == []
+
+
+def test_cp_into_a_missing_directory_fails(cli, tmp_path):
     (tmp_path / "src").write_bytes(b"x")
-    src = str(tmp_path / "src") if src == "SRC" else src
-    dst = str(tmp_path / "dst") if dst == "DST" else dst
-    res = run(cli, "cp", src, dst)
+    res = run(cli, "cp", tmp_path / "src", f"{tmp_path}/nodir/")
     assert res.returncode == 1
-    assert res.stderr.startswith(f"tensorizer cp: copying to or from {scheme}:// URIs is not")
-    assert "not supported yet" in res.stderr
+    assert res.stderr == f"tensorizer cp: copying into {tmp_path}/nodir/: no such directory\n"
     assert listing(tmp_path) == ["src"]
 
 

@@ -1,13 +1,24 @@
 // Converting between .tensors and safetensors files, and copying files.
 //
+// Both read from any URI OpenSource() opens (a local path, file://,
+// http(s)://, s3://, redis://) and write to a local path, a file:// URI or
+// an s3:// object (CreateSink()); the options carry the SourceOptions and
+// SinkOptions (endpoints, credentials, TLS, timeouts, retries, S3 part
+// size) for the remote ends. Output is never visible half-written: a local
+// destination is written under a temporary name beside it and renamed over
+// it at the end, an s3:// one is a multipart upload completed at the end;
+// on any failure the temporary file is removed or the upload aborted, so
+// nothing appears (and an existing destination is left as it was).
+//
 // ConvertFile streams: it reads the input's index, then loads the tensors in
 // batches of bounded size (`batch_bytes` of tensor data, or one tensor when a
 // tensor is larger) through the same Load pipeline every load uses, and
 // writes each batch before the batch after next is read, so at most two
 // batches are in memory at once: the one being written and the one being
-// read. Output goes to a temporary name beside the destination that is
-// renamed over it only when everything was written; a failed conversion
-// leaves no file under the destination name.
+// read. The output is written front to back (batches follow the output's
+// data order), so an S3 upload holds only a few parts besides them.
+// CopyFile moves the bytes in chunks, a few at a time, through memory: one
+// chunk per worker, plus an S3 upload's parts.
 //
 // What carries over between the formats:
 //   safetensors -> .tensors: each key becomes a plain UTF-8 name of a
@@ -122,6 +133,11 @@ struct ConvertOptions {
   // Tensor data loaded per batch; two batches may be in memory at once.
   uint64_t batch_bytes = 128ull << 20;
   int num_threads = 0;  // per load and for the writer; 0: one per core
+  // How to reach a remote input (HTTP timeouts and TLS, S3 endpoint and
+  // credentials) and a remote output (the same, plus the S3 part size, which
+  // is raised when needed so the output fits in S3's 10000 parts).
+  SourceOptions source;
+  SinkOptions sink;
 };
 
 struct ConvertResult {
@@ -140,9 +156,12 @@ struct ConvertResult {
   bool dropped_metadata = false;
 };
 
-// Converts `source_uri` (a path or file:// URI; the format is detected from
-// its bytes) into a new file at `dest_path` (a local path or file:// URI).
-Result<ConvertResult> ConvertFile(const std::string& source_uri, const std::string& dest_path,
+// Converts `source_uri` (any URI OpenSource opens; the format is detected
+// from its bytes) into a new file at `dest_uri`: a local path, a file:// URI
+// or s3://bucket/key. Other destination schemes fail with kInvalidArgument
+// (from CreateSink) before anything is loaded. The output format comes from
+// ConvertOptions::to, else `dest_uri`'s extension.
+Result<ConvertResult> ConvertFile(const std::string& source_uri, const std::string& dest_uri,
                                   const ConvertOptions& options = {});
 
 // --- Copying ---------------------------------------------------------------------
@@ -152,15 +171,21 @@ struct CopyOptions {
   int num_threads = 4;  // chunks copied at once
   // Called on the caller's thread every `progress_interval_ms` while copying
   // and once at the end, with the bytes copied so far and the total.
+  // `done` counts bytes handed to the destination; an S3 upload sends its
+  // first and last parts when the copy commits, after the last report of
+  // less than `total`.
   std::function<void(uint64_t done, uint64_t total)> progress;
   int progress_interval_ms = 100;
+  SourceOptions source;  // for a remote source
+  SinkOptions sink;      // for an s3:// destination; part_bytes is raised to fit
 };
 
-// Copies `source_uri` to `dest` (a file, or an existing directory to copy
-// into under the source's base name) in chunks, through a temporary name
-// renamed over the destination at the end. Local paths and file:// URIs
-// only for now; other schemes fail with kInvalidArgument. Returns the bytes
-// copied.
+// Copies `source_uri` (any URI OpenSource opens) to `dest`: a local file, an
+// existing local directory (copied into under the source's base name), an
+// s3://bucket/key object, or an s3:// URI ending in '/' (the base name is
+// appended, as `aws s3 cp` does). Chunks are read and written in parallel;
+// the destination appears only when every byte is written. Other
+// destination schemes fail with kInvalidArgument. Returns the bytes copied.
 Result<uint64_t> CopyFile(const std::string& source_uri, const std::string& dest,
                           const CopyOptions& options = {});
 

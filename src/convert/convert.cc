@@ -3,24 +3,32 @@
 // Steps: (1) read the input's index and decide every output tensor's name,
 // dtype and place before anything is written, so a tensor the output format
 // cannot hold fails the conversion before a byte of output exists; (2) cut
-// the input into batches of consecutive tensors of at most `batch_bytes`;
-// (3) load batch k+1 while batch k is written: .tensors output through the
-// Writer (which lays records out in the order it is given them, so batching
-// does not change a byte), safetensors output by positional writes at the
-// offsets the header fixed; (4) commit, which renames the temporary file
-// over the destination. Any error before (4) abandons the temporary file.
-// Invariant: at most two batches are loaded at once.
+// the tensors, taken in the order of their data in the output, into batches
+// of consecutive tensors of at most `batch_bytes`; (3) load batch k+1 while
+// batch k is written: .tensors output through the Writer (which lays records
+// out in the order it is given them, so batching does not change a byte),
+// safetensors output by positional writes at the offsets the header fixed;
+// (4) commit: rename the temporary file over the destination, or complete
+// the S3 multipart upload. Any error before (4) abandons the output (the
+// temporary file is removed, the upload aborted).
+//
+// Invariants: at most two batches are loaded at once; the output is written
+// front to back, batch by batch, each byte once. Batches follow the output's
+// order rather than the input's (safetensors output sorts tensors by dtype)
+// because an S3 sink sends a part only once all its bytes have arrived:
+// scattered writes would keep most of the file in memory.
 #include "tensorizer/convert.h"
 
-#include <sys/stat.h>
-
 #include <algorithm>
+#include <atomic>
+#include <cctype>
 #include <cstring>
 #include <nlohmann/json.hpp>
 #include <string>
 #include <utility>
 #include <vector>
 
+#include "convert/destination.h"
 #include "tensorizer/load.h"
 #include "tensorizer/source.h"
 #include "tensorizer/write.h"
@@ -28,19 +36,6 @@
 namespace tensorizer {
 
 namespace {
-
-constexpr std::string_view kFileScheme = "file://";
-
-// A local path from a path or file:// URI; other schemes are refused.
-Result<std::string> LocalPath(const std::string& uri, const char* operation) {
-  if (IsRemoteUri(uri)) {
-    std::string scheme = uri.substr(0, uri.find("://"));
-    return Status::InvalidArgument(std::string(operation) + " supports local paths and file:// " +
-                                   "URIs only so far, not " + scheme + "://: " + uri);
-  }
-  if (uri.rfind(kFileScheme, 0) == 0) return uri.substr(kFileScheme.size());
-  return uri;
-}
 
 bool EndsWith(const std::string& s, std::string_view suffix) {
   return s.size() >= suffix.size() &&
@@ -94,6 +89,40 @@ Status CheckPlainName(const std::string& name) {
   return Status::Ok();
 }
 
+// Forwards to a sink and remembers the end of the furthest write: the output
+// file's size, which for an S3 object cannot be asked of a filesystem.
+class MeasuredSink final : public Sink {
+ public:
+  MeasuredSink(std::unique_ptr<Sink> inner, std::atomic<uint64_t>* end)
+      : inner_(std::move(inner)), end_(end) {}
+  Status WriteAt(uint64_t offset, const void* data, uint64_t length) override {
+    Status st = inner_->WriteAt(offset, data, length);
+    uint64_t e = offset + length, seen = end_->load();
+    while (st.ok() && e > seen && !end_->compare_exchange_weak(seen, e)) {
+    }
+    return st;
+  }
+  void Preallocate(uint64_t offset, uint64_t length) override {
+    inner_->Preallocate(offset, length);
+  }
+  Status Commit() override { return inner_->Commit(); }
+  void Abort() override { inner_->Abort(); }
+  const std::string& uri() const override { return inner_->uri(); }
+  bool writes_once() const override { return inner_->writes_once(); }
+
+ private:
+  std::unique_ptr<Sink> inner_;
+  std::atomic<uint64_t>* end_;
+};
+
+// A bound on the size of .tensors output, for sizing S3 parts: the data
+// (encryption adds a 16-byte MAC per 2 MiB chunk), each tensor's header
+// (its name, dtype and shape, which the input also stores, plus hashes and
+// fixed fields, well under 1 KiB) and the metadata block.
+uint64_t TensorsOutputBound(uint64_t input_size, uint64_t tensors) {
+  return input_size + input_size / 1024 + tensors * 1024 + (1ull << 20);
+}
+
 }  // namespace
 
 bool IsRemoteUri(std::string_view uri) {
@@ -104,14 +133,15 @@ bool IsRemoteUri(std::string_view uri) {
               c == '+' || c == '-' || c == '.';
     if (!ok) return false;  // "dir/x://y" is a relative path
   }
-  return uri.substr(0, colon) != "file";
+  std::string scheme(uri.substr(0, colon));
+  for (char& c : scheme) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+  return scheme != "file";
 }
 
 Result<ConvertResult> ConvertFile(const std::string& source_uri, const std::string& dest_uri,
                                   const ConvertOptions& options) {
-  TZR_ASSIGN_OR_RETURN(std::string dest, LocalPath(dest_uri, "convert"));
-  TZR_RETURN_IF_ERROR(LocalPath(source_uri, "convert").status());
-  TZR_ASSIGN_OR_RETURN(std::unique_ptr<Source> opened, OpenSource(source_uri));
+  const std::string& dest = dest_uri;
+  TZR_ASSIGN_OR_RETURN(std::unique_ptr<Source> opened, OpenSource(source_uri, options.source));
   std::shared_ptr<const Source> source = std::move(opened);
   TZR_ASSIGN_OR_RETURN(Index parsed, ReadIndex(*source));
   auto index = std::make_shared<const Index>(std::move(parsed));
@@ -179,10 +209,16 @@ Result<ConvertResult> ConvertFile(const std::string& source_uri, const std::stri
     }
   }
 
-  // (2) Batches of consecutive tensors.
+  // (2) Batches of tensors consecutive in the output, each in input order
+  // (Load::Start takes increasing entry indices).
+  std::vector<size_t> output_order = layout.order;
+  if (!to_safetensors) {
+    output_order.resize(n);
+    for (size_t i = 0; i < n; ++i) output_order[i] = i;
+  }
   std::vector<std::vector<size_t>> batches;
   uint64_t batch_total = 0;
-  for (size_t i = 0; i < n; ++i) {
+  for (size_t i : output_order) {
     const bool fits =
         batch_total <= options.batch_bytes && load_bytes[i] <= options.batch_bytes - batch_total;
     if (batches.empty() || !fits) {
@@ -192,10 +228,16 @@ Result<ConvertResult> ConvertFile(const std::string& source_uri, const std::stri
     batches.back().push_back(i);
     batch_total += load_bytes[i];
   }
+  for (std::vector<size_t>& batch : batches) std::sort(batch.begin(), batch.end());
   result.batches = batches.size();
 
   // (3) Load batch k+1 while batch k is written.
-  TZR_ASSIGN_OR_RETURN(std::unique_ptr<Sink> sink, CreateFileSink(dest));
+  const uint64_t expected_size =
+      to_safetensors ? layout.file_size : TensorsOutputBound(source->size(), n);
+  std::atomic<uint64_t> written_end{0};
+  TZR_ASSIGN_OR_RETURN(std::unique_ptr<Sink> opened_sink,
+                       convert_internal::CreateDestination(dest, options.sink, expected_size));
+  std::unique_ptr<Sink> sink = std::make_unique<MeasuredSink>(std::move(opened_sink), &written_end);
   Sink* raw_sink = sink.get();
   std::unique_ptr<Writer> writer;
   if (to_safetensors) {
@@ -273,8 +315,7 @@ Result<ConvertResult> ConvertFile(const std::string& source_uri, const std::stri
   } else {
     TZR_RETURN_IF_ERROR(writer->Close());
     result.output_version = writer->version();
-    struct stat st;
-    if (::stat(dest.c_str(), &st) == 0) result.file_size = static_cast<uint64_t>(st.st_size);
+    result.file_size = written_end.load();
   }
   return result;
 }

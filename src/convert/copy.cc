@@ -3,14 +3,17 @@
 // A few workers each take the next chunk of the source, read it with
 // ReadAt and write it with WriteAt at the same offset (both positional, so
 // the chunks need no ordering), while the calling thread reports progress.
-// The sink writes a temporary file and renames it over the destination only
-// when every chunk has been written; the first error stops the workers and
-// abandons the temporary file. Copying goes through Source and Sink, not
-// copy_file_range, so other backends slot in when they exist.
+// Any Source (file, HTTP(S), S3, Redis) feeds any Sink (a local temporary
+// file renamed at the end, or an S3 multipart upload completed at the end);
+// the first error stops the workers and abandons the sink, so a failed copy
+// publishes nothing. Memory: one chunk buffer per worker, plus what an S3
+// sink holds (parts being filled, a few queued; write.h). Each byte is
+// written exactly once, which an S3 sink requires.
 #include <sys/stat.h>
 
 #include <algorithm>
 #include <atomic>
+#include <cctype>
 #include <chrono>
 #include <condition_variable>
 #include <mutex>
@@ -18,6 +21,7 @@
 #include <thread>
 #include <vector>
 
+#include "convert/destination.h"
 #include "tensorizer/convert.h"
 #include "tensorizer/source.h"
 #include "tensorizer/write.h"
@@ -26,43 +30,67 @@ namespace tensorizer {
 
 namespace {
 
-Status CheckLocal(const std::string& uri) {
-  if (!IsRemoteUri(uri)) return Status::Ok();
-  std::string scheme = uri.substr(0, uri.find("://"));
-  return Status::InvalidArgument("copying to or from " + scheme +
-                                 ":// URIs is not supported yet (local paths and file:// URIs "
-                                 "only): " +
-                                 uri);
-}
-
-std::string StripFileScheme(const std::string& uri) {
-  return uri.rfind("file://", 0) == 0 ? uri.substr(7) : uri;
-}
-
 std::string BaseName(const std::string& path) {
   size_t end = path.find_last_not_of('/');
-  if (end == std::string::npos) return path;
+  if (end == std::string::npos) return "";
   size_t slash = path.rfind('/', end);
-  return path.substr(slash == std::string::npos ? 0 : slash + 1,
-                     end - (slash == std::string::npos ? 0 : slash + 1) + 1);
+  size_t begin = slash == std::string::npos ? 0 : slash + 1;
+  return path.substr(begin, end - begin + 1);
+}
+
+// The file name a URI's object goes by: the last path component, without an
+// HTTP query or fragment ("https://h/a/m.tensors?sig=x" -> "m.tensors").
+std::string SourceBaseName(const std::string& source_uri) {
+  std::string path = convert_internal::StripFileScheme(source_uri);
+  if (IsRemoteUri(path)) {
+    size_t authority = path.find("://") + 3;
+    size_t slash = path.find('/', authority);
+    path = slash == std::string::npos ? "" : path.substr(slash);
+    std::string scheme = source_uri.substr(0, source_uri.find("://"));
+    for (char& c : scheme) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+    if (scheme == "http" || scheme == "https") path = path.substr(0, path.find_first_of("?#"));
+  }
+  return BaseName(path);
+}
+
+// Where `dest_uri` names a place to copy into rather than a file: an
+// existing local directory, or an s3:// URI ending in '/' (a key prefix, as
+// `aws s3 cp` takes it). The source's base name is appended there.
+Result<std::string> ResolveDestination(const std::string& source_uri, const std::string& dest_uri) {
+  bool into = false;
+  std::string dest = dest_uri;
+  if (IsRemoteUri(dest_uri)) {
+    std::string scheme = dest_uri.substr(0, dest_uri.find("://"));
+    for (char& c : scheme) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+    into = scheme == "s3" && dest_uri.back() == '/';
+  } else {
+    dest = convert_internal::StripFileScheme(dest_uri);
+    struct stat st;
+    into = ::stat(dest.c_str(), &st) == 0 && S_ISDIR(st.st_mode);
+    if (!into && !dest.empty() && dest.back() == '/') {
+      return Status::InvalidArgument("copying into " + dest + ": no such directory");
+    }
+  }
+  if (!into) return dest;
+  std::string base = SourceBaseName(source_uri);
+  if (base.empty() || base == "." || base == "..") {
+    // The source URI is not repeated: a redis:// one may hold a password.
+    return Status::InvalidArgument("cannot tell a file name from the source URI to copy into " +
+                                   dest_uri + ": name the destination file");
+  }
+  return dest + (dest.empty() || dest.back() == '/' ? "" : "/") + base;
 }
 
 }  // namespace
 
 Result<uint64_t> CopyFile(const std::string& source_uri, const std::string& dest_uri,
                           const CopyOptions& options) {
-  TZR_RETURN_IF_ERROR(CheckLocal(source_uri));
-  TZR_RETURN_IF_ERROR(CheckLocal(dest_uri));
   if (options.chunk_bytes == 0) return Status::InvalidArgument("chunk_bytes must be positive");
-  TZR_ASSIGN_OR_RETURN(std::unique_ptr<Source> source, OpenSource(source_uri));
-  std::string dest = StripFileScheme(dest_uri);
-  struct stat st;
-  if (::stat(dest.c_str(), &st) == 0 && S_ISDIR(st.st_mode)) {
-    dest += (dest.empty() || dest.back() == '/' ? "" : "/") + BaseName(StripFileScheme(source_uri));
-  }
-  TZR_ASSIGN_OR_RETURN(std::unique_ptr<Sink> sink, CreateFileSink(dest));
-
+  TZR_ASSIGN_OR_RETURN(std::unique_ptr<Source> source, OpenSource(source_uri, options.source));
+  TZR_ASSIGN_OR_RETURN(std::string dest, ResolveDestination(source_uri, dest_uri));
   const uint64_t total = source->size();
+  TZR_ASSIGN_OR_RETURN(std::unique_ptr<Sink> sink,
+                       convert_internal::CreateDestination(dest, options.sink, total));
   const uint64_t chunks = total == 0 ? 0 : (total - 1) / options.chunk_bytes + 1;
   sink->Preallocate(0, total);
 
