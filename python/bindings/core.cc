@@ -199,6 +199,7 @@ class PyReader {
   const std::string& uri() const { return source_->uri(); }
   uint64_t file_size() const { return source_->size(); }
   const Index& index() const { return *index_; }
+  const Source& source() const { return *source_; }
 
   nb::list entries() const {
     nb::list out;
@@ -369,6 +370,18 @@ NB_MODULE(_core, m) {
                    [](const PyReader& r) { return r.index().header.has_crypt_info(); })
       .def_prop_ro("prefix_length", [](const PyReader& r) { return r.index().prefix_length(); })
       .def("entries", &PyReader::entries)
+      // Raw bytes of the file (any source), e.g. for to_redis.
+      .def("read",
+           [](const PyReader& r, uint64_t offset, uint64_t length) {
+             std::string out(length, '\0');
+             Status st;
+             {
+               nb::gil_scoped_release release;
+               st = r.source().ReadAt(offset, out.data(), length);
+             }
+             Check(st);
+             return Bytes(out);
+           })
       .def("start_load", &PyReader::StartLoad, "selected"_a, "verify"_a = 0, "num_threads"_a = 0,
            "chunk_bytes"_a = 16ull << 20, "huge_pages"_a = true, "key"_a = nb::none(),
            "passphrase"_a = nb::none());

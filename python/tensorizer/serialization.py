@@ -933,44 +933,26 @@ class TensorDeserializer(collections.abc.Mapping, contextlib.AbstractContextMana
             )
         if self._reader.format != "tensorizer":
             raise ValueError(f"to_redis: {self._reader.uri} is not a .tensors file")
-        with contextlib.ExitStack() as stack:
-            stream = self._file
-            if stream is None:
-                stream = stack.enter_context(stream_io.open_stream(self._reader.uri, "rb"))
-
-            def read(offset: int, length: int) -> bytes:
-                stream.seek(offset)
-                data = b""
-                while len(data) < length:
-                    more = stream.read(length - len(data))
-                    if not more:
-                        raise TensorizerFormatError(
-                            f"to_redis: {self._reader.uri} ended at byte"
-                            f" {offset + len(data)}, reading bytes"
-                            f" [{offset}, {offset + length})"
-                        )
-                    data += more
-                return data
-
-            # tensorizer writes the header it parsed, not the bytes it read:
-            # the unused u64 at offset 49 as zeros, and zero flags below data
-            # version 4. Files either writer makes hold exactly that anyway.
-            prefix = bytearray(read(0, self._reader.prefix_length))
-            prefix[49:57] = bytes(8)
-            if self._reader.version < META_TENSOR_TENSORIZER_VERSION:
-                prefix[9:41] = bytes(32)
-            redis_client.set(f"{key_prefix}:header:0", bytes(prefix))
-            raw_names = [entry[0] for entry in self._reader.entries()]
-            for path, entry in self._entries.items():
-                name = raw_names[self._entry_index[path]].decode("utf-8")
-                header_key = f"{key_prefix}:{name}:{entry.offset}"
-                if not force and redis_client.exists(header_key):
-                    continue
-                redis_client.set(header_key, read(entry.offset, entry.data_offset - entry.offset))
-                redis_client.set(
-                    f"{key_prefix}:{name}:{entry.data_offset}",
-                    read(entry.data_offset, entry.data_length),
-                )
+        read = self._reader.read
+        # tensorizer writes the header it parsed, not the bytes it read:
+        # the unused u64 at offset 49 as zeros, and zero flags below data
+        # version 4. Files either writer makes hold exactly that anyway.
+        prefix = bytearray(read(0, self._reader.prefix_length))
+        prefix[49:57] = bytes(8)
+        if self._reader.version < META_TENSOR_TENSORIZER_VERSION:
+            prefix[9:41] = bytes(32)
+        redis_client.set(f"{key_prefix}:header:0", bytes(prefix))
+        raw_names = [entry[0] for entry in self._reader.entries()]
+        for path, entry in self._entries.items():
+            name = raw_names[self._entry_index[path]].decode("utf-8")
+            header_key = f"{key_prefix}:{name}:{entry.offset}"
+            if not force and redis_client.exists(header_key):
+                continue
+            redis_client.set(header_key, read(entry.offset, entry.data_offset - entry.offset))
+            redis_client.set(
+                f"{key_prefix}:{name}:{entry.data_offset}",
+                read(entry.data_offset, entry.data_length),
+            )
 
     @property
     def cache_status(self) -> Optional[str]:

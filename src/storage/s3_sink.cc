@@ -13,7 +13,9 @@
 //     Commit(), with the last, partial part. S3 orders parts by number, not
 //     by arrival, so sending part 1 last is fine.
 //  4. Commit() waits for the queue, sends part 1 and the tail, then
-//     CompleteMultipartUpload: only now does the object exist.
+//     CompleteMultipartUpload: only now does the object exist. An object
+//     no bigger than one part is sent with one PutObject instead (and the
+//     multipart upload aborted): S3 refuses a multipart upload of no parts.
 //  5. Abort(), a failed request or destruction without Commit() sends
 //     AbortMultipartUpload: no partial object is ever visible.
 //
@@ -311,6 +313,22 @@ class S3Sink final : public Sink {
     if (finished_) return Status::InvalidArgument(uri_ + " is already closed");
     {
       std::unique_lock<std::mutex> lock(mu_);
+      if (error_.ok() && end_ <= upload_.part_bytes && sent_.empty()) {
+        // The whole object fits in part 1: one PutObject, and the open
+        // multipart upload is aborted. A multipart upload would need at
+        // least one part, and AWS refuses an empty one.
+        std::string body;
+        if (parts_.count(0)) body = std::move(parts_[0].bytes);
+        body.resize(end_);
+        parts_.clear();
+        lock.unlock();
+        StopUploaders();
+        S3Connection conn(config_, location_, http_);
+        auto reply = conn.Send("PUT", {}, body, "PutObject");
+        AbortUpload();
+        finished_ = true;
+        return reply.ok() ? Status::Ok() : reply.status();
+      }
       // What is left: part 1 and the last part. Anything else was never
       // completely written, which the Writer never does.
       const uint64_t last = end_ == 0 ? 0 : (end_ - 1) / upload_.part_bytes;
@@ -325,9 +343,6 @@ class S3Sink final : public Sink {
         part.bytes.resize(size);
         Enqueue(index);
       }
-      // An empty object is one empty part: S3 allows the only part to be
-      // shorter than the minimum, down to zero bytes.
-      if (error_.ok() && end_ == 0) parts_.emplace(0, Part());
       if (error_.ok() && parts_.count(0)) {
         parts_[0].bytes.resize(std::min<uint64_t>(end_, upload_.part_bytes));
         Enqueue(0);
