@@ -54,6 +54,34 @@ def test_raw_bytes_written_to_an_s3_stream_upload_as_written(s3_server):
     assert _object_bytes(s3_server, s3_server.bucket, key) == b"".join(chunks)
 
 
+def test_parts_grow_so_any_size_fits_in_s3s_part_limit(s3_server):
+    # 5 MiB parts doubling after every 2: 5, 5, 10, 10, 20 and an 11 MiB
+    # tail hold 61 MiB in 6 parts (13 at a fixed 5 MiB). The multipart ETag
+    # ends in "-<number of parts>".
+    key = _key("tiers")
+    data = os.urandom(61 << 20)
+    upload = stream_io.S3UploadOptions(part_bytes=5 << 20, parts_per_size_step=2)
+    uri = f"s3://{s3_server.bucket}/{key}"
+    with stream_io.open_stream(uri, "wb", **_opts(s3_server), s3_upload_options=upload) as f:
+        for i in range(0, len(data), 3 << 20):
+            f.write(data[i : i + (3 << 20)])
+    head = s3_server.client().head_object(Bucket=s3_server.bucket, Key=key)
+    assert head["ETag"].strip('"').endswith("-6"), head["ETag"]
+    assert _object_bytes(s3_server, s3_server.bucket, key) == data
+
+
+def test_small_object_is_one_put_not_a_multipart_upload(s3_server):
+    key = _key("small")
+    data = os.urandom(1 << 20)
+    with stream_io.open_stream(f"s3://{s3_server.bucket}/{key}", "wb", **_opts(s3_server)) as f:
+        f.write(data)
+    head = s3_server.client().head_object(Bucket=s3_server.bucket, Key=key)
+    assert "-" not in head["ETag"], head["ETag"]
+    assert _object_bytes(s3_server, s3_server.bucket, key) == data
+    uploads = s3_server.client().list_multipart_uploads(Bucket=s3_server.bucket)
+    assert not [u for u in uploads.get("Uploads", []) if u["Key"] == key]
+
+
 def test_empty_s3_stream_makes_an_empty_object(s3_server):
     key = _key("empty")
     stream_io.open_stream(f"s3://{s3_server.bucket}/{key}", "wb", **_opts(s3_server)).close()

@@ -134,8 +134,7 @@ struct ConvertOptions {
   uint64_t batch_bytes = 128ull << 20;
   int num_threads = 0;  // per load and for the writer; 0: one per core
   // How to reach a remote input (HTTP timeouts and TLS, S3 endpoint and
-  // credentials) and a remote output (the same, plus the S3 part size, which
-  // is raised when needed so the output fits in S3's 10000 parts).
+  // credentials) and a remote output (the same, plus the S3 upload knobs).
   SourceOptions source;
   SinkOptions sink;
 };
@@ -177,7 +176,7 @@ struct CopyOptions {
   std::function<void(uint64_t done, uint64_t total)> progress;
   int progress_interval_ms = 100;
   SourceOptions source;  // for a remote source
-  SinkOptions sink;      // for an s3:// destination; part_bytes is raised to fit
+  SinkOptions sink;      // for an s3:// destination
 };
 
 // Copies `source_uri` (any URI OpenSource opens) to `dest`: a local file, an

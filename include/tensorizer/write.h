@@ -65,6 +65,10 @@ struct S3UploadOptions {
   uint64_t part_bytes = 16ull << 20;  // S3's minimum is 5 MiB (the last part may be less)
   int parallel_uploads = 4;
   int max_queued_parts = 4;
+  // Parts double in size (up to S3's 5 GiB) after every this many, so an
+  // object of unknown size always fits in S3's 10,000 parts: with the
+  // defaults the first 1000 parts hold 15.6 GiB and all of them ~13 TiB.
+  int parts_per_size_step = 1000;
 };
 
 // Streams an s3://bucket/key upload. The object appears only on Commit()

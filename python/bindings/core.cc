@@ -137,6 +137,7 @@ void ParseRemoteOptions(nb::dict options, HttpOptions* http, S3Options* s3,
     TakeOpt(d, "s3_part_bytes", &upload->part_bytes);
     TakeOpt(d, "s3_parallel_uploads", &upload->parallel_uploads);
     TakeOpt(d, "s3_max_queued_parts", &upload->max_queued_parts);
+    TakeOpt(d, "s3_parts_per_size_step", &upload->parts_per_size_step);
   }
   if (d.size() != 0) {
     std::string names;

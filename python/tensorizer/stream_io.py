@@ -23,7 +23,14 @@ import numpy as np
 
 from . import _core
 
-__all__ = ["CAInfo", "CURLStreamFile", "HttpOptions", "RedisStreamFile", "open_stream"]
+__all__ = [
+    "CAInfo",
+    "CURLStreamFile",
+    "HttpOptions",
+    "RedisStreamFile",
+    "S3UploadOptions",
+    "open_stream",
+]
 
 _REMOTE_SCHEMES = ("http://", "https://", "s3://", "redis://")
 # Schemes the engine can read from (TensorDeserializer).
@@ -119,6 +126,23 @@ class HttpOptions:
 
     def _options(self) -> dict:
         return {k: v for k, v in dataclasses.asdict(self).items() if v is not None}
+
+
+@dataclasses.dataclass(frozen=True)
+class S3UploadOptions:
+    """How an s3:// destination uploads (an extension of ours): parts of
+    ``part_bytes`` (S3's minimum is 5 MiB), ``parallel_uploads`` in flight,
+    up to ``max_queued_parts`` complete parts waiting before writers block,
+    and parts doubling in size after every ``parts_per_size_step``. None
+    keeps the engine's default (16 MiB, 4, 4, 1000)."""
+
+    part_bytes: Optional[int] = None
+    parallel_uploads: Optional[int] = None
+    max_queued_parts: Optional[int] = None
+    parts_per_size_step: Optional[int] = None
+
+    def _options(self) -> dict:
+        return {f"s3_{k}": v for k, v in dataclasses.asdict(self).items() if v is not None}
 
 
 class _EngineReadStream(io.RawIOBase):
@@ -372,6 +396,7 @@ def open_stream(
     s3_signature_version: Optional[str] = None,
     certificate_handling: Optional[CAInfo] = None,
     http_options: Optional[HttpOptions] = None,
+    s3_upload_options: Optional[S3UploadOptions] = None,
 ):
     """Opens a local path, an http(s):// URL, an s3:// URI or a redis:// URI.
 
@@ -379,8 +404,9 @@ def open_stream(
     "wb", "wb+", "ab" or "ab+" (a new object, uploaded as it is written).
     S3 credentials and the endpoint come from the arguments, then ~/.s3cfg
     (or ``s3_config_path``), the AWS environment variables and the AWS
-    config files (docs/configuration.md). ``http_options`` (an extension)
-    sets timeouts and retries for remote sources. An os.PathLike is always a
+    config files (docs/configuration.md). ``http_options`` and
+    ``s3_upload_options`` (extensions) set timeouts, retries and the S3
+    multipart upload's parts. An os.PathLike is always a
     local path. Write modes on local paths create missing parent directories.
     """
     local_only = isinstance(path_uri, os.PathLike)
@@ -417,6 +443,8 @@ def open_stream(
                 )
             )
             if writing:
+                if s3_upload_options is not None:
+                    remote_options.update(s3_upload_options._options())
                 return _S3WriteStream(path, remote_options)
             return _S3ReadStream(path, remote_options, begin, end)
         if normalized_mode != "br":

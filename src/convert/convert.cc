@@ -115,14 +115,6 @@ class MeasuredSink final : public Sink {
   std::atomic<uint64_t>* end_;
 };
 
-// A bound on the size of .tensors output, for sizing S3 parts: the data
-// (encryption adds a 16-byte MAC per 2 MiB chunk), each tensor's header
-// (its name, dtype and shape, which the input also stores, plus hashes and
-// fixed fields, well under 1 KiB) and the metadata block.
-uint64_t TensorsOutputBound(uint64_t input_size, uint64_t tensors) {
-  return input_size + input_size / 1024 + tensors * 1024 + (1ull << 20);
-}
-
 }  // namespace
 
 bool IsRemoteUri(std::string_view uri) {
@@ -232,11 +224,9 @@ Result<ConvertResult> ConvertFile(const std::string& source_uri, const std::stri
   result.batches = batches.size();
 
   // (3) Load batch k+1 while batch k is written.
-  const uint64_t expected_size =
-      to_safetensors ? layout.file_size : TensorsOutputBound(source->size(), n);
   std::atomic<uint64_t> written_end{0};
   TZR_ASSIGN_OR_RETURN(std::unique_ptr<Sink> opened_sink,
-                       convert_internal::CreateDestination(dest, options.sink, expected_size));
+                       convert_internal::CreateDestination(dest, options.sink));
   std::unique_ptr<Sink> sink = std::make_unique<MeasuredSink>(std::move(opened_sink), &written_end);
   Sink* raw_sink = sink.get();
   std::unique_ptr<Writer> writer;

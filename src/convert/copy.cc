@@ -90,7 +90,7 @@ Result<uint64_t> CopyFile(const std::string& source_uri, const std::string& dest
   TZR_ASSIGN_OR_RETURN(std::string dest, ResolveDestination(source_uri, dest_uri));
   const uint64_t total = source->size();
   TZR_ASSIGN_OR_RETURN(std::unique_ptr<Sink> sink,
-                       convert_internal::CreateDestination(dest, options.sink, total));
+                       convert_internal::CreateDestination(dest, options.sink));
   const uint64_t chunks = total == 0 ? 0 : (total - 1) / options.chunk_bytes + 1;
   sink->Preallocate(0, total);
 

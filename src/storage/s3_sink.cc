@@ -3,8 +3,8 @@
 // Steps:
 //  1. Create: resolve the endpoint and credentials, then
 //     CreateMultipartUpload (POST ?uploads) gives the upload id.
-//  2. WriteAt copies bytes into part buffers. Part k covers bytes
-//     [k * part_bytes, (k + 1) * part_bytes). The Writer writes every byte
+//  2. WriteAt copies bytes into part buffers (PartAt: part_bytes each for
+//     the first 1000 parts, doubling every 1000). The Writer writes every byte
 //     past the file-header region exactly once (writes_once()), so a part
 //     whose bytes have all arrived is final and goes to the upload queue;
 //     `parallel_uploads` threads send queued parts (UploadPart).
@@ -58,6 +58,7 @@ namespace {
 // S3's minimum size for every part but the last.
 constexpr uint64_t kMinPartBytes = 5ull << 20;
 constexpr uint64_t kMaxParts = 10000;
+constexpr uint64_t kMaxPartBytes = 5ull << 30;
 constexpr size_t kMaxResponseBody = 64 << 10;
 
 struct Reply {
@@ -259,15 +260,14 @@ class S3Sink final : public Sink {
 
   Status WriteAt(uint64_t offset, const void* data, uint64_t length) override {
     const auto* src = static_cast<const uint8_t*>(data);
-    const uint64_t part_bytes = upload_.part_bytes;
     while (length > 0) {
-      uint64_t index = offset / part_bytes;
-      uint64_t in_part = offset % part_bytes;
-      uint64_t n = std::min(length, part_bytes - in_part);
+      const PartSpan span = PartAt(offset);
+      const uint64_t index = span.index;
+      const uint64_t in_part = offset - span.start;
+      const uint64_t n = std::min(length, span.size - in_part);
       if (index >= kMaxParts) {
-        return Status::ResourceExhausted("writing " + uri_ + ": more than " +
-                                         std::to_string(kMaxParts) + " parts of " +
-                                         std::to_string(part_bytes) + " bytes");
+        return Status::ResourceExhausted("writing " + uri_ + ": the object would need more than " +
+                                         std::to_string(kMaxParts) + " parts (raise part_bytes)");
       }
       uint8_t* dst;
       {
@@ -286,7 +286,7 @@ class S3Sink final : public Sink {
           });
           if (!error_.ok()) return error_;
           it = parts_.emplace(index, Part()).first;
-          it->second.bytes.resize(part_bytes);
+          it->second.bytes.resize(span.size);
         }
         dst = reinterpret_cast<uint8_t*>(it->second.bytes.data()) + in_part;
       }
@@ -297,7 +297,7 @@ class S3Sink final : public Sink {
         end_ = std::max(end_, offset + n);
         if (index != 0) {
           part.written += n;
-          if (part.written == part_bytes) Enqueue(index);
+          if (part.written == span.size) Enqueue(index);
         }
       }
       src += n;
@@ -331,10 +331,10 @@ class S3Sink final : public Sink {
       }
       // What is left: part 1 and the last part. Anything else was never
       // completely written, which the Writer never does.
-      const uint64_t last = end_ == 0 ? 0 : (end_ - 1) / upload_.part_bytes;
+      const uint64_t last = end_ == 0 ? 0 : PartAt(end_ - 1).index;
       for (auto& [index, part] : parts_) {
         if (index == 0 || part.queued) continue;
-        const uint64_t size = end_ - index * upload_.part_bytes;
+        const uint64_t size = end_ - PartAt(end_ - 1).start;
         if (index != last || part.written != size) {
           error_ = Status::IoError("writing " + uri_ + ": part " + std::to_string(index + 1) +
                                    " has bytes that were never written");
@@ -378,6 +378,32 @@ class S3Sink final : public Sink {
   bool writes_once() const override { return true; }
 
  private:
+  struct PartSpan {
+    uint64_t index;  // 0-based: part number index + 1
+    uint64_t start;  // first byte
+    uint64_t size;   // bytes, unless it is the last part
+  };
+
+  // Parts grow with the object so that S3's 10,000 parts reach far past any
+  // model while small objects keep small parts (and little memory): the
+  // first parts_per_size_step parts are part_bytes, the next as many twice
+  // that, and so on, up to S3's 5 GiB. With the defaults the largest parts
+  // of a 100 GB model are 64 MiB.
+  PartSpan PartAt(uint64_t offset) const {
+    const uint64_t parts_per_step = static_cast<uint64_t>(upload_.parts_per_size_step);
+    uint64_t size = upload_.part_bytes, start = 0, index = 0;
+    while (true) {
+      const uint64_t tier_bytes = size * parts_per_step;
+      if (offset - start < tier_bytes) {
+        const uint64_t k = (offset - start) / size;
+        return {index + k, start + k * size, size};
+      }
+      start += tier_bytes;
+      index += parts_per_step;
+      size = std::min<uint64_t>(size * 2, kMaxPartBytes);
+    }
+  }
+
   struct Part {
     std::string bytes;
     uint64_t written = 0;  // bytes received (parts after the first)
@@ -487,12 +513,12 @@ class S3Sink final : public Sink {
 
 Result<std::unique_ptr<Sink>> CreateS3Sink(const std::string& uri, const S3Options& s3,
                                            const HttpOptions& http, const S3UploadOptions& upload) {
-  if (upload.part_bytes < kMinPartBytes || upload.part_bytes > (5ull << 30)) {
+  if (upload.part_bytes < kMinPartBytes || upload.part_bytes > kMaxPartBytes) {
     return Status::InvalidArgument("S3 part size " + std::to_string(upload.part_bytes) +
                                    " is outside S3's 5 MiB .. 5 GiB");
   }
-  if (upload.max_queued_parts < 1) {
-    return Status::InvalidArgument("max_queued_parts must be at least 1");
+  if (upload.max_queued_parts < 1 || upload.parts_per_size_step < 1) {
+    return Status::InvalidArgument("max_queued_parts and parts_per_size_step must be at least 1");
   }
   TZR_ASSIGN_OR_RETURN(s3::Location location, s3::ParseS3Uri(uri));
   auto config = s3::ResolveConfig(s3, s3::Environment::FromProcess());
