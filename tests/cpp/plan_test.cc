@@ -120,10 +120,13 @@ void CheckInvariants(const Index& index, const std::vector<size_t>& selected,
     EXPECT_LE(op.segment_count, opt.max_segments_per_read);
     EXPECT_GE(op.file_offset, prev_end);
     prev_end = op.file_offset + op.length;
-    if (op.length > opt.chunk_bytes) {
-      // Only a header longer than a chunk makes a longer read, alone.
-      EXPECT_EQ(op.segment_count, 1u);
-      EXPECT_TRUE(plan.segments[op.first_segment].header);
+    // A read ends at the first chunk boundary after its start, except that
+    // a read opening with a header (never split) may run on to the first
+    // boundary at or after the header's end.
+    {
+      const ReadSegment& first = plan.segments[op.first_segment];
+      const uint64_t from = first.header ? op.file_offset + first.length - 1 : op.file_offset;
+      EXPECT_LE(op.file_offset + op.length, (from / opt.chunk_bytes + 1) * opt.chunk_bytes);
     }
     uint64_t at = op.file_offset;
     uint64_t sum = 0;
@@ -233,16 +236,46 @@ TEST(PlanTest, SmallAdjacentRecordsCoalesceIntoOneRead) {
   }
 }
 
-TEST(PlanTest, RecordsStartAFreshReadWhenTheOpenOneWouldOverflow) {
-  Index index = MakeIndex(std::vector<RecordSpec>(6, RecordSpec{80, 100}));
+TEST(PlanTest, ReadsEndOnChunkBoundaries) {
+  // Records of 180 bytes from the prefix end (262217, not a multiple of
+  // 400): reads pack them but never run past a multiple of chunk_bytes, and
+  // a header that does not fit before the boundary starts the next read.
+  Index index = MakeIndex(std::vector<RecordSpec>(12, RecordSpec{80, 100}));
   PlanOptions opt;
-  opt.chunk_bytes = 400;  // two 180-byte records fit, a third does not
+  opt.chunk_bytes = 400;
   LoadPlan plan = PlanOrDie(index, All(index), opt);
-  ASSERT_EQ(plan.reads.size(), 3u);
+  uint64_t covered = 0;
   for (const ReadOp& op : plan.reads) {
-    EXPECT_EQ(op.length, 360u);
-    EXPECT_EQ(op.segment_count, 4u);
+    const ReadSegment& first = plan.segments[op.first_segment];
+    // A read ends on the first boundary after its start, or, when it opens
+    // with a header, at or after the header's end; a read that does not
+    // open with a header continues a record across a boundary: it starts
+    // exactly on it.
+    const uint64_t from = first.header ? op.file_offset + first.length - 1 : op.file_offset;
+    EXPECT_LE(op.file_offset + op.length, (from / 400 + 1) * 400) << op.file_offset;
+    if (!first.header) EXPECT_EQ(op.file_offset % 400, 0u) << op.file_offset;
+    covered += op.length;
   }
+  EXPECT_EQ(covered, 12u * 180u);
+}
+
+TEST(PlanTest, BigRecordsAreReadInChunkAlignedPieces) {
+  // One 10000-byte record after the 262217-byte prefix: the first read runs
+  // to the next 1 KiB boundary, every later one is a whole aligned chunk but
+  // the last.
+  Index index = MakeIndex({{80, 10000}});
+  PlanOptions opt;
+  opt.chunk_bytes = 1024;
+  LoadPlan plan = PlanOrDie(index, All(index), opt);
+  ASSERT_GE(plan.reads.size(), 3u);
+  EXPECT_EQ(plan.reads[0].file_offset, index.entries[0].header_offset);
+  EXPECT_EQ((plan.reads[0].file_offset + plan.reads[0].length) % 1024, 0u);
+  for (size_t r = 1; r + 1 < plan.reads.size(); ++r) {
+    EXPECT_EQ(plan.reads[r].file_offset % 1024, 0u);
+    EXPECT_EQ(plan.reads[r].length, 1024u);
+  }
+  EXPECT_EQ(plan.reads.back().file_offset + plan.reads.back().length,
+            index.entries[0].record_end());
 }
 
 TEST(PlanTest, LargeRecordIsSplitIntoChunks) {
@@ -272,11 +305,17 @@ TEST(PlanTest, LargeRecordIsSplitIntoChunks) {
     }
     EXPECT_EQ(at, index.entries[1].record_end());
     EXPECT_EQ(covered, 10000u);
-    // The split record's tail ends its read: the next tensor starts a read.
     std::vector<size_t> next = ReadsOf(plan, 2);
     ASSERT_EQ(next.size(), 1u);
-    EXPECT_TRUE(plan.segments[plan.reads[next[0]].first_segment].header);
-    EXPECT_GT(next[0], reads.back());
+    if (verify) {
+      // The split record's tail ends its read, so the next tensor starts a
+      // read and can start a job.
+      EXPECT_TRUE(plan.segments[plan.reads[next[0]].first_segment].header);
+      EXPECT_GT(next[0], reads.back());
+    } else {
+      // Without jobs to keep apart, the next record shares the tail's read.
+      EXPECT_EQ(next[0], reads.back());
+    }
   }
 }
 
@@ -288,10 +327,13 @@ TEST(PlanTest, HeaderLongerThanAChunkIsReadWhole) {
   for (const ReadOp& op : plan.reads) {
     const ReadSegment& first = plan.segments[op.first_segment];
     if (first.header) {
-      EXPECT_EQ(op.segment_count, 1u);
-      EXPECT_EQ(op.length, 300u);
+      // The whole header, then data up to the first boundary at or after
+      // the header's end.
+      EXPECT_EQ(first.length, 300u);
+      EXPECT_LE(op.file_offset + op.length, (op.file_offset + 299) / 128 * 128 + 128);
     } else {
       EXPECT_LE(op.length, 128u);
+      EXPECT_EQ(op.file_offset % 128, 0u);
     }
   }
 }
@@ -331,12 +373,21 @@ TEST(PlanTest, WithVerificationJobsFollowTensors) {
   opt.verify_hash = false;
   LoadPlan unverified = PlanOrDie(index, All(index), opt);
   EXPECT_EQ(unverified.job_count(), unverified.reads.size());
-  // Verification changes how reads are grouped, not which bytes are read.
-  ASSERT_EQ(unverified.reads.size(), plan.reads.size());
-  for (size_t r = 0; r < plan.reads.size(); ++r) {
-    EXPECT_EQ(unverified.reads[r].file_offset, plan.reads[r].file_offset);
-    EXPECT_EQ(unverified.reads[r].length, plan.reads[r].length);
-  }
+  // Verification may cut reads at more places (after a split record), but
+  // reads the same bytes.
+  auto bytes_read = [](const LoadPlan& p) {
+    std::vector<std::pair<uint64_t, uint64_t>> ranges;
+    for (const ReadOp& op : p.reads) {
+      if (!ranges.empty() && ranges.back().second == op.file_offset) {
+        ranges.back().second += op.length;
+      } else {
+        ranges.push_back({op.file_offset, op.file_offset + op.length});
+      }
+    }
+    return ranges;
+  };
+  EXPECT_EQ(bytes_read(unverified), bytes_read(plan));
+  EXPECT_GE(plan.reads.size(), unverified.reads.size());
 }
 
 TEST(PlanTest, ReadCountIsTheNumberOfReadsTouchingATensor) {
