@@ -27,6 +27,8 @@
 // CURL easy handle from a pool (creating one when all are busy) and gives it
 // back afterwards, so connections stay open between requests (keep-alive)
 // and the pool grows to the number of concurrent readers.
+#include "storage/http_source.h"
+
 #include <curl/curl.h>
 
 #include <algorithm>
@@ -40,14 +42,13 @@
 #include <thread>
 #include <vector>
 
-#include "storage/http_source.h"
+#include "storage/curl_common.h"
 #include "storage/read_range.h"
 #include "tensorizer/source.h"
 
 namespace tensorizer {
 namespace {
 
-constexpr char kUserAgent[] = "tensorizer/" TENSORIZER_VERSION " (curl)";
 // Bytes of an error response kept for the message.
 constexpr size_t kErrorBodyBytes = 1024;
 
@@ -171,54 +172,12 @@ struct Response {
   }
 };
 
-bool IsRetriableStatus(long status) { return status >= 500 || status == 429 || status == 408; }
-
-bool IsRetriableCurl(CURLcode rc) {
-  switch (rc) {
-    case CURLE_COULDNT_RESOLVE_HOST:
-    case CURLE_COULDNT_RESOLVE_PROXY:
-    case CURLE_COULDNT_CONNECT:
-    case CURLE_OPERATION_TIMEDOUT:
-    case CURLE_PARTIAL_FILE:
-    case CURLE_GOT_NOTHING:
-    case CURLE_SEND_ERROR:
-    case CURLE_RECV_ERROR:
-    case CURLE_SSL_CONNECT_ERROR:
-    case CURLE_HTTP2:
-    case CURLE_HTTP2_STREAM:
-    case CURLE_HTTP3:
-      return true;
-    default:
-      return false;
-  }
-}
-
-// errno for a final HTTP status, so Python raises the OSError a local open
-// would (ENOENT for a missing object, EACCES for a refused one).
-int ErrnoForStatus(long status) {
-  switch (status) {
-    case 404:
-    case 410:
-      return ENOENT;
-    case 401:
-    case 403:
-      return EACCES;
-    default:
-      return EIO;
-  }
-}
-
 std::string ChangedMessage() {
   return "the object changed during the load (its ETag, Last-Modified or size differs from "
          "when it was opened)";
 }
 
 // --- Transfers -----------------------------------------------------------------
-
-void GlobalInit() {
-  static std::once_flag once;
-  std::call_once(once, [] { curl_global_init(CURL_GLOBAL_DEFAULT); });
-}
 
 struct HandleDeleter {
   void operator()(CURL* h) const { curl_easy_cleanup(h); }
@@ -533,7 +492,7 @@ class HttpSource final : public Source {
       return Status::IoError(t->abort_reason);
     }
     if (rc != CURLE_OK) {
-      retriable_ = IsRetriableCurl(rc);
+      retriable_ = internal::IsRetriableCurl(rc);
       std::string detail = errbuf[0] ? std::string(errbuf) : curl_easy_strerror(rc);
       return Status::IoError(detail);
     }
@@ -543,11 +502,11 @@ class HttpSource final : public Source {
     }
     bool good = r.status == 200 || r.status == 206 || (t->probe && r.status == 416);
     if (!good) {
-      retriable_ = IsRetriableStatus(r.status);
+      retriable_ = internal::IsRetriableStatus(r.status);
       std::string body = OneLine(t->error_body);
       std::string message = auth_ ? auth_->DescribeFailure(r.StatusText(), body)
                                   : r.StatusText() + (body.empty() ? "" : ": " + body);
-      return Status::IoError(message, retriable_ ? EIO : ErrnoForStatus(r.status));
+      return Status::IoError(message, retriable_ ? EIO : internal::ErrnoForStatus(r.status));
     }
     // A 206 or 200 with no body bytes skips the checks in the write callback.
     if (!t->probe && !t->body_checked && t->want > 0) {
@@ -565,13 +524,10 @@ class HttpSource final : public Source {
   }
 
   void Backoff(int attempt, const Response& r) const {
-    uint64_t cap = options_.retry_base_delay_ms;
-    for (int i = 0; i < attempt && cap < options_.retry_max_delay_ms; ++i) cap *= 2;
-    cap = std::min<uint64_t>(cap, options_.retry_max_delay_ms);
     uint64_t delay_ms;
     {
       std::lock_guard<std::mutex> lock(mu_);
-      delay_ms = std::uniform_int_distribution<uint64_t>(0, cap)(rng_);
+      delay_ms = internal::BackoffDelayMs(options_, attempt, rng_);
     }
     // Retry-After in seconds, when the server says, within our maximum.
     uint64_t after_s = 0;
@@ -636,26 +592,11 @@ class HttpSource final : public Source {
     if (!h) return h;
     CURL* c = h.get();
     curl_easy_setopt(c, CURLOPT_URL, url_.c_str());
-    curl_easy_setopt(c, CURLOPT_NOSIGNAL, 1L);
     curl_easy_setopt(c, CURLOPT_FOLLOWLOCATION, 1L);
     curl_easy_setopt(c, CURLOPT_MAXREDIRS, 10L);
-    curl_easy_setopt(c, CURLOPT_USERAGENT, kUserAgent);
-    curl_easy_setopt(c, CURLOPT_TCP_KEEPALIVE, 1L);
-    curl_easy_setopt(c, CURLOPT_TCP_NODELAY, 1L);
     // Bigger socket reads than the 16 KiB default: fewer callbacks at GB/s.
     curl_easy_setopt(c, CURLOPT_BUFFERSIZE, 512L * 1024);
-    curl_easy_setopt(c, CURLOPT_CONNECTTIMEOUT_MS, static_cast<long>(options_.connect_timeout_ms));
-    if (options_.low_speed_timeout_ms > 0) {
-      curl_easy_setopt(c, CURLOPT_LOW_SPEED_LIMIT, 1L);
-      curl_easy_setopt(c, CURLOPT_LOW_SPEED_TIME,
-                       static_cast<long>((options_.low_speed_timeout_ms + 999) / 1000));
-    }
-    if (!options_.ca_file.empty()) curl_easy_setopt(c, CURLOPT_CAINFO, options_.ca_file.c_str());
-    if (!options_.ca_path.empty()) curl_easy_setopt(c, CURLOPT_CAPATH, options_.ca_path.c_str());
-    if (!options_.verify_tls) {
-      curl_easy_setopt(c, CURLOPT_SSL_VERIFYPEER, 0L);
-      curl_easy_setopt(c, CURLOPT_SSL_VERIFYHOST, 0L);
-    }
+    internal::ApplyHttpOptions(c, options_);
     return h;
   }
 
@@ -693,7 +634,7 @@ Result<std::unique_ptr<Source>> OpenHttpSource(const std::string& url, const Htt
   if (url.rfind("http://", 0) != 0 && url.rfind("https://", 0) != 0) {
     return Status::InvalidArgument("not an http:// or https:// URL: " + url);
   }
-  GlobalInit();
+  internal::CurlGlobalInit();
   auto source = std::make_unique<HttpSource>(url, url, options, nullptr);
   TZR_RETURN_IF_ERROR(source->Open());
   return std::unique_ptr<Source>(std::move(source));
@@ -704,7 +645,7 @@ namespace internal {
 Result<std::unique_ptr<Source>> OpenAuthenticatedHttpSource(
     const std::string& url, const std::string& name, const HttpOptions& options,
     std::shared_ptr<const HttpRequestAuth> auth) {
-  GlobalInit();
+  internal::CurlGlobalInit();
   auto source = std::make_unique<HttpSource>(url, name, options, std::move(auth));
   TZR_RETURN_IF_ERROR(source->Open());
   return std::unique_ptr<Source>(std::move(source));

@@ -48,6 +48,7 @@
 #include <thread>
 #include <vector>
 
+#include "storage/curl_common.h"
 #include "storage/s3_auth.h"
 #include "storage/s3_config.h"
 #include "tensorizer/write.h"
@@ -95,28 +96,6 @@ size_t CollectBody(char* data, size_t size, size_t count, void* user) {
   return n;
 }
 
-bool RetriableCurl(CURLcode rc) {
-  switch (rc) {
-    case CURLE_COULDNT_RESOLVE_HOST:
-    case CURLE_COULDNT_CONNECT:
-    case CURLE_OPERATION_TIMEDOUT:
-    case CURLE_PARTIAL_FILE:
-    case CURLE_GOT_NOTHING:
-    case CURLE_SEND_ERROR:
-    case CURLE_RECV_ERROR:
-    case CURLE_SSL_CONNECT_ERROR:
-      return true;
-    default:
-      return false;
-  }
-}
-
-int ErrnoFor(long status) {
-  if (status == 404) return ENOENT;
-  if (status == 401 || status == 403) return EACCES;
-  return EIO;
-}
-
 // One S3 client connection: sends signed requests about one object.
 // Not thread-safe; each uploader thread has its own.
 class S3Connection {
@@ -146,18 +125,15 @@ class S3Connection {
         r = Status::IoError(s3::DescribeFailure(config_, location_, r->status_text, r->body));
       } else if (r.ok()) {
         long status = r->status;
-        retriable = status >= 500 || status == 429 || status == 408;
+        retriable = internal::IsRetriableStatus(status);
         r = Status::IoError(s3::DescribeFailure(config_, location_, r->status_text, r->body),
-                            retriable ? EIO : ErrnoFor(status));
+                            retriable ? EIO : internal::ErrnoForStatus(status));
       }
       if (!retriable || attempt >= http_.max_retries) {
         return r.status().WithContext(what + " of " + ObjectName());
       }
-      uint64_t cap = http_.retry_base_delay_ms;
-      for (int i = 0; i < attempt && cap < http_.retry_max_delay_ms; ++i) cap *= 2;
-      cap = std::min<uint64_t>(cap, http_.retry_max_delay_ms);
       std::this_thread::sleep_for(
-          std::chrono::milliseconds(std::uniform_int_distribution<uint64_t>(0, cap)(rng)));
+          std::chrono::milliseconds(internal::BackoffDelayMs(http_, attempt, rng)));
     }
   }
 
@@ -183,10 +159,6 @@ class S3Connection {
     CURL* c = handle_;
     curl_easy_reset(c);
     curl_easy_setopt(c, CURLOPT_URL, url.c_str());
-    curl_easy_setopt(c, CURLOPT_NOSIGNAL, 1L);
-    curl_easy_setopt(c, CURLOPT_TCP_KEEPALIVE, 1L);
-    curl_easy_setopt(c, CURLOPT_TCP_NODELAY, 1L);
-    curl_easy_setopt(c, CURLOPT_USERAGENT, "tensorizer/" TENSORIZER_VERSION " (curl)");
     curl_easy_setopt(c, CURLOPT_CUSTOMREQUEST, method.c_str());
     curl_easy_setopt(c, CURLOPT_HTTPHEADER, headers);
     if (method == "PUT" || method == "POST") {
@@ -200,18 +172,7 @@ class S3Connection {
     curl_easy_setopt(c, CURLOPT_HEADERDATA, &reply);
     curl_easy_setopt(c, CURLOPT_WRITEFUNCTION, CollectBody);
     curl_easy_setopt(c, CURLOPT_WRITEDATA, &reply);
-    curl_easy_setopt(c, CURLOPT_CONNECTTIMEOUT_MS, static_cast<long>(http_.connect_timeout_ms));
-    if (http_.low_speed_timeout_ms > 0) {
-      curl_easy_setopt(c, CURLOPT_LOW_SPEED_LIMIT, 1L);
-      curl_easy_setopt(c, CURLOPT_LOW_SPEED_TIME,
-                       static_cast<long>((http_.low_speed_timeout_ms + 999) / 1000));
-    }
-    if (!http_.ca_file.empty()) curl_easy_setopt(c, CURLOPT_CAINFO, http_.ca_file.c_str());
-    if (!http_.ca_path.empty()) curl_easy_setopt(c, CURLOPT_CAPATH, http_.ca_path.c_str());
-    if (!http_.verify_tls) {
-      curl_easy_setopt(c, CURLOPT_SSL_VERIFYPEER, 0L);
-      curl_easy_setopt(c, CURLOPT_SSL_VERIFYHOST, 0L);
-    }
+    internal::ApplyHttpOptions(c, http_);
     char errbuf[CURL_ERROR_SIZE] = {0};
     curl_easy_setopt(c, CURLOPT_ERRORBUFFER, errbuf);
     CURLcode rc = curl_easy_perform(c);
@@ -219,7 +180,7 @@ class S3Connection {
     curl_easy_setopt(c, CURLOPT_HTTPHEADER, nullptr);
     curl_slist_free_all(headers);
     if (rc != CURLE_OK) {
-      *retriable = RetriableCurl(rc);
+      *retriable = internal::IsRetriableCurl(rc);
       return Status::IoError(errbuf[0] ? std::string(errbuf) : curl_easy_strerror(rc));
     }
     return reply;
@@ -523,8 +484,7 @@ Result<std::unique_ptr<Sink>> CreateS3Sink(const std::string& uri, const S3Optio
   TZR_ASSIGN_OR_RETURN(s3::Location location, s3::ParseS3Uri(uri));
   auto config = s3::ResolveConfig(s3, s3::Environment::FromProcess());
   if (!config.ok()) return config.status().WithContext("opening " + uri + " for writing");
-  static std::once_flag curl_once;
-  std::call_once(curl_once, [] { curl_global_init(CURL_GLOBAL_DEFAULT); });
+  internal::CurlGlobalInit();
   auto sink =
       std::make_unique<S3Sink>(uri, std::move(config).value(), std::move(location), http, upload);
   TZR_RETURN_IF_ERROR(sink->Start());

@@ -1,0 +1,77 @@
+#include "storage/curl_common.h"
+
+#include <cerrno>
+#include <mutex>
+
+namespace tensorizer::internal {
+
+void CurlGlobalInit() {
+  static std::once_flag once;
+  std::call_once(once, [] { curl_global_init(CURL_GLOBAL_DEFAULT); });
+}
+
+const char* CurlUserAgent() { return "tensorizer/" TENSORIZER_VERSION " (curl)"; }
+
+void ApplyHttpOptions(CURL* c, const HttpOptions& options) {
+  curl_easy_setopt(c, CURLOPT_NOSIGNAL, 1L);
+  curl_easy_setopt(c, CURLOPT_USERAGENT, CurlUserAgent());
+  curl_easy_setopt(c, CURLOPT_TCP_KEEPALIVE, 1L);
+  curl_easy_setopt(c, CURLOPT_TCP_NODELAY, 1L);
+  curl_easy_setopt(c, CURLOPT_CONNECTTIMEOUT_MS, static_cast<long>(options.connect_timeout_ms));
+  if (options.low_speed_timeout_ms > 0) {
+    // libcurl measures stalls in whole seconds: round up.
+    curl_easy_setopt(c, CURLOPT_LOW_SPEED_LIMIT, 1L);
+    curl_easy_setopt(c, CURLOPT_LOW_SPEED_TIME,
+                     static_cast<long>((options.low_speed_timeout_ms + 999) / 1000));
+  }
+  if (!options.ca_file.empty()) curl_easy_setopt(c, CURLOPT_CAINFO, options.ca_file.c_str());
+  if (!options.ca_path.empty()) curl_easy_setopt(c, CURLOPT_CAPATH, options.ca_path.c_str());
+  if (!options.verify_tls) {
+    curl_easy_setopt(c, CURLOPT_SSL_VERIFYPEER, 0L);
+    curl_easy_setopt(c, CURLOPT_SSL_VERIFYHOST, 0L);
+  }
+}
+
+bool IsRetriableCurl(CURLcode rc) {
+  switch (rc) {
+    case CURLE_COULDNT_RESOLVE_HOST:
+    case CURLE_COULDNT_RESOLVE_PROXY:
+    case CURLE_COULDNT_CONNECT:
+    case CURLE_OPERATION_TIMEDOUT:
+    case CURLE_PARTIAL_FILE:
+    case CURLE_GOT_NOTHING:
+    case CURLE_SEND_ERROR:
+    case CURLE_RECV_ERROR:
+    case CURLE_SSL_CONNECT_ERROR:
+    case CURLE_HTTP2:
+    case CURLE_HTTP2_STREAM:
+    case CURLE_HTTP3:
+      return true;
+    default:
+      return false;
+  }
+}
+
+bool IsRetriableStatus(long status) { return status >= 500 || status == 429 || status == 408; }
+
+int ErrnoForStatus(long status) {
+  switch (status) {
+    case 404:
+    case 410:
+      return ENOENT;
+    case 401:
+    case 403:
+      return EACCES;
+    default:
+      return EIO;
+  }
+}
+
+uint64_t BackoffDelayMs(const HttpOptions& options, int attempt, std::mt19937_64& rng) {
+  uint64_t cap = options.retry_base_delay_ms;
+  for (int i = 0; i < attempt && cap < options.retry_max_delay_ms; ++i) cap *= 2;
+  cap = std::min<uint64_t>(cap, options.retry_max_delay_ms);
+  return std::uniform_int_distribution<uint64_t>(0, cap)(rng);
+}
+
+}  // namespace tensorizer::internal

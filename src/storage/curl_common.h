@@ -1,0 +1,41 @@
+// Internal: what every libcurl-based backend (the HTTP source, the S3 sink)
+// shares: global init, how HttpOptions map onto a handle, which failures are
+// worth retrying, the errno a final HTTP status becomes, and the backoff.
+#pragma once
+
+#include <curl/curl.h>
+
+#include <cstdint>
+#include <random>
+
+#include "tensorizer/source.h"
+
+namespace tensorizer::internal {
+
+// curl_global_init, once per process.
+void CurlGlobalInit();
+
+// "tensorizer/<version> (curl)".
+const char* CurlUserAgent();
+
+// Keep-alive, Nagle off, the connect timeout, the stall (low-speed) timeout
+// and TLS trust from `options`. The handle must outlive nothing here: no
+// pointer into `options` is kept by libcurl (it copies strings).
+void ApplyHttpOptions(CURL* handle, const HttpOptions& options);
+
+// Failures of the transfer itself that a new attempt may not meet: DNS,
+// connect, timeouts and stalls, dropped or reset connections, TLS setup.
+bool IsRetriableCurl(CURLcode rc);
+
+// 5xx, 429 (slow down) and 408 (request timeout).
+bool IsRetriableStatus(long status);
+
+// The errno a final HTTP status becomes, so Python raises the OSError a
+// local open would: 404/410 ENOENT, 401/403 EACCES, anything else EIO.
+int ErrnoForStatus(long status);
+
+// Full-jitter exponential backoff: a random delay in
+// [0, min(retry_max_delay_ms, retry_base_delay_ms * 2^attempt)].
+uint64_t BackoffDelayMs(const HttpOptions& options, int attempt, std::mt19937_64& rng);
+
+}  // namespace tensorizer::internal
