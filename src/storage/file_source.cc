@@ -17,8 +17,9 @@ namespace {
 
 using internal::ByteRange;
 using internal::CheckReadRange;
+using internal::ScatterReadSource;
 
-class FileSource final : public Source {
+class FileSource final : public ScatterReadSource {
  public:
   FileSource(int fd, uint64_t size, std::string uri) : fd_(fd), size_(size), uri_(std::move(uri)) {}
   ~FileSource() override { ::close(fd_); }
@@ -26,15 +27,8 @@ class FileSource final : public Source {
   uint64_t size() const override { return size_; }
   const std::string& uri() const override { return uri_; }
 
-  Status ReadAt(uint64_t offset, void* dst, uint64_t length) const override {
-    struct iovec iov = {dst, length};
-    return ReadAtV(offset, &iov, 1);
-  }
-
-  Status ReadAtV(uint64_t offset, const struct iovec* iov, int iovcnt) const override {
-    uint64_t total = 0;
-    for (int i = 0; i < iovcnt; ++i) total += iov[i].iov_len;
-    TZR_RETURN_IF_ERROR(CheckReadRange(*this, offset, total));
+  Status ReadRange(uint64_t offset, uint64_t total, const struct iovec* iov,
+                   int iovcnt) const override {
     // preadv may stop short (signals, huge requests); advance through the
     // vector and retry until every byte is in place.
     std::vector<struct iovec> rest(iov, iov + iovcnt);

@@ -341,7 +341,7 @@ void Advance(const struct iovec* iov, int iovcnt, uint64_t bytes, int* index, si
   }
 }
 
-class HttpSource final : public Source {
+class HttpSource final : public internal::ScatterReadSource {
  public:
   HttpSource(std::string url, std::string name, HttpOptions options,
              std::shared_ptr<const internal::HttpRequestAuth> auth)
@@ -399,16 +399,8 @@ class HttpSource final : public Source {
     return Status::Ok();
   }
 
-  Status ReadAt(uint64_t offset, void* dst, uint64_t length) const override {
-    struct iovec iov = {dst, length};
-    return ReadAtV(offset, &iov, 1);
-  }
-
-  Status ReadAtV(uint64_t offset, const struct iovec* iov, int iovcnt) const override {
-    uint64_t total = 0;
-    for (int i = 0; i < iovcnt; ++i) total += iov[i].iov_len;
-    TZR_RETURN_IF_ERROR(internal::CheckReadRange(*this, offset, total));
-    if (total == 0) return Status::Ok();
+  Status ReadRange(uint64_t offset, uint64_t total, const struct iovec* iov,
+                   int iovcnt) const override {
     if (!ranges_) return ReadFromWhole(offset, iov, iovcnt);
 
     uint64_t done = 0;

@@ -2,6 +2,8 @@
 // requested byte range, so all of them report a short file the same way.
 #pragma once
 
+#include <sys/uio.h>
+
 #include <cstdint>
 #include <string>
 
@@ -22,5 +24,35 @@ inline Status CheckReadRange(const Source& s, uint64_t offset, uint64_t length) 
   }
   return Status::Ok();
 }
+
+// Bytes a scatter read asks for.
+inline uint64_t IovBytes(const struct iovec* iov, int iovcnt) {
+  uint64_t total = 0;
+  for (int i = 0; i < iovcnt; ++i) total += iov[i].iov_len;
+  return total;
+}
+
+// A backend whose natural read is one request for one byte range into
+// several buffers (preadv, a ranged GET, GETRANGEs): ReadAt is a scatter read
+// into a single buffer, and the range arrives bounds-checked in ReadRange.
+class ScatterReadSource : public Source {
+ public:
+  Status ReadAt(uint64_t offset, void* dst, uint64_t length) const final {
+    struct iovec iov = {dst, length};
+    return ReadAtV(offset, &iov, 1);
+  }
+  Status ReadAtV(uint64_t offset, const struct iovec* iov, int iovcnt) const final {
+    const uint64_t total = IovBytes(iov, iovcnt);
+    TZR_RETURN_IF_ERROR(CheckReadRange(*this, offset, total));
+    if (total == 0) return Status::Ok();
+    return ReadRange(offset, total, iov, iovcnt);
+  }
+
+ protected:
+  // Fills the buffers with bytes [offset, offset + total), total > 0, all
+  // within size().
+  virtual Status ReadRange(uint64_t offset, uint64_t total, const struct iovec* iov,
+                           int iovcnt) const = 0;
+};
 
 }  // namespace tensorizer::internal

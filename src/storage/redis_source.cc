@@ -589,7 +589,7 @@ Result<std::unique_ptr<Connection>> Dial(const RedisUri& u) {
   return Status::FromErrno("connecting to " + u.host + ":" + port, last_err);
 }
 
-class RedisSource final : public Source {
+class RedisSource final : public internal::ScatterReadSource {
  public:
   explicit RedisSource(RedisUri u) : u_(std::move(u)) {}
 
@@ -610,16 +610,8 @@ class RedisSource final : public Source {
     return Status::Ok();
   }
 
-  Status ReadAt(uint64_t offset, void* dst, uint64_t length) const override {
-    struct iovec iov = {dst, length};
-    return ReadAtV(offset, &iov, 1);
-  }
-
-  Status ReadAtV(uint64_t offset, const struct iovec* iov, int iovcnt) const override {
-    uint64_t total = 0;
-    for (int i = 0; i < iovcnt; ++i) total += iov[i].iov_len;
-    TZR_RETURN_IF_ERROR(internal::CheckReadRange(*this, offset, total));
-    if (total == 0) return Status::Ok();
+  Status ReadRange(uint64_t offset, uint64_t total, const struct iovec* iov,
+                   int iovcnt) const override {
     TZR_ASSIGN_OR_RETURN(std::vector<Piece> pieces,
                          redis::PlanPieces(extents_, offset, total, uri()));
     // Where each piece starts in the caller's buffers.
