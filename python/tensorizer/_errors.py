@@ -52,6 +52,9 @@ def _make_error(code: str, message: str, sys_errno: int) -> BaseException:
     if code == "not_found":
         return TensorNotFoundError(message)
     if code == "invalid_argument":
+        if sys_errno == _errno.ENOENT:
+            # A named configuration file that is missing (s3_config_path).
+            return FileNotFoundError(sys_errno, message)
         return ValueError(message)
     if code == "resource_exhausted":
         # The reference raises RuntimeError("Metadata overflow") here.
