@@ -16,16 +16,11 @@ attempts.
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import functools
 import http.server
-import inspect
 import os
 import re
-import shutil
-import socket
-import subprocess
 import textwrap
 import threading
 import time
@@ -33,98 +28,10 @@ import time
 import pytest
 import torch
 from fault_proxy import FaultProxy
+from nginx_server import run_nginx
+from remote_common import assert_same, free_port, payload, payload_source, run_reference
 
 from tensorizer import TensorDeserializer, TensorSerializer, stream_io
-
-NGINX = shutil.which("nginx") or "/usr/sbin/nginx"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _wait_for_port(port: int, proc: subprocess.Popen, timeout_s: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"nginx exited with {proc.returncode}")
-        with socket.socket() as s:
-            if s.connect_ex(("127.0.0.1", port)) == 0:
-                return
-        time.sleep(0.02)
-    raise RuntimeError(f"nginx did not listen on port {port} within {timeout_s} s")
-
-
-@contextlib.contextmanager
-def run_nginx(root, server_directives: str = ""):
-    """Runs nginx on a free loopback port; yields the port.
-
-    ``root`` is its working directory; it serves ``root/www``.
-    ``server_directives`` go into the server block; when they name a
-    certificate, the listen directive gets ``ssl``.
-    """
-    if not os.path.exists(NGINX):
-        pytest.fail("nginx is not installed (apt-get install nginx-light)")
-    served = root / "www"
-    served.mkdir(exist_ok=True)
-    for sub in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"):
-        (root / sub).mkdir(exist_ok=True)
-    port = _free_port()
-    listen_ssl = " ssl" if "ssl_certificate" in server_directives else ""
-    conf = root / "nginx.conf"
-    conf.write_text(
-        textwrap.dedent(
-            f"""\
-            daemon off;
-            master_process on;
-            worker_processes 2;
-            # pytest's temporary directories are private to root.
-            user root;
-            pid {root}/nginx.pid;
-            error_log {root}/error.log warn;
-            events {{ worker_connections 256; }}
-            http {{
-                access_log {root}/access.log;
-                client_body_temp_path {root}/client_body;
-                proxy_temp_path {root}/proxy;
-                fastcgi_temp_path {root}/fastcgi;
-                uwsgi_temp_path {root}/uwsgi;
-                scgi_temp_path {root}/scgi;
-                sendfile on;
-                tcp_nopush on;
-                keepalive_requests 10000;
-                default_type application/octet-stream;
-                server {{
-                    listen 127.0.0.1:{port}{listen_ssl};
-                    root {served};
-                    @SERVER_DIRECTIVES@
-                }}
-            }}
-            """
-        ).replace("@SERVER_DIRECTIVES@", server_directives.strip().replace("\n", "\n        "))
-    )
-    proc = subprocess.Popen(
-        [NGINX, "-p", str(root), "-c", str(conf), "-e", str(root / "error.log")],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-    )
-    try:
-        _wait_for_port(port, proc)
-    except RuntimeError as exc:
-        proc.kill()
-        _, err = proc.communicate()
-        pytest.fail(f"{exc}: {err.decode(errors='replace')}")
-    try:
-        yield port
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
 
 
 @pytest.fixture(scope="module")
@@ -135,32 +42,12 @@ def nginx(tmp_path_factory):
         yield f"http://127.0.0.1:{port}", root / "www"
 
 
+# The reference builds the same tensors from payload_source(*_PAYLOAD).
+_PAYLOAD = (1234, (3, 1024, 1024))
+
+
 def _payload() -> dict:
-    g = torch.Generator().manual_seed(1234)
-    return {
-        # Big enough that num_readers=4 splits the data into several ranges.
-        "big": torch.randn(3, 1024, 1024, generator=g),
-        "layer.0.weight": torch.randn(64, 33, generator=g).to(torch.float16),
-        "layer.0.bias": torch.arange(33, dtype=torch.int64),
-        "layer.1.weight": torch.randn(17, 5, generator=g).to(torch.bfloat16),
-        "scalar": torch.tensor(7, dtype=torch.int32),
-        "empty": torch.zeros(0, 4),
-    }
-
-
-def _assert_same(loaded, expected: dict, names=None) -> None:
-    names = sorted(expected) if names is None else sorted(names)
-    assert sorted(loaded.keys()) == names
-    for name in names:
-        got, want = loaded[name], expected[name]
-        assert got.dtype == want.dtype and got.shape == want.shape, name
-        # Bitwise: compare the raw bytes, not the values.
-        assert (
-            got.contiguous()
-            .view(-1)
-            .view(torch.uint8)
-            .equal(want.contiguous().view(-1).view(torch.uint8))
-        ), name
+    return payload(*_PAYLOAD)
 
 
 @pytest.fixture(scope="module")
@@ -191,17 +78,10 @@ _REF_WRITE = textwrap.dedent(
 def ref_url(nginx, ref_python):
     base, served = nginx
     out = served / "ref.tensors"
-    res = subprocess.run(
-        [ref_python, "-c", _REF_WRITE, inspect.getsource(_payload), str(out)],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        # Keep our package off the reference's path.
-        env={k: v for k, v in os.environ.items() if k != "PYTHONPATH"},
-        cwd="/",
+    stdout = run_reference(
+        ref_python, _REF_WRITE, payload_source(*_PAYLOAD), str(out), timeout_s=120
     )
-    assert res.returncode == 0, res.stderr
-    assert res.stdout.strip() == "2.12.1"
+    assert stdout.strip() == "2.12.1"
     return f"{base}/ref.tensors"
 
 
@@ -214,7 +94,7 @@ def test_loads_over_http_bit_exact(request, writer, lazy, num_readers, verify_ha
     with TensorDeserializer(
         url, device="cpu", lazy_load=lazy, num_readers=num_readers, verify_hash=verify_hash
     ) as d:
-        _assert_same(d, _payload())
+        assert_same(d, _payload())
 
 
 @pytest.mark.parametrize("writer", ["ours", "ref"])
@@ -225,14 +105,14 @@ def test_filter_func_over_http(request, writer, lazy):
     with TensorDeserializer(
         url, device="cpu", lazy_load=lazy, num_readers=4, filter_func=wanted.__contains__
     ) as d:
-        _assert_same(d, _payload(), wanted)
+        assert_same(d, _payload(), wanted)
 
 
 def test_http_load_matches_local_load(nginx, ours_url):
     _, served = nginx
     local = TensorDeserializer(str(served / "ours.tensors"), device="cpu")
     remote = TensorDeserializer(ours_url, device="cpu", num_readers=4)
-    _assert_same(remote, dict(local.items()))
+    assert_same(remote, dict(local.items()))
 
 
 def test_missing_object_is_a_clear_oserror(nginx):
@@ -251,7 +131,7 @@ def test_missing_object_is_a_clear_oserror(nginx):
 
 
 def test_connection_refused_names_the_url():
-    url = f"http://127.0.0.1:{_free_port()}/x.tensors"
+    url = f"http://127.0.0.1:{free_port()}/x.tensors"
     with pytest.raises(OSError, match=re.escape(url)):
         TensorDeserializer(url, device="cpu")
 
@@ -304,7 +184,7 @@ def test_server_without_range_support(no_range_server, lazy):
     with TensorDeserializer(
         f"{base}/x.tensors", device="cpu", lazy_load=lazy, num_readers=4, verify_hash=True
     ) as d:
-        _assert_same(d, _payload())
+        assert_same(d, _payload())
 
 
 # --- Faults, through the test's fault-injecting proxy ------------------------
@@ -372,7 +252,7 @@ def _fast_retries(**overrides) -> stream_io.HttpOptions:
 def test_proxy_without_faults_is_transparent(proxy, big):
     path, tensors, size = big
     with TensorDeserializer(_via(proxy, path), device="cpu", num_readers=4) as d:
-        _assert_same(d, tensors)
+        assert_same(d, tensors)
     assert proxy.cuts == proxy.stalls == proxy.responses_503 == proxy.resets == 0
     # Every byte of the file went through once, plus response headers.
     assert size <= proxy.bytes_downstream < size + _MiB
@@ -384,7 +264,7 @@ def test_every_connection_cut_after_4_mib(proxy, big, lazy):
     path, tensors, size = big
     proxy.cut_after_bytes = 4 * _MiB
     with TensorDeserializer(_via(proxy, path), device="cpu", lazy_load=lazy, num_readers=4) as d:
-        _assert_same(d, tensors)
+        assert_same(d, tensors)
     # No connection carried more than 4 MiB, so the load took many.
     assert proxy.connections >= size // (4 * _MiB)
     assert proxy.cuts >= size // (4 * _MiB) - 1
@@ -400,7 +280,7 @@ def test_every_connection_cut_after_4_mib_verified(proxy, big):
     path, tensors, size = big
     proxy.cut_after_bytes = 4 * _MiB
     with TensorDeserializer(_via(proxy, path), device="cpu", num_readers=4, verify_hash=True) as d:
-        _assert_same(d, tensors)
+        assert_same(d, tensors)
     assert proxy.connections >= size // (4 * _MiB)
 
 
@@ -410,7 +290,7 @@ def test_burst_of_503s_when_opening_is_retried(proxy, big):
     proxy.retry_after = 0
     start = time.monotonic()
     with TensorDeserializer(_via(proxy, path), device="cpu", num_readers=4) as d:
-        _assert_same(d, tensors)
+        assert_same(d, tensors)
     assert proxy.responses_503 == 4 and proxy.fail_503 == 0
     # Retry-After: 0 and the default backoff (at most 0.1+0.2+0.4+0.8 s).
     assert time.monotonic() - start < 10
@@ -422,7 +302,7 @@ def test_burst_of_503s_on_kept_alive_connections_is_retried(proxy, big):
         # The 503s answer the ranged reads of the tensor data, on connections
         # the loader keeps alive.
         proxy.fail_503 = 5
-        _assert_same(d, tensors)
+        assert_same(d, tensors)
     assert proxy.responses_503 == 5 and proxy.fail_503 == 0
 
 
@@ -437,7 +317,7 @@ def test_stall_longer_than_low_speed_timeout_is_retried(proxy, big):
     )
     start = time.monotonic()
     with TensorDeserializer(stream, device="cpu", num_readers=4) as d:
-        _assert_same(d, tensors)
+        assert_same(d, tensors)
     elapsed = time.monotonic() - start
     assert proxy.stalls == 1
     # The stalled transfer was dropped after about a second (libcurl checks
@@ -455,7 +335,7 @@ def test_stall_shorter_than_low_speed_timeout_is_waited_out(proxy, big):
         _via(proxy, path), "rb", http_options=_fast_retries(low_speed_timeout_ms=5000)
     )
     with TensorDeserializer(stream, device="cpu", num_readers=4) as d:
-        _assert_same(d, tensors)
+        assert_same(d, tensors)
     assert proxy.stalls == 1
     # Nothing was retried: no byte crossed twice.
     assert proxy.bytes_downstream < size + _MiB
@@ -469,7 +349,7 @@ def refusing_url(request, proxy):
         proxy.refuse = True
         yield _via(proxy, "/big.tensors"), proxy
     else:
-        with FaultProxy("127.0.0.1", _free_port()) as dead:
+        with FaultProxy("127.0.0.1", free_port()) as dead:
             yield _via(dead, "/big.tensors"), dead
 
 

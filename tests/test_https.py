@@ -13,7 +13,6 @@ CAInfo, and files written by both libraries load.
 from __future__ import annotations
 
 import hashlib
-import inspect
 import json
 import os
 import re
@@ -25,7 +24,9 @@ import time
 import pytest
 import torch
 from fault_proxy import FaultProxy
-from test_http import _REF_WRITE, _assert_same, _payload, run_nginx
+from nginx_server import run_nginx
+from remote_common import assert_same, payload_source, run_reference
+from test_http import _PAYLOAD, _REF_WRITE, _payload
 
 from tensorizer import TensorDeserializer, TensorSerializer, stream_io
 
@@ -92,15 +93,8 @@ def https(tmp_path_factory, pki, ref_python):
     s = TensorSerializer(str(served / "ours.tensors"))
     s.write_state_dict(_payload())
     s.close()
-    res = subprocess.run(
-        [ref_python, "-c", _REF_WRITE, inspect.getsource(_payload), str(served / "ref.tensors")],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        env={k: v for k, v in os.environ.items() if k != "PYTHONPATH"},
-        cwd="/",
-    )
-    assert res.returncode == 0, res.stderr
+    ref_file = str(served / "ref.tensors")
+    run_reference(ref_python, _REF_WRITE, payload_source(*_PAYLOAD), ref_file, timeout_s=120)
     directives = f"ssl_certificate {pki['leaf']};\nssl_certificate_key {pki['key']};"
     with run_nginx(root, directives) as port:
         yield port
@@ -135,19 +129,19 @@ def test_untrusted_ca_fails_at_once_with_a_verification_error(https):
 @pytest.mark.parametrize("writer", ["ours", "ref"])
 def test_ca_file(https, pki, writer, host):
     loaded = _load(_url(https, writer, host), stream_io.CAInfo(cacert=str(pki["ca"])))
-    _assert_same(loaded, _payload())
+    assert_same(loaded, _payload())
 
 
 @pytest.mark.parametrize("writer", ["ours", "ref"])
 def test_hashed_ca_directory(https, pki, writer):
     loaded = _load(_url(https, writer), stream_io.CAInfo(capath=str(pki["capath"])))
-    _assert_same(loaded, _payload())
+    assert_same(loaded, _payload())
 
 
 @pytest.mark.parametrize("writer", ["ours", "ref"])
 def test_allow_untrusted(https, writer):
     loaded = _load(_url(https, writer), stream_io.CAInfo(allow_untrusted=True))
-    _assert_same(loaded, _payload())
+    assert_same(loaded, _payload())
 
 
 def test_ca_directory_without_our_ca_still_fails(https, tmp_path):
@@ -191,15 +185,7 @@ def _digests(tensors: dict) -> dict:
 @pytest.mark.parametrize("kind", ["cacert", "capath"])
 def test_reference_loads_the_same_url_with_its_cainfo(https, pki, ref_python, writer, kind):
     where = str(pki["ca"] if kind == "cacert" else pki["capath"])
-    res = subprocess.run(
-        [ref_python, "-c", _REF_LOAD, _url(https, writer), kind, where],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        env={k: v for k, v in os.environ.items() if k != "PYTHONPATH"},
-        cwd="/",
-    )
-    assert res.returncode == 0, res.stderr
-    got = json.loads(res.stdout.strip().splitlines()[-1])
+    stdout = run_reference(ref_python, _REF_LOAD, _url(https, writer), kind, where, timeout_s=120)
+    got = json.loads(stdout.strip().splitlines()[-1])
     assert got["version"] == "2.12.1"
     assert got["tensors"] == _digests(_payload())

@@ -12,12 +12,10 @@ during a load.
 
 from __future__ import annotations
 
+import contextlib
 import errno
-import inspect
 import os
 import shutil
-import socket
-import subprocess
 import textwrap
 import threading
 import time
@@ -25,23 +23,26 @@ import time
 import pytest
 import redis
 import torch
+from remote_common import (
+    assert_same,
+    free_port,
+    payload,
+    payload_source,
+    run_reference,
+    server_process,
+)
 
 from tensorizer import TensorDeserializer, TensorSerializer
 
 REDIS_SERVER = shutil.which("redis-server") or "/usr/bin/redis-server"
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _start_redis(directory, extra_config: str = ""):
-    """A redis-server on a free loopback port: (port, process)."""
+@contextlib.contextmanager
+def _run_redis(directory, extra_config: str = ""):
+    """A redis-server on a free loopback port for the with block; yields the port."""
     if not os.path.exists(REDIS_SERVER):
         pytest.fail("redis-server is not installed (apt-get install redis-server)")
-    port = _free_port()
+    port = free_port()
     conf = directory / "redis.conf"
     conf.write_text(
         textwrap.dedent(
@@ -57,34 +58,14 @@ def _start_redis(directory, extra_config: str = ""):
         )
         + extra_config
     )
-    proc = subprocess.Popen([REDIS_SERVER, str(conf)], stdout=subprocess.DEVNULL)
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            log = (directory / "redis.log").read_text(errors="replace")
-            pytest.fail(f"redis-server exited with {proc.returncode}: {log}")
-        with socket.socket() as s:
-            if s.connect_ex(("127.0.0.1", port)) == 0:
-                return port, proc
-        time.sleep(0.02)
-    proc.kill()
-    pytest.fail(f"redis-server did not listen on port {port} within 10 s")
-
-
-def _stop(proc: subprocess.Popen) -> None:
-    proc.terminate()
-    try:
-        proc.wait(timeout=10)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
+    with server_process([REDIS_SERVER, str(conf)], port, log_path=directory / "redis.log"):
+        yield port
 
 
 @pytest.fixture(scope="module")
 def redis_port(tmp_path_factory):
-    port, proc = _start_redis(tmp_path_factory.mktemp("redis"))
-    yield port
-    _stop(proc)
+    with _run_redis(tmp_path_factory.mktemp("redis")) as port:
+        yield port
 
 
 @pytest.fixture
@@ -94,51 +75,17 @@ def client(redis_port):
     c.close()
 
 
+# The reference builds the same tensors from payload_source(*_PAYLOAD).
+_PAYLOAD = (4321, (3, 512, 1024))
+
+
 def _payload() -> dict:
-    g = torch.Generator().manual_seed(4321)
-    return {
-        # Big enough that num_readers=4 splits the data into several ranges.
-        "big": torch.randn(3, 512, 1024, generator=g),
-        "layer.0.weight": torch.randn(64, 33, generator=g).to(torch.float16),
-        "layer.0.bias": torch.arange(33, dtype=torch.int64),
-        "layer.1.weight": torch.randn(17, 5, generator=g).to(torch.bfloat16),
-        "scalar": torch.tensor(7, dtype=torch.int32),
-        "empty": torch.zeros(0, 4),
-    }
+    return payload(*_PAYLOAD)
 
 
-def _assert_same(loaded, expected: dict, names=None) -> None:
-    names = sorted(expected) if names is None else sorted(names)
-    assert sorted(loaded.keys()) == names
-    for name in names:
-        got, want = loaded[name], expected[name]
-        assert got.dtype == want.dtype and got.shape == want.shape, name
-        # Bitwise: compare the raw bytes, not the values.
-        assert (
-            got.contiguous()
-            .view(-1)
-            .view(torch.uint8)
-            .equal(want.contiguous().view(-1).view(torch.uint8))
-        ), name
-
-
-def _run_ref(ref_python, script: str, *args: str) -> str:
-    res = subprocess.run(
-        [ref_python, "-c", script, *args],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        # Keep our package off the reference's path.
-        env={k: v for k, v in os.environ.items() if k != "PYTHONPATH"},
-        cwd="/",
-    )
-    assert res.returncode == 0, res.stderr
-    return res.stdout
-
-
-def _write_ours(path, payload: dict) -> str:
+def _write_ours(path, tensors: dict) -> str:
     s = TensorSerializer(str(path))
-    s.write_state_dict(payload)
+    s.write_state_dict(tensors)
     s.close()
     return str(path)
 
@@ -175,8 +122,8 @@ _REF_TO_REDIS = textwrap.dedent(
 @pytest.fixture(scope="module")
 def ref_prefix(redis_port, ref_python, tmp_path_factory):
     path = tmp_path_factory.mktemp("ref") / "ref.tensors"
-    out = _run_ref(
-        ref_python, _REF_TO_REDIS, inspect.getsource(_payload), str(path), str(redis_port), "ref"
+    out = run_reference(
+        ref_python, _REF_TO_REDIS, payload_source(*_PAYLOAD), str(path), str(redis_port), "ref"
     )
     assert out.strip() == "2.12.1"
     return f"redis://127.0.0.1:{redis_port}/ref", path
@@ -190,7 +137,7 @@ def test_reference_to_redis_loads_bit_exact(ref_prefix, lazy, num_readers, verif
     with TensorDeserializer(
         uri, device="cpu", lazy_load=lazy, num_readers=num_readers, verify_hash=verify_hash
     ) as d:
-        _assert_same(d, _payload())
+        assert_same(d, _payload())
 
 
 @pytest.mark.parametrize("lazy", [False, True])
@@ -200,7 +147,7 @@ def test_reference_to_redis_with_filter_func(ref_prefix, lazy):
     with TensorDeserializer(
         uri, device="cpu", lazy_load=lazy, num_readers=4, filter_func=wanted.__contains__
     ) as d:
-        _assert_same(d, _payload(), wanted)
+        assert_same(d, _payload(), wanted)
 
 
 def test_only_the_terminator_is_in_no_key(ref_prefix, client):
@@ -244,7 +191,7 @@ def test_our_to_redis_loads_in_ours(ours_prefix, lazy, num_readers):
     with TensorDeserializer(
         ours_prefix, device="cpu", lazy_load=lazy, num_readers=num_readers, verify_hash=True
     ) as d:
-        _assert_same(d, _payload())
+        assert_same(d, _payload())
 
 
 # The reference reads a Redis prefix and saves what it loaded for us to
@@ -281,8 +228,10 @@ def test_our_to_redis_loads_in_the_reference(how, ref_python, client, redis_port
     with TensorDeserializer(path, device="cpu", lazy_load=True) as d:
         d.to_redis(client, f"for-ref-{how}")
     out = tmp_path / "loaded.pt"
-    _run_ref(ref_python, _REF_LOAD, f"redis://127.0.0.1:{redis_port}/for-ref-{how}", how, str(out))
-    _assert_same(torch.load(out), _no_empty_payload())
+    run_reference(
+        ref_python, _REF_LOAD, f"redis://127.0.0.1:{redis_port}/for-ref-{how}", how, str(out)
+    )
+    assert_same(torch.load(out), _no_empty_payload())
 
 
 def _one(value: float) -> dict:
@@ -305,11 +254,11 @@ def test_force(client, redis_port, tmp_path):
     assert after["header:0"] == before["header:0"] != b"stale"
     assert after == before
     uri = f"redis://127.0.0.1:{redis_port}/force"
-    _assert_same(TensorDeserializer(uri, device="cpu"), _one(1.0))
+    assert_same(TensorDeserializer(uri, device="cpu"), _one(1.0))
     with TensorDeserializer(second, device="cpu", lazy_load=True) as d:
         d.to_redis(client, "force", force=True)
     assert _keys(client, "force") != before
-    _assert_same(TensorDeserializer(uri, device="cpu"), _one(2.0))
+    assert_same(TensorDeserializer(uri, device="cpu"), _one(2.0))
 
 
 def test_to_redis_needs_the_file_open(client, tmp_path):
@@ -324,7 +273,7 @@ def test_to_redis_from_a_file_object(client, redis_port, tmp_path):
     path = _write_ours(tmp_path / "m.tensors", _one(3.0))
     with open(path, "rb") as f:
         TensorDeserializer(f, device="cpu", lazy_load=True).to_redis(client, "fileobj")
-    _assert_same(TensorDeserializer(f"redis://127.0.0.1:{redis_port}/fileobj"), _one(3.0))
+    assert_same(TensorDeserializer(f"redis://127.0.0.1:{redis_port}/fileobj"), _one(3.0))
 
 
 def test_missing_keys_are_an_error_naming_the_range(client, redis_port, tmp_path):
@@ -338,7 +287,7 @@ def test_missing_keys_are_an_error_naming_the_range(client, redis_port, tmp_path
         d.to_redis(client, "partial")
     uri = f"redis://127.0.0.1:{redis_port}/partial"
     with TensorDeserializer(uri, device="cpu", filter_func=kept.__contains__) as d:
-        _assert_same(d, _payload(), kept)
+        assert_same(d, _payload(), kept)
     with (
         TensorDeserializer(uri, device="cpu", lazy_load=True) as d,
         pytest.raises(OSError) as info,
@@ -372,7 +321,7 @@ def test_missing_prefix_is_an_oserror_naming_the_uri(redis_port):
 
 
 def test_server_down_fails_quickly():
-    uri = f"redis://127.0.0.1:{_free_port()}/m"
+    uri = f"redis://127.0.0.1:{free_port()}/m"
     start = time.monotonic()
     with pytest.raises(OSError) as info:
         TensorDeserializer(uri, device="cpu")
@@ -389,7 +338,7 @@ def test_glob_characters_in_the_prefix_match_literally(client, redis_port, tmp_p
         d.to_redis(client, "g[1]*")
     with TensorDeserializer(b, device="cpu", lazy_load=True) as d:
         d.to_redis(client, "g1x")
-    _assert_same(TensorDeserializer(f"redis://127.0.0.1:{redis_port}/g[1]*"), _one(5.0))
+    assert_same(TensorDeserializer(f"redis://127.0.0.1:{redis_port}/g[1]*"), _one(5.0))
 
 
 def test_overlapping_keys_are_rejected(client, redis_port, tmp_path):
@@ -457,17 +406,16 @@ def test_connections_killed_mid_load_still_load_bit_exact(client, redis_port, tm
     killer.close()
     assert not errors, errors
     assert kills, "the load ended before any connection could be killed"
-    _assert_same(loaded, payload)
+    assert_same(loaded, payload)
 
 
 @pytest.fixture(scope="module")
 def auth_port(tmp_path_factory):
-    port, proc = _start_redis(
+    with _run_redis(
         tmp_path_factory.mktemp("redis-auth"),
         'requirepass "s3cret"\nuser alice on >al1ce ~* &* +@all\n',
-    )
-    yield port
-    _stop(proc)
+    ) as port:
+        yield port
 
 
 @pytest.mark.parametrize("userinfo", [":s3cret", "default:s3cret", "alice:al1ce"])
@@ -479,7 +427,7 @@ def test_password_auth(auth_port, tmp_path, userinfo):
         d.to_redis(c, "secret")
     c.close()
     uri = f"redis://{userinfo}@127.0.0.1:{auth_port}/secret"
-    _assert_same(TensorDeserializer(uri, device="cpu", num_readers=2), _one(4.0))
+    assert_same(TensorDeserializer(uri, device="cpu", num_readers=2), _one(4.0))
 
 
 @pytest.mark.parametrize("userinfo", ["", ":wrong", "alice:wrong"])

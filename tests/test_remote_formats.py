@@ -15,8 +15,8 @@ import textwrap
 
 import pytest
 import torch
+from nginx_server import run_nginx
 from safetensors.torch import save_file
-from test_http import run_nginx
 
 from tensorizer import (
     CryptographyError,

@@ -25,7 +25,6 @@ import io
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import textwrap
@@ -36,6 +35,7 @@ import botocore.exceptions
 import pytest
 import torch
 from fault_proxy import FaultProxy
+from remote_common import assert_same, free_port, run_reference
 
 from tensorizer import TensorDeserializer, TensorSerializer, stream_io
 
@@ -75,21 +75,6 @@ def _payload() -> dict:
     return out
 
 
-def _assert_same(loaded, expected: dict, names=None) -> None:
-    names = sorted(expected) if names is None else sorted(names)
-    assert sorted(loaded.keys()) == names
-    for name in names:
-        got, want = loaded[name], expected[name]
-        assert got.dtype == want.dtype and got.shape == want.shape, name
-        # Bitwise: compare the raw bytes, not the values.
-        assert (
-            got.contiguous()
-            .view(-1)
-            .view(torch.uint8)
-            .equal(want.contiguous().view(-1).view(torch.uint8))
-        ), name
-
-
 def _unique(prefix: str) -> str:
     return f"{prefix}-{uuid.uuid4().hex[:12]}.tensors"
 
@@ -106,9 +91,7 @@ def _ref_env() -> dict:
 
 def _dead_endpoint() -> str:
     """host:port where nothing listens."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return f"127.0.0.1:{sock.getsockname()[1]}"
+    return f"127.0.0.1:{free_port()}"
 
 
 def _list_uploads(client, bucket: str, key: str) -> list:
@@ -145,16 +128,7 @@ def _download_and_load(s3_server, bucket: str, key: str, tmp_path) -> dict:
 
 
 def _run_ref(ref_python: str, script: str, *args: str) -> str:
-    res = subprocess.run(
-        [ref_python, "-c", script, inspect.getsource(_payload), *args],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env=_ref_env(),
-        cwd="/",
-    )
-    assert res.returncode == 0, res.stderr[-4000:]
-    return res.stdout
+    return run_reference(ref_python, script, inspect.getsource(_payload), *args, env=_ref_env())
 
 
 # The reference writes _payload() to s3://bucket/key through its open_stream
@@ -299,7 +273,7 @@ def test_reference_round_trip_through_the_server(s3_server, ref_python, ref_obje
     local = tmp_path / "ref.tensors"
     s3_server.client().download_file(s3_server.bucket, ref_object, str(local))
     with TensorDeserializer(str(local), device="cpu") as d:
-        _assert_same(d, _payload())
+        assert_same(d, _payload())
 
 
 def test_reference_loads_our_file_put_with_boto3(s3_server, ref_python, local_file):
@@ -425,7 +399,7 @@ def test_loads_from_s3_bit_exact(s3_server, env_creds, ours_object, lazy, num_re
         num_readers=num_readers,
         verify_hash=verify_hash,
     ) as d:
-        _assert_same(d, _payload())
+        assert_same(d, _payload())
 
 
 @pytest.mark.parametrize("lazy", [False, True])
@@ -439,7 +413,7 @@ def test_filter_func_over_s3(s3_server, env_creds, ours_object, lazy):
         verify_hash=True,
         filter_func=wanted.__contains__,
     ) as d:
-        _assert_same(d, _payload(), wanted)
+        assert_same(d, _payload(), wanted)
 
 
 def test_open_stream_reads_seeks_and_loads(s3_server, home, ours_object, local_file):
@@ -456,13 +430,13 @@ def test_open_stream_reads_seeks_and_loads(s3_server, home, ours_object, local_f
     assert stream.read(10) == b""
     stream.seek(0)
     with TensorDeserializer(stream, device="cpu", num_readers=4, verify_hash=True) as d:
-        _assert_same(d, _payload())
+        assert_same(d, _payload())
 
 
 def test_file_the_reference_uploaded_loads_in_ours(s3_server, home, ref_object):
     stream = _explicit_stream(s3_server, s3_server.bucket, ref_object)
     with TensorDeserializer(stream, device="cpu", num_readers=4, verify_hash=True) as d:
-        _assert_same(d, _payload())
+        assert_same(d, _payload())
 
 
 # --- where credentials and the endpoint come from -------------------------
@@ -477,7 +451,7 @@ def test_credentials_from_explicit_arguments(s3_server, home, monkeypatch, ours_
     _wrong_aws_files(home)
     stream = _explicit_stream(s3_server, s3_server.bucket, ours_object)
     with TensorDeserializer(stream, device="cpu") as d:
-        _assert_same(d, _payload())
+        assert_same(d, _payload())
 
 
 def test_credentials_and_endpoint_from_s3cfg(s3_server, home, ours_object):
@@ -486,7 +460,7 @@ def test_credentials_and_endpoint_from_s3cfg(s3_server, home, ours_object):
     _write_s3cfg(home, s3_server.access_key, s3_server.secret_key, s3_server.host_port)
     _wrong_aws_files(home)
     with TensorDeserializer(f"s3://{s3_server.bucket}/{ours_object}", device="cpu") as d:
-        _assert_same(d, _payload())
+        assert_same(d, _payload())
 
 
 def test_s3cfg_comes_before_the_environment(s3_server, home, monkeypatch, ours_object):
@@ -497,7 +471,7 @@ def test_s3cfg_comes_before_the_environment(s3_server, home, monkeypatch, ours_o
     monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://{_dead_endpoint()}")
     _write_s3cfg(home, s3_server.access_key, s3_server.secret_key, s3_server.host_port)
     with TensorDeserializer(f"s3://{s3_server.bucket}/{ours_object}", device="cpu") as d:
-        _assert_same(d, _payload())
+        assert_same(d, _payload())
 
 
 def test_credentials_and_endpoint_from_environment(s3_server, home, monkeypatch, ours_object):
@@ -506,7 +480,7 @@ def test_credentials_and_endpoint_from_environment(s3_server, home, monkeypatch,
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", s3_server.secret_key)
     monkeypatch.setenv("AWS_ENDPOINT_URL", s3_server.endpoint_url)
     with TensorDeserializer(f"s3://{s3_server.bucket}/{ours_object}", device="cpu") as d:
-        _assert_same(d, _payload())
+        assert_same(d, _payload())
 
 
 def test_aws_endpoint_url_s3_comes_before_aws_endpoint_url(
@@ -517,7 +491,7 @@ def test_aws_endpoint_url_s3_comes_before_aws_endpoint_url(
     monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://{_dead_endpoint()}")
     monkeypatch.setenv("AWS_ENDPOINT_URL_S3", s3_server.endpoint_url)
     with TensorDeserializer(f"s3://{s3_server.bucket}/{ours_object}", device="cpu") as d:
-        _assert_same(d, _payload())
+        assert_same(d, _payload())
 
 
 def test_credentials_and_endpoint_from_aws_profile(s3_server, home, monkeypatch, ours_object):
@@ -538,7 +512,7 @@ def test_credentials_and_endpoint_from_aws_profile(s3_server, home, monkeypatch,
     )
     monkeypatch.setenv("AWS_PROFILE", "tzr")
     with TensorDeserializer(f"s3://{s3_server.bucket}/{ours_object}", device="cpu") as d:
-        _assert_same(d, _payload())
+        assert_same(d, _payload())
 
 
 def test_default_profile_with_s3_section_endpoint(s3_server, home, ours_object):
@@ -562,7 +536,7 @@ def test_default_profile_with_s3_section_endpoint(s3_server, home, ours_object):
         },
     )
     with TensorDeserializer(f"s3://{s3_server.bucket}/{ours_object}", device="cpu") as d:
-        _assert_same(d, _payload())
+        assert_same(d, _payload())
 
 
 def test_session_token_from_environment(s3_server, home, monkeypatch, ours_object):
@@ -577,7 +551,7 @@ def test_session_token_from_environment(s3_server, home, monkeypatch, ours_objec
     assert info.value.errno == errno.EACCES
     monkeypatch.setenv("AWS_SESSION_TOKEN", token)
     with TensorDeserializer(uri, device="cpu", num_readers=4) as d:
-        _assert_same(d, _payload())
+        assert_same(d, _payload())
 
 
 def test_session_token_from_aws_credentials_file(s3_server, home, ours_object):
@@ -594,7 +568,7 @@ def test_session_token_from_aws_credentials_file(s3_server, home, ours_object):
         {"default": f"endpoint_url = {s3_server.endpoint_url}"},
     )
     with TensorDeserializer(f"s3://{s3_server.bucket}/{ours_object}", device="cpu") as d:
-        _assert_same(d, _payload())
+        assert_same(d, _payload())
 
 
 def test_anonymous_read_of_public_bucket(s3_server, home, monkeypatch, local_file):
@@ -603,11 +577,11 @@ def test_anonymous_read_of_public_bucket(s3_server, home, monkeypatch, local_fil
     # No credentials anywhere: requests go unsigned.
     monkeypatch.setenv("AWS_ENDPOINT_URL", s3_server.endpoint_url)
     with TensorDeserializer(f"s3://{s3_server.public_bucket}/{key}", device="cpu") as d:
-        _assert_same(d, _payload())
+        assert_same(d, _payload())
     # Empty explicit credentials mean anonymous too, as in the reference.
     stream = _explicit_stream(s3_server, s3_server.public_bucket, key, access="", secret="")
     with TensorDeserializer(stream, device="cpu", num_readers=4) as d:
-        _assert_same(d, _payload())
+        assert_same(d, _payload())
     # And anonymity is real: the private bucket refuses it.
     s3_server.client().upload_file(str(local_file), s3_server.bucket, key)
     with pytest.raises(OSError) as info:
@@ -631,7 +605,7 @@ def test_explicit_http_endpoint_needs_force_http(s3_server, home, ours_object):
         s3_server, s3_server.bucket, ours_object, endpoint=s3_server.endpoint_url
     )
     with TensorDeserializer(stream, device="cpu") as d:
-        _assert_same(d, _payload())
+        assert_same(d, _payload())
 
 
 def test_explicit_endpoint_without_scheme_is_https(s3_server, home, ours_object):
@@ -710,7 +684,7 @@ def _check_uploaded(s3_server, bucket: str, key: str, tmp_path) -> None:
     # A multipart object's ETag ends in "-<number of parts>".
     match = re.fullmatch(r"[0-9a-f]{32}-(\d+)", etag)
     assert match and int(match[1]) >= 2, etag
-    _assert_same(_download_and_load(s3_server, bucket, key, tmp_path), _payload())
+    assert_same(_download_and_load(s3_server, bucket, key, tmp_path), _payload())
 
 
 def test_serializer_streams_a_multipart_upload_to_s3_uri(s3_server, env_creds, tmp_path):
@@ -728,7 +702,7 @@ def test_serializer_streams_a_multipart_upload_to_s3_uri(s3_server, env_creds, t
     with TensorDeserializer(
         f"s3://{s3_server.bucket}/{key}", device="cpu", num_readers=4, verify_hash=True
     ) as d:
-        _assert_same(d, _payload())
+        assert_same(d, _payload())
 
 
 def test_serializer_uploads_through_open_stream(s3_server, home, monkeypatch, tmp_path):
@@ -865,7 +839,7 @@ def test_eight_concurrent_loaders_bit_exact(s3_server, env_creds, ours_object):
 
     def load(i):
         with TensorDeserializer(uri, device="cpu", num_readers=2, lazy_load=bool(i % 2)) as d:
-            _assert_same(d, expected)
+            assert_same(d, expected)
         return i
 
     with concurrent.futures.ThreadPoolExecutor(8) as pool:
@@ -902,7 +876,7 @@ def test_load_through_connections_cut_every_few_mib(s3_server, home, ours_object
             s3_server, s3_server.bucket, ours_object, endpoint=f"127.0.0.1:{proxy.port}"
         )
         with TensorDeserializer(stream, device="cpu", num_readers=4, verify_hash=True) as d:
-            _assert_same(d, _payload())
+            assert_same(d, _payload())
         assert proxy.cuts >= 2, proxy.cuts
 
 
@@ -913,6 +887,6 @@ def test_burst_of_503s_is_retried(s3_server, home, ours_object):
             s3_server, s3_server.bucket, ours_object, endpoint=f"127.0.0.1:{proxy.port}"
         )
         with TensorDeserializer(stream, device="cpu", num_readers=2, verify_hash=True) as d:
-            _assert_same(d, _payload())
+            assert_same(d, _payload())
         assert proxy.responses_503 == 4
         assert proxy.fail_503 == 0
