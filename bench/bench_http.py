@@ -35,8 +35,6 @@ from __future__ import annotations
 
 import argparse
 import gc
-import importlib.metadata
-import json
 import os
 import platform
 import shutil
@@ -48,18 +46,32 @@ import textwrap
 import time
 from pathlib import Path
 
-BENCH_DIR = Path(__file__).resolve().parent
-REPO = BENCH_DIR.parent
-OUT = BENCH_DIR / "out"
-HTTP_OUT = OUT / "http"
-DEFAULT_REF_PYTHON = REPO / ".venv-ref" / "bin" / "python"
-PREAD_LIMIT = OUT / "pread_limit"
-NGINX = shutil.which("nginx") or "/usr/sbin/nginx"
-CURL = shutil.which("curl") or "/usr/bin/curl"
+import _common
+from _common import (
+    CURL,
+    DEFAULT_REF_PYTHON,
+    GIB,
+    OUT,
+    PREAD_LIMIT,
+    Row,
+    curl_ranges,
+    env_without_pythonpath,
+    fmt,
+    judge_targets,
+    machine_basics,
+    measure,
+    package_version,
+    prefault_memory,
+    print_targets,
+    ratio,
+    report_to_parent,
+    tool_version,
+    warm,
+    write_json,
+)
 
-GIB = 1 << 30
-MIB = 1 << 20
-CHILD_TIMEOUT_S = 600
+HTTP_OUT = OUT / "http"
+NGINX = shutil.which("nginx") or "/usr/sbin/nginx"
 
 VS_LIMIT = 0.9
 VS_REFERENCE = 3.0
@@ -81,15 +93,11 @@ def child_load(url: str, num_readers: str) -> dict:
     deserializer = TensorDeserializer(url, device="cpu", **kwargs)
     end = time.perf_counter()
     tensors = list(deserializer.values())
-    try:
-        version = importlib.metadata.version("tensorizer")
-    except importlib.metadata.PackageNotFoundError:
-        version = getattr(tensorizer, "__version__", "?")
     return {
         "seconds": end - start,
         "bytes": sum(t.nbytes for t in tensors),
         "tensors": len(tensors),
-        "version": version,
+        "version": package_version("tensorizer", tensorizer),
         "module": tensorizer.__file__,
     }
 
@@ -124,34 +132,17 @@ def child_main(argv: list[str]) -> None:
         result = child_write(args[0], args[1])
     else:
         raise SystemExit(f"unknown child kind {kind!r}")
-    sys.stdout.write("\n" + json.dumps(result) + "\n")
+    report_to_parent(result)
 
 
 # --------------------------------------------------------------------------
 # Parent side.
 
 
-class ChildError(RuntimeError):
-    pass
-
-
 def run_child(python: str, *args: str) -> dict:
-    cmd = [os.path.abspath(python), str(Path(__file__).resolve()), "_child", *args]
     # Keep a PYTHONPATH to our package off the reference's path.
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    proc = subprocess.run(
-        cmd,
-        check=False,
-        capture_output=True,
-        text=True,
-        timeout=CHILD_TIMEOUT_S,
-        cwd=BENCH_DIR,
-        env=env if python != sys.executable else None,
-    )
-    if proc.returncode != 0:
-        tail = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["?"]
-        raise ChildError(f"exit {proc.returncode}: {tail[0][:200]}")
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    env = None if python == sys.executable else env_without_pythonpath()
+    return _common.run_child(__file__, python, *args, env=env)
 
 
 def free_port() -> int:
@@ -246,84 +237,6 @@ class Nginx:
         self.stop()
 
 
-def warm(path: Path) -> None:
-    buffer = bytearray(16 * MIB)
-    with open(path, "rb", buffering=0) as f:
-        while f.readinto(buffer):
-            pass
-
-
-def curl_ranges(url: str, size: int, streams: int) -> dict:
-    """`streams` parallel curl range GETs covering [0, size) to /dev/null."""
-    step = -(-size // streams)
-    cmds = []
-    for i in range(streams):
-        first, last = i * step, min(size, (i + 1) * step) - 1
-        cmds.append([CURL, "-sS", "--fail", "-o", "/dev/null", "-r", f"{first}-{last}", url])
-    start = time.perf_counter()
-    procs = [subprocess.Popen(cmd, stderr=subprocess.PIPE) for cmd in cmds]
-    errors = []
-    for proc in procs:
-        _, err = proc.communicate(timeout=CHILD_TIMEOUT_S)
-        if proc.returncode != 0:
-            errors.append(err.decode(errors="replace").strip()[:200])
-    end = time.perf_counter()
-    if errors:
-        raise ChildError(f"curl failed: {errors[0]}")
-    return {"seconds": end - start, "file_bytes": size}
-
-
-class Row:
-    def __init__(self, key: str, label: str):
-        self.key, self.label = key, label
-        self.seconds: list[float] = []
-        self.error: str | None = None
-        self.detail: dict = {}
-
-    def best(self) -> float | None:
-        return min(self.seconds) if self.seconds else None
-
-    def gbps(self, payload: int) -> float | None:
-        best = self.best()
-        return payload / best / 1e9 if best else None
-
-    def as_json(self, payload: int) -> dict:
-        return {
-            "key": self.key,
-            "label": self.label,
-            "seconds": self.seconds,
-            "gbps": self.gbps(payload),
-            "error": self.error,
-            **self.detail,
-        }
-
-
-def measure(row: Row, reps: int, fn, before=None) -> None:
-    for _ in range(reps):
-        if before is not None:
-            before()
-        try:
-            result = fn()
-        except (ChildError, subprocess.TimeoutExpired, OSError, ValueError) as exc:
-            row.error = str(exc)
-            print(f"  {row.label}: ERROR {exc}", flush=True)
-            return
-        row.seconds.append(result["seconds"])
-        for key in ("bytes", "version", "tensors", "file_bytes"):
-            if key in result:
-                row.detail[key] = result[key]
-        print(f"  {row.label}: {result['seconds']:.3f} s", flush=True)
-
-
-def tool_version(cmd: list[str]) -> str:
-    try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
-    except OSError:
-        return "not installed"
-    text = (proc.stdout or proc.stderr).strip().splitlines()
-    return text[0] if text else "?"
-
-
 def main() -> int:
     if len(sys.argv) > 1 and sys.argv[1] == "_child":
         child_main(sys.argv[2:])
@@ -358,11 +271,8 @@ def main() -> int:
     HTTP_OUT.mkdir(parents=True, exist_ok=True)
     file_bytes = ours_file.stat().st_size
 
-    prefault = [str(PREAD_LIMIT), "--prefault-mib", str(2 * file_bytes // MIB + 64)]
-
     def warm_memory():
-        if PREAD_LIMIT.exists():
-            subprocess.run(prefault, check=False, capture_output=True, timeout=CHILD_TIMEOUT_S)
+        prefault_memory(PREAD_LIMIT, file_bytes)
 
     rows: list[Row] = []
     with Nginx(served, args.nginx_workers) as server:
@@ -418,9 +328,6 @@ def main() -> int:
     limit_gbps = limit_row.gbps(payload)
     ref_gbps = ref_row.gbps(payload) if ref_row else None
 
-    def ratio(value, base):
-        return value / base if value and base else None
-
     print()
     print(
         f"file: {ours_file.name} {file_bytes} bytes ({file_bytes / GIB:.2f} GiB), "
@@ -433,12 +340,7 @@ def main() -> int:
         "curl": " ".join(tool_version([CURL, "--version"]).split()[:2]),
         "python": platform.python_version(),
     }
-    machine = {
-        "cores": os.cpu_count(),
-        "usable_cores": len(os.sched_getaffinity(0)),
-        "kernel": platform.release(),
-        "loadavg_1m": os.getloadavg()[0],
-    }
+    machine = {**machine_basics(), "loadavg_1m": os.getloadavg()[0]}
     print(f"versions: {versions}")
     print(
         f"machine: {machine}; best of {args.reps}, each load in a fresh process, "
@@ -451,50 +353,34 @@ def main() -> int:
             print(f"{row.label:<60} ERROR {row.error}")
             continue
         g = row.gbps(payload)
-        rl, rr = ratio(g, limit_gbps), ratio(g, ref_gbps)
         mark = "  <- ours" if row is best_ours else ""
         print(
             f"{row.label:<60} {row.best():>8.3f} {g:>7.2f} "
-            f"{(f'{rl:.2f}' if rl else '-'):>8} {(f'{rr:.2f}' if rr else '-'):>7}{mark}"
+            f"{fmt(ratio(g, limit_gbps)):>8} {fmt(ratio(g, ref_gbps)):>7}{mark}"
         )
     ours_gbps = best_ours.gbps(payload) if best_ours else None
-    targets = []
-    for name, value, base, factor in (
-        (f"ours >= {VS_LIMIT}x the limit", ours_gbps, limit_gbps, VS_LIMIT),
-        (f"ours >= {VS_REFERENCE}x the reference", ours_gbps, ref_gbps, VS_REFERENCE),
-    ):
-        r = ratio(value, base)
-        status = "N/A" if r is None else ("PASS" if r >= factor else "FAIL")
-        targets.append({"target": name, "ratio": r, "status": status})
-    print()
-    print("targets:")
-    for t in targets:
-        r = f"{t['ratio']:.2f}x" if t["ratio"] is not None else "-"
-        print(f"  {t['status']:<4} {t['target']} ({r})")
+    targets = judge_targets(
+        (
+            (f"ours >= {VS_LIMIT}x the limit", ours_gbps, limit_gbps, VS_LIMIT),
+            (f"ours >= {VS_REFERENCE}x the reference", ours_gbps, ref_gbps, VS_REFERENCE),
+        )
+    )
+    print_targets(targets)
     elapsed = time.monotonic() - started
     print(f"elapsed: {elapsed:.0f} s")
     if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(
-            json.dumps(
-                {
-                    "meta": {
-                        "file": str(ours_file),
-                        "file_bytes": file_bytes,
-                        "payload_bytes": payload,
-                        "versions": versions,
-                        "machine": machine,
-                        "reps": args.reps,
-                        "limit_streams": streams,
-                        "elapsed_s": elapsed,
-                    },
-                    "rows": [r.as_json(payload) for r in rows],
-                    "targets": targets,
-                },
-                indent=2,
-            )
-        )
-        print(f"results written to {args.json}")
+        meta = {
+            "file": str(ours_file),
+            "file_bytes": file_bytes,
+            "payload_bytes": payload,
+            "versions": versions,
+            "machine": machine,
+            "reps": args.reps,
+            "limit_streams": streams,
+            "elapsed_s": elapsed,
+        }
+        rows_json = [r.as_json(payload) for r in rows]
+        write_json(args.json, {"meta": meta, "rows": rows_json, "targets": targets})
     return 0
 
 

@@ -37,7 +37,6 @@ from __future__ import annotations
 
 import argparse
 import gc
-import importlib.metadata
 import json
 import os
 import platform
@@ -49,18 +48,29 @@ import sys
 import time
 from pathlib import Path
 
-BENCH_DIR = Path(__file__).resolve().parent
-REPO = BENCH_DIR.parent
-DEFAULT_OUT = BENCH_DIR / "out"
-DEFAULT_REF_PYTHON = REPO / ".venv-ref" / "bin" / "python"
+import _common
+from _common import (
+    BENCH_DIR,
+    CHILD_TIMEOUT_S,
+    DEFAULT_REF_PYTHON,
+    GIB,
+    MIB,
+    OUT,
+    ChildError,
+    dist_version,
+    git_head,
+    package_version,
+    prefault_memory,
+    report_to_parent,
+    warm,
+    write_json,
+)
+
 LIMIT_SOURCE = BENCH_DIR / "pread_limit.cc"
 
-MIB = 1 << 20
-GIB = 1 << 30
 PAGE_BYTES = 4096
 # Bump when the generated model changes, so cached files are rebuilt.
 LAYOUT_VERSION = 1
-CHILD_TIMEOUT_S = 600
 
 # Targets (see the task brief / DESIGN.md).
 LOAD_VS_LIMIT = 0.85
@@ -221,11 +231,7 @@ def child_save_tensorizer(source: str, order_path: str, dest: str, reps: int) ->
 def child_versions() -> dict:
     import tensorizer
 
-    try:  # the distribution's version tells ours (2.12.1+tzr...) apart
-        version = importlib.metadata.version("tensorizer")
-    except importlib.metadata.PackageNotFoundError:
-        version = getattr(tensorizer, "__version__", "?")
-    return {"version": version, "module": tensorizer.__file__}
+    return {"version": package_version("tensorizer", tensorizer), "module": tensorizer.__file__}
 
 
 def child_main(argv: list[str]) -> None:
@@ -246,36 +252,15 @@ def child_main(argv: list[str]) -> None:
         result = child_versions()
     else:
         raise SystemExit(f"unknown child kind {kind!r}")
-    sys.stdout.write("\n" + json.dumps(result) + "\n")
+    report_to_parent(result)
 
 
 # --------------------------------------------------------------------------
 # Parent side.
 
 
-class ChildError(RuntimeError):
-    pass
-
-
 def run_child(python: str, *args: str) -> dict:
-    if os.sep in python:
-        python = os.path.abspath(python)  # the child runs in BENCH_DIR
-    cmd = [python, str(Path(__file__).resolve()), "_child", *args]
-    try:
-        proc = subprocess.run(
-            cmd,
-            check=False,
-            capture_output=True,
-            text=True,
-            timeout=CHILD_TIMEOUT_S,
-            cwd=BENCH_DIR,
-        )
-    except OSError as exc:
-        raise ChildError(f"cannot run {python}: {exc}") from exc
-    if proc.returncode != 0:
-        tail = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["?"]
-        raise ChildError(f"exit {proc.returncode}: {tail[0][:200]}")
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    return _common.run_child(__file__, python, *args)
 
 
 def model_layout(size_gib: float) -> list[tuple[str, tuple[int, ...], str]]:
@@ -424,14 +409,6 @@ def run_limit(binary: Path, *args: str) -> dict:
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-def warm(path: Path) -> None:
-    """Reads the file once so it sits in the page cache."""
-    buffer = bytearray(16 * MIB)
-    with open(path, "rb", buffering=0) as f:
-        while f.readinto(buffer):
-            pass
-
-
 def resident_fraction(path: Path) -> float | None:
     if not shutil.which("fincore"):
         return None
@@ -498,32 +475,6 @@ def safetensors_has_pread_backend() -> bool:
     import safetensors.torch
 
     return "backend" in inspect.signature(safetensors.torch.load_file).parameters
-
-
-def dist_version(name: str) -> str:
-    try:
-        return importlib.metadata.version(name)
-    except importlib.metadata.PackageNotFoundError:
-        return "not installed"
-
-
-def git_commit() -> str:
-    try:
-        commit = subprocess.run(
-            ["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"],
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout.strip()
-        dirty = subprocess.run(
-            ["git", "-C", str(REPO), "status", "--porcelain", "--untracked-files=no"],
-            check=False,
-            capture_output=True,
-            text=True,
-        ).stdout.strip()
-        return commit + ("+dirty" if dirty else "")
-    except (subprocess.CalledProcessError, OSError):
-        return "no commit"
 
 
 class Row:
@@ -797,7 +748,7 @@ def main() -> int:
         help="pread_limit repetitions per measurement (default 5)",
     )
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--out-dir", type=Path, default=DEFAULT_OUT, help="cache directory")
+    parser.add_argument("--out-dir", type=Path, default=OUT, help="cache directory")
     parser.add_argument("--rebuild", action="store_true", help="regenerate the model files")
     parser.add_argument("--skip-ours", action="store_true", help="no rows for our package")
     parser.add_argument("--skip-ref", action="store_true", help="no rows for the reference")
@@ -818,8 +769,8 @@ def main() -> int:
     model_bytes = manifest["model_bytes"]
 
     versions = {
-        "torch": dist_version("torch"),
-        "safetensors": dist_version("safetensors"),
+        "torch": dist_version("torch") or "not installed",
+        "safetensors": dist_version("safetensors") or "not installed",
         "reference": "skipped",
         "ours": "skipped",
     }
@@ -834,7 +785,8 @@ def main() -> int:
     if not args.skip_ours:
         try:
             info = run_child(args.ours_python, "versions")
-            versions["ours"] = f"{info['version']} ({info['module']}, repo {git_commit()})"
+            commit = git_head(mark_dirty=True) or "no commit"
+            versions["ours"] = f"{info['version']} ({info['module']}, repo {commit})"
         except ChildError as exc:
             versions["ours"] = f"unavailable ({exc})"
 
@@ -932,12 +884,10 @@ def main() -> int:
     rows.append(row)
     read_limit_row = row
 
-    prefault_mib = str(2 * model_bytes // (1 << 20) + 64)
-
     def warm_memory():
-        # See pread_limit.cc, prefault mode: every measured load (and the
-        # limit) starts with recently used memory, not the VM's cold pages.
-        run_limit(limit_binary, "--prefault-mib", prefault_mib)
+        # Every measured load (and the limit) starts with recently used
+        # memory, not the VM's cold pages.
+        prefault_memory(limit_binary, model_bytes, required=True)
 
     def read_limit():
         # Measured like the loaders: one fresh process per run.
@@ -1091,14 +1041,8 @@ def main() -> int:
     meta["elapsed_s"] = time.monotonic() - started
     print(f"elapsed: {meta['elapsed_s']:.0f} s")
     if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(
-            json.dumps(
-                {"meta": meta, "rows": [r.as_json() for r in rows], "targets": targets},
-                indent=2,
-            )
-        )
-        print(f"results written to {args.json}")
+        rows_json = [r.as_json() for r in rows]
+        write_json(args.json, {"meta": meta, "rows": rows_json, "targets": targets})
     return 0
 
 

@@ -63,32 +63,46 @@ from __future__ import annotations
 import argparse
 import contextlib
 import gc
-import importlib.metadata
 import importlib.util
 import json
 import os
 import platform
 import resource
-import shutil
 import signal
-import subprocess
 import sys
 import time
 from pathlib import Path
 
+import _common
+from _common import (
+    CURL,
+    DEFAULT_REF_PYTHON,
+    GIB,
+    MIB,
+    OUT,
+    PREAD_LIMIT,
+    REPO,
+    curl_ranges,
+    dist_version,
+    env_without_pythonpath,
+    fmt,
+    git_head,
+    judge_targets,
+    machine_basics,
+    package_version,
+    prefault_memory,
+    print_targets,
+    ratio,
+    report_to_parent,
+    tool_version,
+    warm,
+    write_json,
+)
+
 BENCH_DIR = Path(__file__).resolve().parent
-REPO = BENCH_DIR.parent
-OUT = BENCH_DIR / "out"
 S3_OUT = OUT / "s3"
-DEFAULT_REF_PYTHON = REPO / ".venv-ref" / "bin" / "python"
-PREAD_LIMIT = OUT / "pread_limit"
 S3_SERVER_PY = REPO / "tests" / "s3_server.py"
 BENCH_LOAD_PY = BENCH_DIR / "bench_load.py"
-CURL = shutil.which("curl") or "/usr/bin/curl"
-
-GIB = 1 << 30
-MIB = 1 << 20
-CHILD_TIMEOUT_S = 600
 
 # Our writer's S3UploadOptions (include/tensorizer/write.h).
 PART_BYTES = 16 * MIB
@@ -114,13 +128,6 @@ def _import_by_path(name: str, path: Path):
 # --------------------------------------------------------------------------
 # Child side: each runs in a fresh process and prints one JSON line. S3
 # credentials and the endpoint come in the environment (AWS_*).
-
-
-def _version(dist: str, module) -> str:
-    try:
-        return importlib.metadata.version(dist)
-    except importlib.metadata.PackageNotFoundError:
-        return getattr(module, "__version__", "?")
 
 
 def _cpu_s() -> float:
@@ -167,7 +174,7 @@ def child_load(url: str, num_readers: str, via: str) -> dict:
         "cpu_s": cpu,
         "bytes": sum(t.nbytes for t in tensors),
         "tensors": len(tensors),
-        "version": _version("tensorizer", tensorizer),
+        "version": package_version("tensorizer", tensorizer),
         "module": tensorizer.__file__,
     }
 
@@ -197,7 +204,7 @@ def child_load_runai(url: str, concurrency: str) -> dict:
         "cpu_s": _cpu_s() - cpu0,
         "bytes": sum(t.nbytes for t in tensors.values()),
         "tensors": len(tensors),
-        "version": _version("runai-model-streamer", runai_model_streamer),
+        "version": package_version("runai-model-streamer", runai_model_streamer),
     }
 
 
@@ -230,7 +237,7 @@ def child_upload_ours(safetensors_path: str, order_path: str, url: str) -> dict:
         "seconds": end - start,
         "cpu_s": _cpu_s() - cpu0,
         "bytes": sum(t.nbytes for t in state_dict.values()),
-        "version": _version("tensorizer", tensorizer),
+        "version": package_version("tensorizer", tensorizer),
     }
 
 
@@ -295,89 +302,24 @@ def child_main(argv: list[str]) -> None:
         result = child_make(*args)
     else:
         raise SystemExit(f"unknown child kind {kind!r}")
-    sys.stdout.write("\n" + json.dumps(result) + "\n")
+    report_to_parent(result)
 
 
 # --------------------------------------------------------------------------
 # Parent side.
 
 
-class ChildError(RuntimeError):
-    pass
-
-
 def run_child(python: str, *args: str, env: dict | None = None) -> dict:
-    cmd = [os.path.abspath(python), str(Path(__file__).resolve()), "_child", *args]
-    child_env = dict(env if env is not None else os.environ)
     # Keep a PYTHONPATH to our package off the reference's path.
-    child_env.pop("PYTHONPATH", None)
-    proc = subprocess.run(
-        cmd,
-        check=False,
-        capture_output=True,
-        text=True,
-        timeout=CHILD_TIMEOUT_S,
-        cwd=BENCH_DIR,
-        env=child_env,
-    )
-    if proc.returncode != 0:
-        lines = (proc.stderr or proc.stdout).strip().splitlines() or ["?"]
-        raise ChildError(f"exit {proc.returncode}: {lines[-1][:300]}")
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    return _common.run_child(__file__, python, *args, env=env_without_pythonpath(env))
 
 
 def warm_dir(path: Path) -> None:
     """Reads every file under `path` (the server's volumes) into page cache."""
-    buffer = bytearray(16 * MIB)
     for root, _, files in os.walk(path):
         for name in files:
-            with contextlib.suppress(OSError), open(os.path.join(root, name), "rb", 0) as f:
-                while f.readinto(buffer):
-                    pass
-
-
-def curl_ranges(
-    url: str,
-    size: int,
-    streams: int,
-    user: str,
-    region: str,
-    request_bytes: int = 0,
-    shift_bytes: int = 0,
-) -> dict:
-    """`streams` parallel SigV4-signed curl processes GETting [0, size) to
-    /dev/null. request_bytes=0: one range GET per process (the object split
-    into `streams` ranges). Otherwise ranged GETs of request_bytes each
-    (the first one shift_bytes long when shift_bytes > 0), dealt round-robin
-    to the processes, each process sending its GETs one after another over
-    one keep-alive connection (curl --next)."""
-    if request_bytes:
-        starts = [0, *range(shift_bytes or request_bytes, size, request_bytes)]
-        ranges = [(a, b - 1) for a, b in zip(starts, [*starts[1:], size])]
-        per_stream = [ranges[i::streams] for i in range(streams)]
-    else:
-        step = -(-size // streams)
-        per_stream = [[(i * step, min(size, (i + 1) * step) - 1)] for i in range(streams)]
-    sign = ["--aws-sigv4", f"aws:amz:{region}:s3", "--user", user]
-    cmds = []
-    for stream_ranges in per_stream:
-        cmd = [CURL]
-        for j, (first, last) in enumerate(stream_ranges):
-            if j:
-                cmd.append("--next")
-            cmd += ["-sS", "--fail", *sign, "-o", "/dev/null", "-r", f"{first}-{last}", url]
-        cmds.append(cmd)
-    start = time.perf_counter()
-    procs = [subprocess.Popen(cmd, stderr=subprocess.PIPE) for cmd in cmds]
-    errors = []
-    for proc in procs:
-        _, err = proc.communicate(timeout=CHILD_TIMEOUT_S)
-        if proc.returncode != 0:
-            errors.append(err.decode(errors="replace").strip()[:200])
-    end = time.perf_counter()
-    if errors:
-        raise ChildError(f"curl failed: {errors[0]}")
-    return {"seconds": end - start, "file_bytes": size}
+            with contextlib.suppress(OSError):
+                warm(Path(root, name))
 
 
 def find_weed_pid(data_dir: Path) -> int | None:
@@ -410,28 +352,16 @@ def children_cpu_s() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-class Row:
+class Row(_common.Row):
+    """A row that also keeps, per run, the client's and the server's CPU
+    seconds and the load average before it."""
+
     def __init__(self, key: str, label: str, group: str):
-        self.key, self.label, self.group = key, label, group
-        self.seconds: list[float] = []
+        super().__init__(key, label)
+        self.group = group
         self.client_cpu_s: list[float] = []
         self.server_cpu_s: list[float] = []
         self.loadavg: list[float] = []
-        self.error: str | None = None
-        self.detail: dict = {}
-
-    def best_index(self) -> int | None:
-        if not self.seconds:
-            return None
-        return min(range(len(self.seconds)), key=self.seconds.__getitem__)
-
-    def best(self) -> float | None:
-        i = self.best_index()
-        return None if i is None else self.seconds[i]
-
-    def gbps(self, payload: int) -> float | None:
-        best = self.best()
-        return payload / best / 1e9 if best else None
 
     def as_json(self, payload: int) -> dict:
         return {
@@ -449,48 +379,24 @@ class Row:
 
 
 def measure(row: Row, reps: int, fn, before=None, weed_pid=None) -> None:
-    for _ in range(reps):
-        if before is not None:
-            before()
+    def observe():
         load = os.getloadavg()[0]
         c0, w0 = children_cpu_s(), process_cpu_s(weed_pid)
-        try:
-            result = fn()
-        except (ChildError, subprocess.TimeoutExpired, OSError, ValueError) as exc:
-            row.error = str(exc)
-            print(f"  {row.label}: ERROR {exc}", flush=True)
-            return
-        row.seconds.append(result["seconds"])
-        # A child reports its CPU over the timed interval (imports and
-        # setup excluded); curl rows count the curl processes whole.
-        row.client_cpu_s.append(result.get("cpu_s", children_cpu_s() - c0))
-        row.server_cpu_s.append(process_cpu_s(weed_pid) - w0)
-        row.loadavg.append(load)
-        for key in ("bytes", "version", "tensors", "file_bytes"):
-            if key in result:
-                row.detail[key] = result[key]
-        print(
-            f"  {row.label}: {result['seconds']:.3f} s (client CPU "
-            f"{row.client_cpu_s[-1]:.1f} s, weed CPU {row.server_cpu_s[-1]:.1f} s, "
-            f"load {load:.2f})",
-            flush=True,
-        )
 
+        def record(result: dict) -> str:
+            # A child reports its CPU over the timed interval (imports and
+            # setup excluded); curl rows count the curl processes whole.
+            row.client_cpu_s.append(result.get("cpu_s", children_cpu_s() - c0))
+            row.server_cpu_s.append(process_cpu_s(weed_pid) - w0)
+            row.loadavg.append(load)
+            return (
+                f" (client CPU {row.client_cpu_s[-1]:.1f} s, "
+                f"weed CPU {row.server_cpu_s[-1]:.1f} s, load {load:.2f})"
+            )
 
-def tool_version(cmd: list[str]) -> str:
-    try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
-    except OSError:
-        return "not installed"
-    text = (proc.stdout or proc.stderr).strip().splitlines()
-    return text[0] if text else "?"
+        return record
 
-
-def dist_version(name: str) -> str | None:
-    try:
-        return importlib.metadata.version(name)
-    except importlib.metadata.PackageNotFoundError:
-        return None
+    _common.measure(row, reps, fn, before, observe)
 
 
 def prepare_files(args) -> tuple[Path, Path, Path]:
@@ -526,16 +432,6 @@ def core_stamp() -> str | None:
         mtime = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(path.stat().st_mtime))
         return f"{path} {mtime}"
     return None
-
-
-def git_head() -> str | None:
-    proc = subprocess.run(
-        ["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    return proc.stdout.strip() or None
 
 
 def main() -> int:
@@ -577,8 +473,6 @@ def main() -> int:
     file_bytes = tensors_file.stat().st_size
     st_bytes = safetensors_file.stat().st_size
 
-    prefault = [str(PREAD_LIMIT), "--prefault-mib", str(2 * file_bytes // MIB + 64)]
-
     s3_server = _import_by_path("tzr_s3_server", S3_SERVER_PY)
     S3_OUT.mkdir(parents=True, exist_ok=True)
     rows: list[Row] = []
@@ -612,11 +506,11 @@ def main() -> int:
         st_url = f"s3://{bucket}/{SAFETENSORS_KEY}"
         http_url = f"{server.endpoint_url}/{bucket}/{TENSORS_KEY}"
         user = f"{server.access_key}:{server.secret_key}"
+        sign = ("--aws-sigv4", f"aws:amz:{server.region}:s3", "--user", user)
 
         def before():
             warm_dir(server.data_dir)
-            if PREAD_LIMIT.exists():
-                subprocess.run(prefault, check=False, capture_output=True, timeout=CHILD_TIMEOUT_S)
+            prefault_memory(PREAD_LIMIT, file_bytes)
 
         def m(row, fn):
             rows.append(row)
@@ -627,7 +521,7 @@ def main() -> int:
         for n in readers:
             label = f"{n} parallel curl --aws-sigv4 range GETs" if n > 1 else "1 curl stream"
             limit_rows[n] = Row(f"curl_{n}", f"limit: {label} -> /dev/null", "limit")
-            m(limit_rows[n], lambda n=n: curl_ranges(http_url, file_bytes, n, user, server.region))
+            m(limit_rows[n], lambda n=n: curl_ranges(http_url, file_bytes, n, sign))
 
         print("ours:", flush=True)
         ours_rows = {}
@@ -675,7 +569,7 @@ def main() -> int:
             m(
                 diag_rows[shift],
                 lambda shift=shift: curl_ranges(
-                    http_url, file_bytes, best_n, user, server.region, 16 * MIB, shift
+                    http_url, file_bytes, best_n, sign, 16 * MIB, shift
                 ),
             )
 
@@ -712,7 +606,7 @@ def main() -> int:
             measure(
                 limit_rows[n],
                 args.reps,
-                lambda n=n: curl_ranges(http_url, file_bytes, n, user, server.region),
+                lambda n=n: curl_ranges(http_url, file_bytes, n, sign),
                 before,
                 weed_pid,
             )
@@ -788,12 +682,6 @@ def main() -> int:
     best_runai = min(runai_ok, key=lambda r: r.best()) if runai_ok else None
     runai_gbps = best_runai.gbps(payload) if best_runai else None
 
-    def ratio(value, base):
-        return value / base if value and base else None
-
-    def fmt(value, spec=".2f"):
-        return "-" if value is None else format(value, spec)
-
     load_at_end = os.getloadavg()
     print()
     n_tensors = best_ours.detail.get("tensors") if best_ours else "?"
@@ -818,9 +706,7 @@ def main() -> int:
         versions["ours_core_at_end"] = core_stamp()
         print("WARNING: our _core extension was reinstalled during the run; rows may mix builds")
     machine = {
-        "cores": os.cpu_count(),
-        "usable_cores": len(os.sched_getaffinity(0)),
-        "kernel": platform.release(),
+        **machine_basics(),
         "loadavg_start": [round(x, 2) for x in load_at_start],
         "loadavg_end": [round(x, 2) for x in load_at_end],
     }
@@ -877,22 +763,21 @@ def main() -> int:
             )
     st_gbps = st_row.gbps(payload) if st_row.seconds else None
     up_gbps = upload_rows[1].gbps(payload) if upload_rows and upload_rows[1].seconds else None
-    targets = []
-    for name, value, base, factor in (
-        (f"ours >= {VS_LIMIT}x the limit", ours_gbps, limit_gbps, VS_LIMIT),
-        (f"ours >= {VS_REFERENCE}x the reference", ours_gbps, ref_gbps, VS_REFERENCE),
-        (f"ours >= {VS_RUNAI}x run:ai (its best concurrency)", ours_gbps, runai_gbps, VS_RUNAI),
-        (f"ours safetensors over S3 >= {VS_LIMIT}x the limit", st_gbps, limit_gbps, VS_LIMIT),
-        (f"ours upload >= {UPLOAD_VS_RAW}x raw boto3 multipart", up_gbps, raw_gbps, UPLOAD_VS_RAW),
-    ):
-        r = ratio(value, base)
-        status = "N/A" if r is None else ("PASS" if r >= factor else "FAIL")
-        targets.append({"target": name, "ratio": r, "status": status})
-    print()
-    print("targets:")
-    for t in targets:
-        r = f"{t['ratio']:.2f}x" if t["ratio"] is not None else "-"
-        print(f"  {t['status']:<4} {t['target']} ({r})")
+    targets = judge_targets(
+        (
+            (f"ours >= {VS_LIMIT}x the limit", ours_gbps, limit_gbps, VS_LIMIT),
+            (f"ours >= {VS_REFERENCE}x the reference", ours_gbps, ref_gbps, VS_REFERENCE),
+            (f"ours >= {VS_RUNAI}x run:ai (its best concurrency)", ours_gbps, runai_gbps, VS_RUNAI),
+            (f"ours safetensors over S3 >= {VS_LIMIT}x the limit", st_gbps, limit_gbps, VS_LIMIT),
+            (
+                f"ours upload >= {UPLOAD_VS_RAW}x raw boto3 multipart",
+                up_gbps,
+                raw_gbps,
+                UPLOAD_VS_RAW,
+            ),
+        )
+    )
+    print_targets(targets)
     print(
         "notes: GB/s = 1e9 bytes of tensor payload per second; x curl@N = against the curl "
         "row with the same connection count; cli CPU = user+sys seconds of the client "
@@ -902,33 +787,24 @@ def main() -> int:
     elapsed = time.monotonic() - started
     print(f"elapsed: {elapsed:.0f} s")
     if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(
-            json.dumps(
-                {
-                    "meta": {
-                        "tensors_object_bytes": file_bytes,
-                        "safetensors_object_bytes": st_bytes,
-                        "payload_bytes": payload,
-                        "source_files": [str(tensors_file), str(safetensors_file)],
-                        "versions": versions,
-                        "machine": machine,
-                        "reps": args.reps,
-                        "quick": args.quick,
-                        "readers": readers,
-                        "ours_best_readers": best_n,
-                        "limit_row": limit_row.key if limit_row else None,
-                        "upload_part_bytes": PART_BYTES,
-                        "upload_parts_in_flight": PARTS_IN_FLIGHT,
-                        "elapsed_s": elapsed,
-                    },
-                    "rows": [r.as_json(payload) for r in rows],
-                    "targets": targets,
-                },
-                indent=2,
-            )
-        )
-        print(f"results written to {args.json}")
+        meta = {
+            "tensors_object_bytes": file_bytes,
+            "safetensors_object_bytes": st_bytes,
+            "payload_bytes": payload,
+            "source_files": [str(tensors_file), str(safetensors_file)],
+            "versions": versions,
+            "machine": machine,
+            "reps": args.reps,
+            "quick": args.quick,
+            "readers": readers,
+            "ours_best_readers": best_n,
+            "limit_row": limit_row.key if limit_row else None,
+            "upload_part_bytes": PART_BYTES,
+            "upload_parts_in_flight": PARTS_IN_FLIGHT,
+            "elapsed_s": elapsed,
+        }
+        rows_json = [r.as_json(payload) for r in rows]
+        write_json(args.json, {"meta": meta, "rows": rows_json, "targets": targets})
     return 0
 
 
