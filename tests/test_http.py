@@ -115,6 +115,18 @@ def test_http_load_matches_local_load(nginx, ours_url):
     assert_same(remote, dict(local.items()))
 
 
+def test_remote_loads_default_to_at_least_four_connections(nginx, ours_url):
+    # Without num_readers, a local load uses one reader per core; a remote
+    # one at least 4, since its readers mostly wait on the network.
+    _, served = nginx
+    cores = len(os.sched_getaffinity(0))
+    local = TensorDeserializer(str(served / "ours.tensors"), device="cpu", lazy_load=True)
+    remote = TensorDeserializer(ours_url, device="cpu", lazy_load=True)
+    assert local._num_threads == min(cores, len(local))
+    assert remote._num_threads == min(max(cores, 4), len(remote))
+    assert len(remote) >= 4
+
+
 def test_missing_object_is_a_clear_oserror(nginx):
     # A 404 is what a missing local file is: an OSError (FileNotFoundError's
     # errno), as the reference's users catch for a bad path. It must not be
