@@ -2,7 +2,8 @@
 // parsing, the key layout of tensorizer's to_redis, read planning over that
 // layout, and a RESP reader that can put a bulk string straight into the
 // caller's buffers. None of it touches a socket, so all of it is tested in
-// tests/cpp/redis_source_test.cc.
+// tests/cpp/redis_source_test.cc and fuzzed by fuzz/fuzz_redis_reply.cc
+// (RespReader reads from any RecvFn, there a buffer handed out in pieces).
 //
 // Key layout (tensorizer 2.12.1 TensorDeserializer.to_redis): a "file" is the
 // set of keys `<prefix>:<name>:<offset>`; each key's value is the bytes of the
@@ -74,7 +75,8 @@ struct Piece {
 // The pieces covering [offset, offset + length) of a sorted, non-overlapping
 // extent map, in order. Bytes that no key holds are an IoError (ENODATA)
 // naming `uri` and the uncovered byte range: those keys are missing, and
-// their bytes are unknown.
+// their bytes are unknown. A range that ends past 2^64 is an
+// InvalidArgument.
 Result<std::vector<Piece>> PlanPieces(const std::vector<Extent>& extents, uint64_t offset,
                                       uint64_t length, const std::string& uri);
 

@@ -230,7 +230,12 @@ bool ParseKeyOffset(const std::string& key, const std::string& prefix, uint64_t*
   std::string rest = key.substr(prefix.size() + 1);
   size_t colon = rest.rfind(':');
   if (colon == std::string::npos) return false;
-  return ParseDecimal(rest.substr(colon + 1), offset);
+  // Leading zeros spell the same offset (as Python's int() reads them), and
+  // do not count against ParseDecimal's 20 digits.
+  std::string digits = rest.substr(colon + 1);
+  size_t zeros = 0;
+  while (zeros + 1 < digits.size() && digits[zeros] == '0') ++zeros;
+  return ParseDecimal(digits.substr(zeros), offset);
 }
 
 Result<std::vector<Extent>> BuildExtentMap(std::vector<Extent> extents, const std::string& uri) {
@@ -264,6 +269,13 @@ Result<std::vector<Extent>> BuildExtentMap(std::vector<Extent> extents, const st
 Result<std::vector<Piece>> PlanPieces(const std::vector<Extent>& extents, uint64_t offset,
                                       uint64_t length, const std::string& uri) {
   std::vector<Piece> pieces;
+  if (offset > UINT64_MAX - length) {
+    // `offset + length` would wrap, and the loop below would plan nothing
+    // for a range that is not empty.
+    return Status::InvalidArgument("reading " + uri + ": a range of " + std::to_string(length) +
+                                   " bytes at offset " + std::to_string(offset) +
+                                   " ends past 2^64");
+  }
   const uint64_t end = offset + length;
   // The last extent starting at or before `offset`.
   auto it = std::upper_bound(extents.begin(), extents.end(), offset,
@@ -397,8 +409,14 @@ Status RespReader::ReadValueDepth(RespValue* out, int depth) {
       }
       if (n == -1) return Status::Ok();  // null
       out->type = RespValue::Type::kBulk;
-      out->str.resize(static_cast<size_t>(n));
-      TZR_RETURN_IF_ERROR(ReadExact(out->str.data(), out->str.size()));
+      // Grown as the bytes arrive, never sized up front from the length the
+      // server claims: "$536870912" alone must not cost 512 MiB.
+      while (out->str.size() < static_cast<size_t>(n)) {
+        if (begin_ == end_) TZR_RETURN_IF_ERROR(Fill());
+        size_t take = std::min(static_cast<size_t>(n) - out->str.size(), end_ - begin_);
+        out->str.append(buf_.data() + begin_, take);
+        begin_ += take;
+      }
       char crlf[2];
       TZR_RETURN_IF_ERROR(ReadExact(crlf, 2));
       if (crlf[0] != '\r' || crlf[1] != '\n') {
@@ -414,8 +432,15 @@ Status RespReader::ReadValueDepth(RespValue* out, int depth) {
       if (n == -1) return Status::Ok();
       if (depth >= kMaxNesting) return Status::FormatError("arrays nested too deep");
       out->type = RespValue::Type::kArray;
-      out->elements.resize(static_cast<size_t>(n));
-      for (RespValue& e : out->elements) TZR_RETURN_IF_ERROR(ReadValueDepth(&e, depth + 1));
+      // As for bulk strings: each element takes at least 3 bytes of the
+      // stream, so elements are added as they are read, not made up front
+      // from the count ("*16777216" is 1.3 GiB of empty values).
+      out->elements.reserve(static_cast<size_t>(std::min<int64_t>(n, 1024)));
+      for (int64_t i = 0; i < n; ++i) {
+        RespValue e;
+        TZR_RETURN_IF_ERROR(ReadValueDepth(&e, depth + 1));
+        out->elements.push_back(std::move(e));
+      }
       return Status::Ok();
     }
     default:

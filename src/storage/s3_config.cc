@@ -26,6 +26,7 @@
 #include <cctype>
 #include <cerrno>
 #include <cstdlib>
+#include <initializer_list>
 #include <string_view>
 #include <utility>
 
@@ -165,6 +166,25 @@ std::optional<std::string> Get(const IniSection* section, const std::string& key
   return it->second;
 }
 
+// The settings read from `section` must each be one line. A value that goes
+// on over indented lines is refused, neither used nor echoed: those lines
+// are most likely the next settings indented by mistake, a secret among
+// them, and the value would otherwise reach a message, a Host header or a
+// signature. The message names the file, section and key, never the text.
+Status CheckOneLine(const IniSection* section, const std::string& where,
+                    std::initializer_list<const char*> keys) {
+  if (section == nullptr) return Status::Ok();
+  for (const char* key : keys) {
+    auto it = section->find(key);
+    if (it != section->end() && it->second.find('\n') != std::string::npos) {
+      return Status::InvalidArgument(where + " " + key +
+                                     ": the value goes on over an indented line; a setting takes "
+                                     "one line (is the line after it indented by mistake?)");
+    }
+  }
+  return Status::Ok();
+}
+
 std::optional<std::string> GetEnv(const Environment& env, const std::string& name) {
   auto it = env.vars.find(name);
   if (it == env.vars.end() || it->second.empty()) return std::nullopt;
@@ -209,6 +229,9 @@ Result<std::optional<S3cmdConfig>> LoadS3cmdConfig(const S3Options& options,
   if (section == nullptr) {
     return Status::InvalidArgument(path + ": no [default] section (not an s3cmd config file?)");
   }
+  TZR_RETURN_IF_ERROR(CheckOneLine(
+      section, path + " [default]",
+      {"access_key", "secret_key", "access_token", "host_base", "bucket_location", "use_https"}));
   S3cmdConfig cfg;
   cfg.path = path;
   cfg.access_key = Get(section, "access_key");
@@ -270,6 +293,13 @@ Result<std::unique_ptr<AwsProfile>> LoadAwsProfile(const S3Options& options,
     p->config = p->config_file->Find("profile " + p->name);
     if (p->config == nullptr && p->name == "default") p->config = p->config_file->Find("default");
   }
+  TZR_RETURN_IF_ERROR(
+      CheckOneLine(p->credentials, p->credentials_path + " [profile " + p->name + "]",
+                   {"aws_access_key_id", "aws_secret_access_key", "aws_session_token"}));
+  TZR_RETURN_IF_ERROR(
+      CheckOneLine(p->config, p->ConfigWhere(),
+                   {"aws_access_key_id", "aws_secret_access_key", "aws_session_token", "region",
+                    "endpoint_url", "s3.endpoint_url", "s3.addressing_style"}));
   return p;
 }
 

@@ -1,0 +1,118 @@
+#include "storage/http_protocol.h"
+
+#include <algorithm>
+#include <cctype>
+#include <cstdlib>
+#include <cstring>
+
+namespace tensorizer::http {
+
+std::string Trim(const std::string& s) {
+  size_t b = s.find_first_not_of(" \t\r\n");
+  if (b == std::string::npos) return "";
+  size_t e = s.find_last_not_of(" \t\r\n");
+  return s.substr(b, e - b + 1);
+}
+
+std::string OneLine(const std::string& s) {
+  std::string out;
+  bool space = false;
+  for (char c : s) {
+    if (std::isspace(static_cast<unsigned char>(c))) {
+      space = !out.empty();
+      continue;
+    }
+    if (space) out += ' ';
+    space = false;
+    out += c;
+  }
+  return out;
+}
+
+bool IEquals(const std::string& a, const char* b) {
+  size_t n = std::strlen(b);
+  if (a.size() != n) return false;
+  for (size_t i = 0; i < n; ++i) {
+    if (std::tolower(static_cast<unsigned char>(a[i])) !=
+        std::tolower(static_cast<unsigned char>(b[i])))
+      return false;
+  }
+  return true;
+}
+
+bool ParseU64(const std::string& s, uint64_t* out) {
+  if (s.empty() || s.size() > 19) return false;
+  uint64_t v = 0;
+  for (char c : s) {
+    if (c < '0' || c > '9') return false;
+    v = v * 10 + static_cast<uint64_t>(c - '0');
+  }
+  *out = v;
+  return true;
+}
+
+bool RetryAfterMs(const std::string& value, uint64_t max_ms, uint64_t* ms) {
+  uint64_t after_s = 0;
+  if (!ParseU64(value, &after_s)) return false;
+  // A huge number of seconds is the maximum, not what its product in
+  // milliseconds wraps to (2^64 ms is 584 million years).
+  *ms = after_s > UINT64_MAX / 1000 ? max_ms : std::min<uint64_t>(after_s * 1000, max_ms);
+  return true;
+}
+
+bool ParseContentRange(const std::string& value, ContentRange* out) {
+  std::string v = Trim(value);
+  if (v.size() < 6 || !IEquals(v.substr(0, 6), "bytes ")) return false;
+  v = Trim(v.substr(6));
+  size_t slash = v.find('/');
+  if (slash == std::string::npos) return false;
+  std::string range = v.substr(0, slash), total = v.substr(slash + 1);
+  ContentRange cr;
+  if (range != "*") {
+    size_t dash = range.find('-');
+    if (dash == std::string::npos) return false;
+    if (!ParseU64(range.substr(0, dash), &cr.first) || !ParseU64(range.substr(dash + 1), &cr.last))
+      return false;
+    if (cr.last < cr.first) return false;
+    cr.has_range = true;
+  }
+  if (total != "*") {
+    if (!ParseU64(total, &cr.total)) return false;
+    cr.has_total = true;
+  }
+  *out = cr;
+  return true;
+}
+
+void Response::AddLine(const std::string& line) {
+  if (line.rfind("HTTP/", 0) == 0) {
+    *this = Response();
+    size_t sp = line.find(' ');
+    if (sp != std::string::npos) {
+      status = std::strtol(line.c_str() + sp + 1, nullptr, 10);
+      size_t sp2 = line.find(' ', sp + 1);
+      if (sp2 != std::string::npos) reason = Trim(line.substr(sp2 + 1));
+    }
+    return;
+  }
+  size_t colon = line.find(':');
+  if (colon == std::string::npos) return;
+  std::string name = Trim(line.substr(0, colon)), value = Trim(line.substr(colon + 1));
+  if (IEquals(name, "etag")) {
+    etag = value;
+  } else if (IEquals(name, "last-modified")) {
+    last_modified = value;
+  } else if (IEquals(name, "content-range")) {
+    content_range = value;
+  } else if (IEquals(name, "retry-after")) {
+    retry_after = value;
+  } else if (IEquals(name, "content-length")) {
+    has_length = ParseU64(value, &content_length);
+  }
+}
+
+std::string Response::StatusText() const {
+  return "HTTP " + std::to_string(status) + (reason.empty() ? "" : " " + reason);
+}
+
+}  // namespace tensorizer::http
