@@ -113,28 +113,29 @@ std::string TextReport(const std::string& file, uint64_t file_size, const Index&
   return out;
 }
 
-// The name as JSON: the text (invalid UTF-8 replaced when dumped), and the
-// path it encodes when that can be read.
-void NameToJson(const std::string& raw, nlohmann::ordered_json* t) {
-  bool utf8 = IsValidUtf8(raw);
-  (*t)["name"] = IsPathName(raw) ? raw.substr(1) : raw;
+// The name as JSON: the text, and the path it encodes. The index parser
+// accepted only names that decode (UTF-8, flat paths), and the path is read
+// without recursion, so the output is proportional to the name.
+void NameToJson(const TensorEntry& e, FileFormat format, nlohmann::ordered_json* t) {
+  const std::string& raw = e.name;
+  const bool path_name = format == FileFormat::kTensorizer && IsPathName(raw);
+  (*t)["name"] = path_name ? raw.substr(1) : raw;
   nlohmann::ordered_json path = nullptr;
-  if (utf8 && !IsPathName(raw)) {
-    path = nlohmann::ordered_json::array({raw});
-  } else if (utf8) {
-    path = nlohmann::ordered_json::parse(raw.substr(1), nullptr, /*allow_exceptions=*/false);
-    if (path.is_discarded() || !path.is_array()) path = nullptr;
-  }
-  (*t)["path"] = path;
-  if (!utf8) {
-    static const char* digits = "0123456789abcdef";
-    std::string hex;
-    for (unsigned char c : raw) {
-      hex.push_back(digits[c >> 4]);
-      hex.push_back(digits[c & 15]);
+  auto decoded = path_name ? DecodeTensorName(raw)
+                           : Result<std::vector<PathComponent>>(
+                                 std::vector<PathComponent>{{false, raw}});
+  if (decoded.ok()) {
+    path = nlohmann::ordered_json::array();
+    for (const PathComponent& c : *decoded) {
+      // An index past 64 bits (Python reads it) stays as its digits.
+      if (c.is_index && c.text.size() < 20) {
+        path.push_back(std::stoull(c.text));
+      } else {
+        path.push_back(c.text);
+      }
     }
-    (*t)["name_hex"] = hex;
   }
+  (*t)["path"] = std::move(path);
 }
 
 std::string JsonReport(const std::string& file, uint64_t file_size, const Index& index,
@@ -157,7 +158,7 @@ std::string JsonReport(const std::string& file, uint64_t file_size, const Index&
   ordered_json tensors = ordered_json::array();
   for (const TensorEntry& e : index.entries) {
     ordered_json t;
-    NameToJson(e.name, &t);
+    NameToJson(e, index.format, &t);
     auto info = ParseDtype(e.dtype);
     t["dtype"] = info.ok() && !info->opaque_name.empty() ? info->opaque_name : e.dtype;
     t["shape"] = e.shape;

@@ -3,6 +3,7 @@
 #include <cerrno>
 #include <cstdio>
 #include <cstring>
+#include <exception>
 #include <string>
 #include <vector>
 
@@ -92,7 +93,15 @@ int Main(int argc, char** argv) {
 }  // namespace tensorizer::cli
 
 int main(int argc, char** argv) {
-  int rc = tensorizer::cli::Main(argc, argv);
+  int rc;
+  try {
+    rc = tensorizer::cli::Main(argc, argv);
+  } catch (const std::exception& e) {
+    // The library reports errors as values; an exception reaching here is a
+    // bug, but it must end in a message and exit status 1, not an abort.
+    std::fprintf(stderr, "tensorizer: internal error: %s\n", e.what());
+    return tensorizer::cli::kExitFailed;
+  }
   // Output that did not reach its destination (a full disk, a closed pipe
   // with SIGPIPE ignored) is a failure, not a success.
   if (std::fflush(stdout) != 0 || std::ferror(stdout)) {

@@ -19,6 +19,7 @@
 #include <array>
 #include <cstddef>
 #include <cstdint>
+#include <map>
 #include <optional>
 #include <string>
 #include <string_view>
@@ -89,6 +90,9 @@ struct Index {
   FileFormat format = FileFormat::kTensorizer;
   FileHeader header;
   std::vector<TensorEntry> entries;  // in file order
+  // A safetensors header's "__metadata__" map, kept from the one parse of
+  // the header (nothing re-reads it); absent when the header has none.
+  std::optional<std::map<std::string, std::string>> safetensors_metadata;
   // Bytes [0, prefix_length) hold the header and the whole metadata block
   // (for safetensors: the u64 header size and the JSON header).
   uint64_t prefix_length() const {
@@ -110,19 +114,76 @@ Result<uint64_t> ExpectedDataLength(const TensorEntry& entry);
 // A meta tensor: stored with no data although its shape says it has some.
 Result<bool> IsMetaTensor(const TensorEntry& entry);
 
+// --- What a reader accepts --------------------------------------------------
+//
+// One set of rules for every reader: ParseIndex applies them to each entry,
+// so the C++ API, the CLI and the Python package accept the same files. They
+// are the rules of tensorizer's Python loader:
+//   - a name is not empty; a name whose first byte is not 0x1E is UTF-8;
+//     a path name is 0x1E + a one-line JSON array (no CR or LF), not empty,
+//     of strings and non-negative integers, in UTF-8;
+//   - no two names decode to the same path, no path is both a tensor and a
+//     prefix of another, and the components at one level are all strings or
+//     all indices (the first one decides);
+//   - only state-dict entries have a path that is not a single string;
+//   - the dtype is one CheckLoadableDtype accepts.
+
+// True for well-formed UTF-8 (no overlong forms, surrogates or code points
+// past U+10FFFF), as Python's strict decoder accepts.
+bool IsValidUtf8(std::string_view s);
+
+// One component of a tensor's path: a string key or a list index.
+struct PathComponent {
+  bool is_index = false;
+  // The key, or the index in decimal without leading zeros. Indices are kept
+  // as text because Python reads them as unbounded integers.
+  std::string text;
+  bool operator==(const PathComponent& o) const {
+    return is_index == o.is_index && text == o.text;
+  }
+  bool operator<(const PathComponent& o) const {
+    return is_index != o.is_index ? is_index < o.is_index : text < o.text;
+  }
+};
+
+// The path a stored .tensors name encodes: a plain name is one string
+// component. kFormatError, saying what is wrong, for a name that breaks the
+// rules above. Never recurses: nested JSON is refused at its first bracket.
+Result<std::vector<PathComponent>> DecodeTensorName(std::string_view stored);
+
+// A stored dtype string a reader can map to a torch dtype: one of the numpy
+// strings tensorizer writes ("<f4", "|b1", "<c16", ...; numpy's bool
+// spellings "?", "|?", "<b1"), or an opaque "[<|=]V<n>\0torch.<name>" whose
+// torch dtype exists (torch 2.13's names and aliases) and is n bytes wide.
+Status CheckLoadableDtype(std::string_view dtype);
+
+// Applies the rules above to every entry (messages name the entry:
+// "index entry 3 ('x'): ..."). Safetensors indexes have plain keys, which
+// need only be unique.
+Status CheckLoadableIndex(const Index& index);
+
+// A name made safe for messages: bytes outside printable ASCII as \xNN, cut
+// at 200 bytes.
+std::string PrintableName(std::string_view name);
+
 // Parses the file header from the first bytes of a file (needs >= 73 bytes).
 Result<FileHeader> ParseFileHeader(const uint8_t* data, size_t size, uint64_t file_size);
 
 // Parses the header and index from the file prefix [0, size). `size` must be
 // at least Index::prefix_length(); call ParseFileHeader first to learn it.
 // Checks: counts and lengths fit the metadata block; every record lies inside
-// the file, after the metadata block, in file order and without overlap.
+// the file, after the metadata block, in file order and without overlap; and
+// CheckLoadableIndex.
 Result<Index> ParseIndex(const uint8_t* data, size_t size, uint64_t file_size);
 
 // --- safetensors ---------------------------------------------------------
 
 // The safetensors spec's cap on the JSON header (100 MB).
 inline constexpr uint64_t kSafetensorsMaxHeader = 100'000'000;
+// JSON nesting refused in a header, as the safetensors package (serde_json)
+// refuses it. A valid header nests 3 deep; deeper values can only be in
+// fields nobody reads, which are skipped without being stored.
+inline constexpr int kSafetensorsMaxDepth = 128;
 
 // True when the first bytes look like a safetensors file: not the .tensors
 // magic, and a u64 header size followed by '{'.
@@ -132,8 +193,11 @@ bool LooksLikeSafetensors(const uint8_t* data, size_t size, uint64_t file_size);
 // kStateDict, dtypes as .tensors dtype strings, e.g. BF16 ->
 // "<V2\0torch.bfloat16"). `size` must cover the 8-byte length and the JSON.
 // Checks, as the safetensors spec asks: the header-size cap, valid JSON of
-// the expected shape, known dtypes, data offsets inside the data section,
-// lengths equal to dtype x shape, and no overlaps or holes between tensors.
+// the expected shape nested at most kSafetensorsMaxDepth deep, unique keys,
+// known dtypes, data offsets inside the data section, lengths equal to
+// dtype x shape, and no overlaps or holes between tensors. The JSON is read
+// as a stream into the Index (no document tree): memory stays within a small
+// multiple of the header's size whatever its shape.
 Result<Index> ParseSafetensorsIndex(const uint8_t* data, size_t size, uint64_t file_size);
 
 struct StoredHash {

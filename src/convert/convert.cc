@@ -23,7 +23,6 @@
 #include <atomic>
 #include <cctype>
 #include <cstring>
-#include <nlohmann/json.hpp>
 #include <string>
 #include <utility>
 #include <vector>
@@ -54,23 +53,6 @@ FileFormat OutputFormat(ConvertTo to, const std::string& dest, FileFormat input)
   if (EndsWith(dest, ".safetensors")) return FileFormat::kSafetensors;
   if (EndsWith(dest, ".tensors")) return FileFormat::kTensorizer;
   return input == FileFormat::kTensorizer ? FileFormat::kSafetensors : FileFormat::kTensorizer;
-}
-
-// The `__metadata__` object of a safetensors input, if it has one. The
-// header was validated by ReadIndex; only the metadata is extracted here.
-Result<std::optional<std::map<std::string, std::string>>> ReadSafetensorsMetadata(
-    const Source& source, const Index& index) {
-  std::string text(index.header.metadata_length, '\0');
-  TZR_RETURN_IF_ERROR(source.ReadAt(8, text.data(), text.size()));
-  auto doc = nlohmann::json::parse(text, nullptr, /*allow_exceptions=*/false);
-  if (doc.is_discarded() || !doc.is_object()) {
-    return Status::FormatError(source.uri() + ": safetensors header changed while converting");
-  }
-  auto it = doc.find("__metadata__");
-  if (it == doc.end()) return std::optional<std::map<std::string, std::string>>();
-  std::map<std::string, std::string> out;
-  for (auto m = it->begin(); m != it->end(); ++m) out[m.key()] = m.value().get<std::string>();
-  return std::optional<std::map<std::string, std::string>>(std::move(out));
 }
 
 // A safetensors key as a .tensors name: stored as its UTF-8 bytes, so it
@@ -173,10 +155,9 @@ Result<ConvertResult> ConvertFile(const std::string& source_uri, const std::stri
     meta[i] = *is_meta;
     result.meta_tensors += meta[i];
   }
-  std::optional<std::map<std::string, std::string>> metadata;
-  if (index->format == FileFormat::kSafetensors) {
-    TZR_ASSIGN_OR_RETURN(metadata, ReadSafetensorsMetadata(*source, *index));
-  }
+  // Taken from the one parse of the header: re-reading it could see other
+  // bytes than those the index was checked against.
+  const std::optional<std::map<std::string, std::string>>& metadata = index->safetensors_metadata;
   SafetensorsLayout layout;
   if (to_safetensors) {
     std::vector<SafetensorsTensor> tensors(n);

@@ -28,21 +28,6 @@ std::string Dec(uint64_t v) {
   return buf;
 }
 
-std::string Printable(std::string_view name) {
-  std::string out;
-  for (unsigned char c : name.substr(0, 200)) {
-    if (c >= 0x20 && c < 0x7f) {
-      out.push_back(static_cast<char>(c));
-    } else {
-      char buf[8];
-      snprintf(buf, sizeof buf, "\\x%02x", c);
-      out += buf;
-    }
-  }
-  if (name.size() > 200) out += "...";
-  return out;
-}
-
 }  // namespace
 
 Result<DtypeInfo> ParseDtype(std::string_view dtype) {
@@ -53,40 +38,40 @@ Result<DtypeInfo> ParseDtype(std::string_view dtype) {
     base = dtype.substr(0, sep);
     info.opaque_name = std::string(dtype.substr(sep + 1));
     if (info.opaque_name.find('\0') != std::string::npos || info.opaque_name.empty()) {
-      return Status::FormatError("invalid opaque dtype string '" + Printable(dtype) + "'");
+      return Status::FormatError("invalid opaque dtype string '" + PrintableName(dtype) + "'");
     }
   }
   size_t i = 0;
   if (i < base.size() && (base[i] == '<' || base[i] == '>' || base[i] == '|' || base[i] == '=')) {
     if (base[i] == '>') {
-      return Status::FormatError("big-endian dtype '" + Printable(dtype) + "' is not supported");
+      return Status::FormatError("big-endian dtype '" + PrintableName(dtype) + "' is not supported");
     }
     ++i;
   }
   if (i >= base.size()) return Status::FormatError("empty dtype string");
   info.kind = base[i++];
   if (std::string_view("fiubcV?").find(info.kind) == std::string_view::npos) {
-    return Status::FormatError("unsupported dtype '" + Printable(dtype) + "'");
+    return Status::FormatError("unsupported dtype '" + PrintableName(dtype) + "'");
   }
   if (info.kind == '?') {  // numpy's bool may be spelled "?"
     if (i != base.size()) {
-      return Status::FormatError("unsupported dtype '" + Printable(dtype) + "'");
+      return Status::FormatError("unsupported dtype '" + PrintableName(dtype) + "'");
     }
     info.kind = 'b';
     info.itemsize = 1;
     return info;
   }
   if (i >= base.size() || base.size() - i > 6) {
-    return Status::FormatError("dtype '" + Printable(dtype) + "' has no valid item size");
+    return Status::FormatError("dtype '" + PrintableName(dtype) + "' has no valid item size");
   }
   uint64_t size = 0;
   for (; i < base.size(); ++i) {
     if (base[i] < '0' || base[i] > '9') {
-      return Status::FormatError("dtype '" + Printable(dtype) + "' has no valid item size");
+      return Status::FormatError("dtype '" + PrintableName(dtype) + "' has no valid item size");
     }
     size = size * 10 + static_cast<uint64_t>(base[i] - '0');
   }
-  if (size == 0) return Status::FormatError("dtype '" + Printable(dtype) + "' has item size 0");
+  if (size == 0) return Status::FormatError("dtype '" + PrintableName(dtype) + "' has item size 0");
   info.itemsize = size;
   return info;
 }
@@ -199,11 +184,11 @@ Result<Index> ParseIndex(const uint8_t* data, size_t size, uint64_t file_size) {
                                  " runs past the end of the metadata block");
     }
     if (type > 2) {
-      return Status::FormatError("index entry " + std::to_string(i) + " ('" + Printable(e.name) +
+      return Status::FormatError("index entry " + std::to_string(i) + " ('" + PrintableName(e.name) +
                                  "') has unknown tensor type " + std::to_string(type));
     }
     e.type = static_cast<TensorType>(type);
-    const std::string what = "tensor '" + Printable(e.name) + "'";
+    const std::string what = "tensor '" + PrintableName(e.name) + "'";
     auto expected = ExpectedDataLength(e);
     if (!expected.ok()) return expected.status().WithContext(what);
     if (e.data_length != 0 && e.data_length != *expected) {
@@ -226,6 +211,7 @@ Result<Index> ParseIndex(const uint8_t* data, size_t size, uint64_t file_size) {
     prev_end = e.record_end();
     index.entries.push_back(std::move(e));
   }
+  TZR_RETURN_IF_ERROR(CheckLoadableIndex(index));
   return index;
 }
 
@@ -292,7 +278,7 @@ Status CheckHeaderMatchesEntry(const TensorHeader& header, const TensorEntry& en
       header.type != entry.type || header.data_length < 0 ||
       static_cast<uint64_t>(header.data_length) != entry.data_length) {
     return Status::FormatError("tensor header at byte " + Dec(entry.header_offset) +
-                               " does not match its index entry '" + Printable(entry.name) + "'");
+                               " does not match its index entry '" + PrintableName(entry.name) + "'");
   }
   return Status::Ok();
 }

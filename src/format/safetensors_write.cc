@@ -9,7 +9,6 @@
 // general JSON library does not promise.
 #include <algorithm>
 #include <cstring>
-#include <nlohmann/json.hpp>
 #include <set>
 #include <string>
 #include <string_view>
@@ -59,37 +58,6 @@ std::string DtypeForMessage(std::string_view dtype) {
   size_t nul = dtype.find('\0');
   if (nul != std::string_view::npos) return std::string(dtype.substr(nul + 1));
   return std::string(dtype);
-}
-
-bool IsValidUtf8(std::string_view s) {
-  size_t i = 0;
-  while (i < s.size()) {
-    unsigned char c = static_cast<unsigned char>(s[i]);
-    size_t n;
-    uint32_t cp;
-    if (c < 0x80) {
-      ++i;
-      continue;
-    } else if ((c & 0xE0) == 0xC0) {
-      n = 1, cp = c & 0x1F;
-    } else if ((c & 0xF0) == 0xE0) {
-      n = 2, cp = c & 0x0F;
-    } else if ((c & 0xF8) == 0xF0) {
-      n = 3, cp = c & 0x07;
-    } else {
-      return false;
-    }
-    if (s.size() - i <= n) return false;  // truncated sequence
-    for (size_t k = 1; k <= n; ++k) {
-      unsigned char cc = static_cast<unsigned char>(s[i + k]);
-      if ((cc & 0xC0) != 0x80) return false;
-      cp = (cp << 6) | (cc & 0x3F);
-    }
-    static constexpr uint32_t kMin[] = {0, 0x80, 0x800, 0x10000};
-    if (cp < kMin[n] || cp > 0x10FFFF || (cp >= 0xD800 && cp <= 0xDFFF)) return false;
-    i += n + 1;
-  }
-  return true;
 }
 
 // A JSON string as serde_json writes it: '"' and '\\' escaped, \b \t \n \f
@@ -176,24 +144,15 @@ Result<std::string> SafetensorsKey(std::string_view stored) {
         "tensor name is not valid UTF-8, which safetensors keys must be");
   }
   if (stored[0] != '\x1e') return std::string(stored);
-  auto path = nlohmann::json::parse(stored.substr(1), nullptr, /*allow_exceptions=*/false);
-  if (path.is_discarded() || !path.is_array() || path.empty()) {
-    return Status::InvalidArgument("tensor name '" + std::string(stored.substr(1)) +
-                                   "' is not a valid path (0x1E + a JSON array)");
+  auto path = DecodeTensorName(stored);
+  if (!path.ok()) {
+    return Status::InvalidArgument("tensor name '" + PrintableName(stored.substr(1)) +
+                                   "' is not a valid path: " + path.status().message());
   }
   std::string key;
-  for (size_t k = 0; k < path.size(); ++k) {
-    const nlohmann::json& part = path[k];
+  for (size_t k = 0; k < path->size(); ++k) {
     if (k > 0) key.push_back('.');
-    if (part.is_string()) {
-      key += part.get<std::string>();
-    } else if (part.is_number_unsigned()) {
-      key += std::to_string(part.get<uint64_t>());
-    } else {
-      return Status::InvalidArgument(
-          "tensor name '" + std::string(stored.substr(1)) +
-          "' has a path component that is neither a string nor an index");
-    }
+    key += (*path)[k].text;
   }
   return key;
 }
