@@ -5,6 +5,7 @@
 // checked again one by one (tensor_check.h) to name every one that fails,
 // not just the first.
 #include <cstdio>
+#include <memory>
 
 #include "command.h"
 #include "key_options.h"
@@ -88,6 +89,9 @@ int RunVerify(const std::vector<std::string>& args) {
   LoadOptions options;
   options.verify = check;
   options.decryption = decryption;
+  // One cache for the whole-file load and the per-tensor loads after it, so
+  // a passphrase key is derived once per file, not once per tensor.
+  if (options.decryption) options.decryption->derived_keys = std::make_shared<DerivedKeyCache>();
   std::vector<size_t> all(opened->index->entries.size());
   for (size_t i = 0; i < all.size(); ++i) all[i] = i;
   Status st;

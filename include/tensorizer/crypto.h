@@ -20,15 +20,17 @@
 // parameters outside libsodium's ranges (tensorizer's ValueError).
 //
 // Thread-safety: everything here is a pure function or a plain value, and
-// safe to call from many threads at once; libsodium is initialised on
-// first use.
+// safe to call from many threads at once, except DerivedKeyCache, which
+// locks; libsodium is initialised on first use.
 #pragma once
 
 #include <array>
 #include <cstddef>
 #include <cstdint>
+#include <mutex>
 #include <string>
 #include <string_view>
+#include <utility>
 #include <variant>
 #include <vector>
 
@@ -69,6 +71,13 @@ enum class MemLimit : uint64_t {
 };
 inline constexpr uint64_t kOpsLimitMax = 4294967295ull;     // crypto_pwhash_OPSLIMIT_MAX
 inline constexpr uint64_t kMemLimitMax = 4398046510080ull;  // crypto_pwhash_MEMLIMIT_MAX
+
+// The most Argon2id work a file may ask of a reader by default: tensorizer's
+// strongest preset, sensitive (opslimit 4, 1 GiB; a few seconds of one
+// core). The file chooses the parameters, so without a cap a hostile file
+// could make a load run for hours (opslimit 2^32 - 1) or allocate terabytes.
+inline constexpr uint64_t kDefaultMaxPwhashOpsLimit = static_cast<uint64_t>(OpsLimit::kSensitive);
+inline constexpr uint64_t kDefaultMaxPwhashMemLimit = static_cast<uint64_t>(MemLimit::kSensitive);
 
 // --- The crypt-info block --------------------------------------------------
 
@@ -206,5 +215,36 @@ Result<std::string> RandomSalt();
 // [kMin, kMax]. Takes as long and as much memory as the parameters ask: a
 // caller reading them from an untrusted file may want to cap memlimit first.
 Result<CryptKey> DeriveKey(std::string_view passphrase, const PwhashParams& params);
+
+// kCryptography when `params` (read from a file) ask for more work than the
+// caller allows; the message gives both numbers and names the setting that
+// raises the cap.
+Status CheckPwhashCost(const PwhashParams& params, uint64_t max_opslimit, uint64_t max_memlimit);
+
+// Keys derived from passphrases, one per passphrase and distinct stored
+// parameters, so that loads sharing one (every tensor of a file, checked one
+// by one) derive each key once. Thread-safe: a derivation holds the lock, so
+// threads asking for the same key wait for the first rather than repeat it.
+class DerivedKeyCache {
+ public:
+  DerivedKeyCache() = default;
+  DerivedKeyCache(const DerivedKeyCache&) = delete;
+  DerivedKeyCache& operator=(const DerivedKeyCache&) = delete;
+  ~DerivedKeyCache();  // wipes the keys and passphrases it holds
+
+  // The cached key, else CheckPwhashCost then DeriveKey (a failure is not
+  // cached).
+  Result<CryptKey> Get(std::string_view passphrase, const PwhashParams& params,
+                       uint64_t max_opslimit, uint64_t max_memlimit);
+
+ private:
+  struct Entry {
+    std::string passphrase;
+    PwhashParams params;
+    CryptKey key;
+  };
+  std::mutex mu_;
+  std::vector<Entry> entries_;  // guarded by mu_
+};
 
 }  // namespace tensorizer

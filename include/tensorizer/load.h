@@ -74,9 +74,15 @@ enum class HashCheck : uint8_t {
 struct DecryptionOptions {
   std::optional<CryptKey> key;
   std::optional<std::string> passphrase;
-  // Refuse Argon2id memory limits above this (a hostile file could ask for
-  // terabytes); tensorizer's strongest preset is 1 GiB.
-  uint64_t max_pwhash_memlimit = 4ull << 30;
+  // The file chooses the Argon2id parameters of a passphrase key: refuse
+  // more work than this (kCryptography) unless the caller raises the caps
+  // for a file it trusts. Default: tensorizer's strongest preset.
+  uint64_t max_pwhash_opslimit = kDefaultMaxPwhashOpsLimit;
+  uint64_t max_pwhash_memlimit = kDefaultMaxPwhashMemLimit;
+  // Keys derived so far, shared by every load given these options (and
+  // their copies), so several loads of one file derive each key once. Null:
+  // each load keeps its own.
+  std::shared_ptr<DerivedKeyCache> derived_keys;
 };
 
 struct LoadOptions {

@@ -219,12 +219,16 @@ class PyReader {
   std::unique_ptr<Load> StartLoad(const std::vector<size_t>& selected, int verify, int num_threads,
                                   uint64_t chunk_bytes, bool huge_pages,
                                   std::optional<nb::bytes> key,
-                                  std::optional<nb::bytes> passphrase) {
+                                  std::optional<nb::bytes> passphrase,
+                                  uint64_t max_pwhash_opslimit, uint64_t max_pwhash_memlimit) {
     LoadOptions o;
     if (key || passphrase) {
       DecryptionOptions d;
       if (key) d.key = KeyArg(*key);
       if (passphrase) d.passphrase = std::string(passphrase->c_str(), passphrase->size());
+      d.max_pwhash_opslimit = max_pwhash_opslimit;
+      d.max_pwhash_memlimit = max_pwhash_memlimit;
+      d.derived_keys = derived_keys_;  // lazy loads of one file derive each key once
       o.decryption = std::move(d);
     }
     o.verify = static_cast<HashCheck>(std::clamp(verify, 0, 2));
@@ -241,6 +245,7 @@ class PyReader {
  private:
   std::shared_ptr<const Source> source_;
   std::shared_ptr<const Index> index_;
+  std::shared_ptr<DerivedKeyCache> derived_keys_ = std::make_shared<DerivedKeyCache>();
 };
 
 using ArenaArray = nb::ndarray<nb::numpy, uint8_t, nb::ndim<1>>;
@@ -385,7 +390,8 @@ NB_MODULE(_core, m) {
            })
       .def("start_load", &PyReader::StartLoad, "selected"_a, "verify"_a = 0, "num_threads"_a = 0,
            "chunk_bytes"_a = 16ull << 20, "huge_pages"_a = true, "key"_a = nb::none(),
-           "passphrase"_a = nb::none());
+           "passphrase"_a = nb::none(), "max_pwhash_opslimit"_a = kDefaultMaxPwhashOpsLimit,
+           "max_pwhash_memlimit"_a = kDefaultMaxPwhashMemLimit);
 
   nb::class_<PySource>(m, "Source")
       .def_static(

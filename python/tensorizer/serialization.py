@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from . import _core, _paths, stream_io, utils
-from ._crypto import DecryptionParams, EncryptionParams
+from ._crypto import MEMLIMIT_SENSITIVE, OPSLIMIT_SENSITIVE, DecryptionParams, EncryptionParams
 from ._dtypes import (  # OPAQUE_DTYPE_SEP: public here, as in tensorizer
     OPAQUE_DTYPE_SEP,  # noqa: F401
     dtype_to_str,
@@ -682,6 +682,8 @@ class TensorDeserializer(collections.abc.Mapping, contextlib.AbstractContextMana
             num_threads=self._num_threads,
             key=_as_bytes(self._decryption.key) if self._decryption is not None else None,
             passphrase=_as_bytes(self._decryption.source) if self._decryption is not None else None,
+            max_pwhash_opslimit=getattr(self._decryption, "max_opslimit", OPSLIMIT_SENSITIVE),
+            max_pwhash_memlimit=getattr(self._decryption, "max_memlimit", MEMLIMIT_SENSITIVE),
         )
         arena = load.arena()
         device = self._target_device()

@@ -64,4 +64,40 @@ Result<CryptKey> DeriveKey(std::string_view passphrase, const PwhashParams& para
   return key;
 }
 
+Status CheckPwhashCost(const PwhashParams& params, uint64_t max_opslimit, uint64_t max_memlimit) {
+  if (params.opslimit > max_opslimit) {
+    return Status::Cryptography(
+        "key derivation asks for opslimit " + std::to_string(params.opslimit) +
+        ", more than the allowed " + std::to_string(max_opslimit) +
+        " (raise max_pwhash_opslimit / max_opslimit if the file is trusted)");
+  }
+  if (params.memlimit > max_memlimit) {
+    return Status::Cryptography(
+        "key derivation asks for " + std::to_string(params.memlimit) +
+        " bytes of memory, more than the allowed " + std::to_string(max_memlimit) +
+        " (raise max_pwhash_memlimit / max_memlimit if the file is trusted)");
+  }
+  return Status::Ok();
+}
+
+DerivedKeyCache::~DerivedKeyCache() {
+  for (Entry& e : entries_) {
+    sodium_memzero(e.key.data(), e.key.size());
+    sodium_memzero(e.passphrase.data(), e.passphrase.size());
+  }
+}
+
+Result<CryptKey> DerivedKeyCache::Get(std::string_view passphrase, const PwhashParams& params,
+                                      uint64_t max_opslimit, uint64_t max_memlimit) {
+  std::lock_guard<std::mutex> lock(mu_);
+  for (const Entry& e : entries_) {
+    if (e.params == params && e.passphrase == passphrase) return e.key;
+  }
+  TZR_RETURN_IF_ERROR(CheckPwhashCost(params, max_opslimit, max_memlimit));
+  auto key = DeriveKey(passphrase, params);
+  if (!key.ok()) return key.status();
+  entries_.push_back(Entry{std::string(passphrase), params, *key});
+  return key;
+}
+
 }  // namespace tensorizer

@@ -119,26 +119,6 @@ struct TensorState {
   size_t chunks_opened = 0;
 };
 
-// Derived keys, cached per stored Argon2id parameters (a file usually uses
-// one salt for every tensor, and a derivation costs ~0.5 s).
-class KeyCache {
- public:
-  Result<CryptKey> Get(const std::string& passphrase, const PwhashParams& params) {
-    std::lock_guard<std::mutex> lock(mu_);
-    for (const auto& [p, key] : cache_) {
-      if (p == params) return key;
-    }
-    auto key = DeriveKey(passphrase, params);
-    if (!key.ok()) return key.status();
-    cache_.emplace_back(params, *key);
-    return key;
-  }
-
- private:
-  std::mutex mu_;
-  std::vector<std::pair<PwhashParams, CryptKey>> cache_;
-};
-
 struct Load::State {
   std::shared_ptr<const Source> source;
   std::shared_ptr<const Index> index;
@@ -155,7 +135,9 @@ struct Load::State {
   Status error;  // guarded by mu
   std::vector<std::thread> workers;
   size_t workers_running = 0;  // guarded by mu
-  KeyCache keys;
+  // Passphrase keys: options.decryption->derived_keys when the caller
+  // shares one between loads, else this load's own.
+  std::shared_ptr<DerivedKeyCache> keys;
 
   void Fail(const Status& st) {
     std::lock_guard<std::mutex> lock(mu);
@@ -251,13 +233,8 @@ struct Load::State {
             "source string (e.g. EncryptionParams.from_string()). DecryptionParams.from_key() "
             "must be used instead");
       }
-      if (kdf->pwhash.memlimit > d.max_pwhash_memlimit) {
-        return Status::Cryptography(what + ": key derivation asks for " +
-                                    std::to_string(kdf->pwhash.memlimit) +
-                                    " bytes of memory, more than the allowed " +
-                                    std::to_string(d.max_pwhash_memlimit));
-      }
-      auto key = keys.Get(d.passphrase.value_or(""), kdf->pwhash);
+      auto key = keys->Get(d.passphrase.value_or(""), kdf->pwhash, d.max_pwhash_opslimit,
+                           d.max_pwhash_memlimit);
       if (!key.ok()) return key.status().WithContext(what);
       ts.key = *key;
     }
@@ -376,6 +353,9 @@ Result<std::unique_ptr<Load>> Load::Start(std::shared_ptr<const Source> source,
   st->source = std::move(source);
   st->index = std::move(index);
   st->options = options;
+  st->keys = options.decryption && options.decryption->derived_keys
+                 ? options.decryption->derived_keys
+                 : std::make_shared<DerivedKeyCache>();
   if (st->index->format == FileFormat::kSafetensors) st->options.verify = HashCheck::kNone;
   auto arena = Arena::Allocate(st->plan.arena_bytes, options.huge_pages);
   if (!arena.ok()) return arena.status().WithContext("loading " + st->source->uri());
