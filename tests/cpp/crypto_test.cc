@@ -12,6 +12,7 @@
 #include <sodium.h>
 
 #include <algorithm>
+#include <chrono>
 #include <fstream>
 #include <map>
 #include <sstream>
@@ -811,6 +812,60 @@ TEST(DeriveKey, PresetsAreLibsodiumsValues) {
   PwhashParams defaults;
   EXPECT_EQ(defaults.opslimit, static_cast<uint64_t>(OpsLimit::kModerate));
   EXPECT_EQ(defaults.memlimit, static_cast<uint64_t>(MemLimit::kModerate));
+}
+
+// Issue 12 #19: the file chooses the Argon2id cost, so a reader caps it.
+TEST(DeriveKey, CostAboveTheCapsIsRefusedBeforeDeriving) {
+  EXPECT_EQ(kDefaultMaxPwhashOpsLimit, crypto_pwhash_OPSLIMIT_SENSITIVE);
+  EXPECT_EQ(kDefaultMaxPwhashMemLimit, crypto_pwhash_MEMLIMIT_SENSITIVE);
+  PwhashParams p;
+  p.salt = std::string(16, 's');
+  p.opslimit = kDefaultMaxPwhashOpsLimit;
+  p.memlimit = kDefaultMaxPwhashMemLimit;
+  EXPECT_TRUE(CheckPwhashCost(p, kDefaultMaxPwhashOpsLimit, kDefaultMaxPwhashMemLimit).ok());
+
+  DerivedKeyCache cache;
+  p.opslimit = kOpsLimitMax;  // hours of work
+  p.memlimit = 8192;
+  auto start = std::chrono::steady_clock::now();
+  auto key = cache.Get("pw", p, kDefaultMaxPwhashOpsLimit, kDefaultMaxPwhashMemLimit);
+  EXPECT_LT(std::chrono::steady_clock::now() - start, std::chrono::seconds(1));
+  ASSERT_FALSE(key.ok());
+  EXPECT_EQ(key.status().code(), StatusCode::kCryptography);
+  EXPECT_NE(key.status().message().find("opslimit 4294967295, more than the allowed 4"),
+            std::string::npos)
+      << key.status().message();
+
+  p.opslimit = 1;
+  p.memlimit = 4ull << 30;  // 4 GiB allocated
+  key = cache.Get("pw", p, kDefaultMaxPwhashOpsLimit, kDefaultMaxPwhashMemLimit);
+  ASSERT_FALSE(key.ok());
+  EXPECT_NE(key.status().message().find("4294967296 bytes of memory, more than the allowed "
+                                        "1073741824"),
+            std::string::npos)
+      << key.status().message();
+
+  // A caller that trusts the file raises the cap.
+  p.opslimit = 5;
+  p.memlimit = 8192;
+  EXPECT_FALSE(cache.Get("pw", p, 4, kDefaultMaxPwhashMemLimit).ok());
+  auto raised = cache.Get("pw", p, 5, kDefaultMaxPwhashMemLimit);
+  ASSERT_TRUE(raised.ok()) << raised.status().ToString();
+  EXPECT_EQ(*raised, *DeriveKey("pw", p));
+}
+
+TEST(DeriveKey, CacheKeepsOneKeyPerPassphraseAndParameters) {
+  PwhashParams p;
+  p.salt = std::string(16, 's');
+  p.opslimit = 1;
+  p.memlimit = 8192;
+  DerivedKeyCache cache;
+  auto a = cache.Get("pw", p, 4, 1 << 30);
+  auto b = cache.Get("other", p, 4, 1 << 30);
+  auto a2 = cache.Get("pw", p, 4, 1 << 30);
+  ASSERT_TRUE(a.ok() && b.ok() && a2.ok());
+  EXPECT_NE(*a, *b);
+  EXPECT_EQ(*a, *a2);
 }
 
 }  // namespace

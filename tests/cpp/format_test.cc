@@ -917,5 +917,109 @@ TEST(HostileTest, HeaderDisagreesWithItsEntry) {
   check(h);
 }
 
+// --- The loader's rules (issue 12 #23) ----------------------------------------
+// tensorizer verify and the Python loader disagreed: these files passed
+// ParseIndex (so the CLI said OK) while the Python loader refused them. The
+// rules now live in ParseIndex, which both use.
+
+Result<Index> ParseBlueprint(std::vector<TensorBlueprint> tensors) {
+  FileBlueprint bp;
+  bp.version = 2;
+  bp.tensors = std::move(tensors);
+  BuiltFile file = BuildFile(bp);
+  return ParseIndex(file.data(), file.size(), file.size());
+}
+
+TensorBlueprint Tensor(std::string name, std::string dtype = "<f4") {
+  TensorBlueprint t;
+  t.name = std::move(name);
+  t.dtype = std::move(dtype);
+  t.shape = {1};
+  auto info = ParseDtype(t.dtype);
+  t.data.assign(info.ok() ? info->itemsize : 4, '\0');
+  return t;
+}
+
+TEST(LoadableRulesTest, RefusesWhatThePythonLoaderRefuses) {
+  struct Case {
+    const char* what;
+    std::vector<TensorBlueprint> tensors;
+    const char* message;
+  };
+  TensorBlueprint param = Tensor("\x1e[\"a\",0]");
+  param.type = TensorType::kParam;
+  std::string nested = "\x1e" + std::string(2000, '[') + std::string(2000, ']');
+  const Case cases[] = {
+      {"empty name", {Tensor("")}, "empty tensor name"},
+      {"non-UTF-8 name", {Tensor("w\xff")}, "not valid UTF-8"},
+      {"duplicate", {Tensor("a"), Tensor("a")}, "'a' is already used"},
+      {"path equal to a plain name", {Tensor("a"), Tensor("\x1e[\"a\"]")}, "already used"},
+      {"tensor and prefix", {Tensor("a"), Tensor("\x1e[\"a\",\"b\"]")}, "both a tensor and a prefix"},
+      {"mixed key types", {Tensor("\x1e[\"a\",0]"), Tensor("\x1e[\"a\",\"b\"]")}, "mixes key types"},
+      {"nested path", {Tensor(nested)}, "nested array"},
+      {"float component", {Tensor("\x1e[1.5]")}, "component: 1.5"},
+      {"negative index", {Tensor("\x1e[-1]")}, "component: -1"},
+      {"empty path", {Tensor("\x1e[]")}, "non-empty array"},
+      {"newline", {Tensor("\x1e[\n\"a\"]")}, "newline"},
+      {"not an array", {Tensor("\x1e{}x]")}, "non-array"},
+      {"structured param", {param}, "not a state_dict entry"},
+      {"numpy dtype torch has not", {Tensor("a", "<f16")}, "unsupported dtype string"},
+      {"void without a torch name", {Tensor("a", "|V4")}, "unsupported dtype string"},
+      {"bool of 4 bytes", {Tensor("a", "<b4")}, "unsupported dtype string"},
+      {"unknown torch dtype", {Tensor("a", std::string("<V2\0torch.nosuch", 16))}, "unknown torch"},
+      {"wrong width", {Tensor("a", std::string("<V4\0torch.bfloat16", 18))}, "wrong width"},
+      {"width numpy lacks", {Tensor("a", std::string("<V3\0torch.bfloat16", 18))}, "wrong width"},
+  };
+  for (const Case& c : cases) {
+    SCOPED_TRACE(c.what);
+    auto index = ParseBlueprint(c.tensors);
+    ASSERT_FALSE(index.ok());
+    EXPECT_EQ(index.status().code(), StatusCode::kFormatError);
+    EXPECT_NE(index.status().message().find(c.message), std::string::npos)
+        << index.status().message();
+    EXPECT_NE(index.status().message().find("index entry"), std::string::npos);
+  }
+}
+
+TEST(LoadableRulesTest, AcceptsWhatThePythonLoaderAccepts) {
+  auto index = ParseBlueprint({Tensor("a.b"), Tensor("\x1e[\"m\",0,\"w\"]"),
+                               Tensor("\x1e[\"m\",1,\"w\"]"), Tensor("\x1e[\"z\", -0]"),
+                               Tensor("\x1e[\"big\",123456789012345678901234567890]"),
+                               Tensor("\xc3\xa9\x01"), Tensor("b", std::string("<V2\0torch.half", 14)),
+                               Tensor("c", std::string("|V1\0torch.float8_e4m3fn", 23)),
+                               Tensor("d", "?"), Tensor("e", "<c16")});
+  ASSERT_TRUE(index.ok()) << index.status().ToString();
+  EXPECT_EQ(index->entries.size(), 10u);
+}
+
+TEST(LoadableRulesTest, DecodeTensorName) {
+  auto plain = DecodeTensorName("\x1e" "a");
+  EXPECT_FALSE(plain.ok());
+  auto p = DecodeTensorName("\x1e[\"layers\", 0 ,\"w\\u0041\",18446744073709551616]");
+  ASSERT_TRUE(p.ok()) << p.status().ToString();
+  ASSERT_EQ(p->size(), 4u);
+  EXPECT_EQ((*p)[0], (PathComponent{false, "layers"}));
+  EXPECT_EQ((*p)[1], (PathComponent{true, "0"}));
+  EXPECT_EQ((*p)[2], (PathComponent{false, "wA"}));
+  EXPECT_EQ((*p)[3], (PathComponent{true, "18446744073709551616"}));
+  auto one = DecodeTensorName("weight");
+  ASSERT_TRUE(one.ok());
+  EXPECT_EQ(*one, (std::vector<PathComponent>{{false, "weight"}}));
+  // Python cannot read integers of more than 4300 digits.
+  EXPECT_FALSE(DecodeTensorName("\x1e[" + std::string(4301, '7') + "]").ok());
+  EXPECT_FALSE(DecodeTensorName("\x1e[true]").ok());
+  EXPECT_FALSE(DecodeTensorName("\x1e[null]").ok());
+  EXPECT_FALSE(DecodeTensorName("\x1e[1e3]").ok());
+  EXPECT_FALSE(DecodeTensorName("\x1e[\"a\"][\"b\"]").ok());
+}
+
+TEST(LoadableRulesTest, MessagesEscapeControlCharacters) {
+  auto index = ParseBlueprint({Tensor("a\x01\x1b[2J", "|V4")});
+  ASSERT_FALSE(index.ok());
+  const std::string& m = index.status().message();
+  EXPECT_NE(m.find("a\\x01\\x1b[2J"), std::string::npos) << m;
+  EXPECT_EQ(m.find('\x1b'), std::string::npos);
+}
+
 }  // namespace
 }  // namespace tensorizer

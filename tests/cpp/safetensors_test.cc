@@ -3,7 +3,9 @@
 // hostile headers that must fail with kFormatError.
 #include <gtest/gtest.h>
 
+#include <chrono>
 #include <cstring>
+#include <map>
 #include <memory>
 #include <string>
 #include <vector>
@@ -125,6 +127,93 @@ TEST(SafetensorsTest, HostileHeadersFailWithFormatErrors) {
     ASSERT_FALSE(via_read.ok()) << c.what;
     EXPECT_NE(via_read.status().message().find("bad.safetensors"), std::string::npos) << c.what;
   }
+}
+
+// Issue 12 #21: the header was parsed into a whole JSON tree before any
+// check, so nesting cost memory and time without bound (and was accepted in
+// fields nobody reads). Nesting past 128 is now refused at its first bracket.
+TEST(SafetensorsTest, NestingPastTheDepthLimitIsRefusedAtOnce) {
+  const std::string tensor = R"("a":{"dtype":"U8","shape":[1],"data_offsets":[0,1])";
+  auto nested = [&](size_t depth) {
+    return Safetensors("{" + tensor + R"(,"x":)" + std::string(depth, '[') +
+                           std::string(depth, ']') + "}}",
+                       std::string(1, '\0'));
+  };
+  // Skipped unknown fields may nest up to the limit (the tensor object and
+  // the top level count too), as the safetensors package allows.
+  auto ok = Parse(nested(kSafetensorsMaxDepth - 2));
+  ASSERT_TRUE(ok.ok()) << ok.status().ToString();
+  EXPECT_EQ(ok->entries.size(), 1u);
+  auto deep = Parse(nested(kSafetensorsMaxDepth - 1));
+  ASSERT_FALSE(deep.ok());
+  EXPECT_EQ(deep.status().code(), StatusCode::kFormatError);
+  EXPECT_NE(deep.status().message().find("nested deeper than 128"), std::string::npos)
+      << deep.status().message();
+
+  // A 64 MB bomb: refused after reading 129 brackets, not after building
+  // 32 million JSON values.
+  const size_t depth = 32u << 20;
+  std::string json = "{" + tensor + R"(,"x":)" + std::string(depth, '[') + std::string(depth, ']') +
+                     "}}";
+  std::string bomb = Safetensors(json, std::string(1, '\0'));
+  json.clear();
+  json.shrink_to_fit();
+  auto start = std::chrono::steady_clock::now();
+  auto refused = Parse(bomb);
+  double seconds =
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  ASSERT_FALSE(refused.ok());
+  EXPECT_NE(refused.status().message().find("nested deeper"), std::string::npos);
+  EXPECT_LT(seconds, 0.5);
+}
+
+// Issue 12 #13: convert read the header a second time for __metadata__; the
+// index now carries it from the one parse.
+TEST(SafetensorsTest, MetadataComesFromTheOneParse) {
+  auto index = Parse(Safetensors(
+      R"({"__metadata__":{"format":"pt","k":"1","k":"2"},"a":{"dtype":"U8","shape":[1],"data_offsets":[0,1]}})",
+      std::string(1, '\0')));
+  ASSERT_TRUE(index.ok()) << index.status().ToString();
+  ASSERT_TRUE(index->safetensors_metadata.has_value());
+  // A repeated key keeps its last value, as in the safetensors package.
+  EXPECT_EQ(*index->safetensors_metadata,
+            (std::map<std::string, std::string>{{"format", "pt"}, {"k", "2"}}));
+  auto none = Parse(Safetensors(R"({"a":{"dtype":"U8","shape":[1],"data_offsets":[0,1]}})",
+                                std::string(1, '\0')));
+  ASSERT_TRUE(none.ok());
+  EXPECT_FALSE(none->safetensors_metadata.has_value());
+  auto null = Parse(Safetensors(
+      R"({"__metadata__":null,"a":{"dtype":"U8","shape":[1],"data_offsets":[0,1]}})",
+      std::string(1, '\0')));
+  ASSERT_TRUE(null.ok()) << null.status().ToString();
+  EXPECT_FALSE(null->safetensors_metadata.has_value());
+}
+
+TEST(SafetensorsTest, RepeatedKeysAndFieldsAreTreatedAsTheSafetensorsPackageTreatsThem) {
+  // A repeated tensor key: the last one counts.
+  auto index = Parse(Safetensors(R"({"a":{"dtype":"U8","shape":[2],"data_offsets":[0,2]},)"
+                                 R"("a":{"dtype":"U8","shape":[1],"data_offsets":[0,1]}})",
+                                 std::string(1, '\0')));
+  ASSERT_TRUE(index.ok()) << index.status().ToString();
+  ASSERT_EQ(index->entries.size(), 1u);
+  EXPECT_EQ(index->entries[0].shape, std::vector<uint64_t>{1});
+  // A repeated field inside one tensor is an error (serde: duplicate field).
+  auto dup = Parse(Safetensors(R"({"a":{"dtype":"U8","dtype":"U8","shape":[1],"data_offsets":[0,1]}})",
+                               std::string(1, '\0')));
+  ASSERT_FALSE(dup.ok());
+  EXPECT_NE(dup.status().message().find("duplicate field"), std::string::npos);
+}
+
+// Issue 12 #24: raw control characters from keys reached messages.
+TEST(SafetensorsTest, MessagesEscapeControlCharactersInKeys) {
+  auto index = Parse(Safetensors(
+      "{\"bad\\u001b[31m\\n\":{\"dtype\":\"F32\",\"shape\":[2],\"data_offsets\":[0,4]}}",
+      std::string(4, '\0')));
+  ASSERT_FALSE(index.ok());
+  const std::string& m = index.status().message();
+  EXPECT_NE(m.find("bad\\x1b[31m\\x0a"), std::string::npos) << m;
+  EXPECT_EQ(m.find('\x1b'), std::string::npos);
+  EXPECT_EQ(m.find('\n'), std::string::npos);
 }
 
 }  // namespace
