@@ -199,3 +199,55 @@ def test_opaque_dtype_with_the_wrong_width(tmp_path):
 
 def test_unknown_flag_bits_rejected_in_any_version(tmp_path, good):
     expect_error(tmp_path, patch(good, FLAGS_AT, "<Q", 1 << 9), "feature flags")
+
+
+# Issue 12 #19: the file chooses the Argon2id cost. opslimit 2^32 - 1 hung a
+# passphrase load for hours, memlimit 4 GiB allocated 4.1 GB. Loads refuse
+# more than the strongest preset (sensitive: 4, 1 GiB) unless the caller
+# raises the cap.
+def _passphrase_file(tmp_path, opslimit=1):
+    from tensorizer import EncryptionParams
+
+    path = tmp_path / "pw.tensors"
+    enc = EncryptionParams.from_string("pw", opslimit=opslimit, memlimit=8192)
+    s = TensorSerializer(path, encryption=enc)
+    s.write_state_dict({"a": torch.arange(8.0)})
+    s.close()
+    data = path.read_bytes()
+    stored = struct.pack("<QQ", opslimit, 8192)
+    assert data.count(stored) == 1
+    return data, data.index(stored)
+
+
+@pytest.mark.parametrize(
+    "opslimit, memlimit, match",
+    [
+        (0xFFFFFFFF, 8192, "opslimit 4294967295, more than the allowed 4"),
+        (1, 4 << 30, "4294967296 bytes of memory, more than the allowed 1073741824"),
+    ],
+)
+def test_passphrase_load_refuses_a_hostile_argon2_cost(tmp_path, opslimit, memlimit, match):
+    from tensorizer import DecryptionParams
+    from tensorizer.serialization import CryptographyError
+
+    data, at = _passphrase_file(tmp_path)
+    hostile = patch(patch(data, at, "<Q", opslimit), at + 8, "<Q", memlimit)
+    expect_error(
+        tmp_path, hostile, match, CryptographyError, encryption=DecryptionParams.from_string("pw")
+    )
+
+
+def test_argon2_cost_cap_can_be_raised_for_a_trusted_file(tmp_path):
+    from tensorizer import DecryptionParams
+    from tensorizer.serialization import CryptographyError
+
+    data, _ = _passphrase_file(tmp_path, opslimit=5)
+    expect_error(
+        tmp_path, data, "opslimit 5", CryptographyError, encryption=DecryptionParams.from_string("pw")
+    )
+    d, _ = load_bytes(
+        tmp_path, data, encryption=DecryptionParams.from_string("pw", max_opslimit=5)
+    )
+    assert torch.equal(d["a"], torch.arange(8.0))
+    with pytest.raises(ValueError):
+        DecryptionParams.from_string("pw", max_memlimit=1)

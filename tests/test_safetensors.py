@@ -4,6 +4,7 @@ format error that names the file and the problem."""
 
 import json
 import struct
+import time
 
 import pytest
 import safetensors.torch
@@ -138,3 +139,35 @@ def test_overlaps_and_holes(tmp_path):
     expect_error(header_file(tmp_path, hole, b"\0" * 12), "hole")
     trailing = {"a": t("F32", [1], 0, 4)}
     expect_error(header_file(tmp_path, trailing, b"\0" * 12), "no tensor covers")
+
+
+# Issue 12 #21: the header was parsed into a whole JSON tree before any check
+# (a 38 MB nesting bomb cost 1.5 GB). The safetensors package refuses nesting
+# past 128; so do we, at the first bracket past it, in an unknown field too.
+def test_nesting_bomb_is_refused_at_once(tmp_path):
+    depth = 4 << 20
+    body = (
+        b'{"a":{"dtype":"F32","shape":[1],"data_offsets":[0,4],"x":'
+        + b"[" * depth
+        + b"]" * depth
+        + b"}}"
+    )
+    path = header_file(tmp_path, body, b"\0" * 4)
+    start = time.monotonic()
+    expect_error(path, "nested deeper than 128 levels")
+    assert time.monotonic() - start < 2
+    with pytest.raises(Exception):
+        safetensors.torch.load_file(str(path))  # the package refuses it too
+
+
+def test_nesting_up_to_the_limit_in_unknown_fields_loads(tmp_path):
+    body = (
+        b'{"a":{"dtype":"F32","shape":[1],"data_offsets":[0,4],"x":'
+        + b"[" * 100
+        + b"]" * 100
+        + b"}}"
+    )
+    path = header_file(tmp_path, body, struct.pack("<f", 2.5))
+    assert safetensors.torch.load_file(str(path))["a"].tolist() == [2.5]
+    with TensorDeserializer(path, device="cpu") as d:
+        assert d["a"].tolist() == [2.5]
