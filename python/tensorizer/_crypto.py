@@ -297,32 +297,27 @@ class DecryptionParams:
     def __init__(self):
         self.key = None
         self.source = None
-        # Not dataclass fields, so reprs and equality stay the reference's.
+        # The most Argon2id work (opslimit, and memory in bytes) a file may
+        # ask of a passphrase load; a tensor asking for more is refused with
+        # CryptographyError. The file chooses its parameters, so the default
+        # is the strongest preset (sensitive: 4, 1 GiB); raise them on the
+        # instance only for files you trust. Plain attributes rather than
+        # dataclass fields or from_string() arguments, so reprs, equality and
+        # signatures stay the reference's.
         self.max_opslimit = OPSLIMIT_SENSITIVE
         self.max_memlimit = MEMLIMIT_SENSITIVE
 
     @classmethod
-    def from_string(
-        cls,
-        source: Union[str, bytes],
-        *,
-        encoding="utf-8",
-        max_opslimit: int = OPSLIMIT_SENSITIVE,
-        max_memlimit: int = MEMLIMIT_SENSITIVE,
-    ) -> "DecryptionParams":
+    def from_string(cls, source: Union[str, bytes], *, encoding="utf-8") -> "DecryptionParams":
         """
         Reverses `EncryptionParams.from_string()`. Files encrypted with
         `EncryptionParams.random()` or an exact key need `from_key()`.
+        A load refuses files whose key derivation asks for more than
+        `max_opslimit` / `max_memlimit` (attributes of the result).
 
         Args:
             source: Source string to use for decryption.
             encoding: Encoding of `source` when it is a ``str``.
-            max_opslimit, max_memlimit: the most Argon2id work (opslimit,
-                and memory in bytes) a file may ask for. The file chooses
-                its parameters; a tensor asking for more is refused with
-                CryptographyError. Default: the sensitive preset (4, 1 GiB),
-                the strongest `EncryptionParams.from_string` offers; raise
-                them only for files you trust.
         """
         if not source:
             raise ValueError("Source cannot be empty")
@@ -330,12 +325,8 @@ class DecryptionParams:
             source = source.encode(encoding)
         elif not isinstance(source, bytes):
             raise TypeError("Invalid source type: must be str or bytes")
-        _range_check(max_opslimit, OPSLIMIT_MIN, OPSLIMIT_MAX, "max_opslimit")
-        _range_check(max_memlimit, MEMLIMIT_MIN, MEMLIMIT_MAX, "max_memlimit")
         params = cls()
         params.source = source
-        params.max_opslimit = int(max_opslimit)
-        params.max_memlimit = int(max_memlimit)
         return params
 
     @classmethod
