@@ -59,6 +59,7 @@ void CheckIndex(const Index& index, uint64_t file_size) {
       at = e.record_end();
     }
     CHECK(at == file_size);
+    CHECK(CheckLoadableIndex(index).ok());
     return;
   }
   CHECK(index.header.version >= kMinDataVersion && index.header.version <= kMaxDataVersion);
@@ -74,6 +75,9 @@ void CheckIndex(const Index& index, uint64_t file_size) {
     auto expected = ExpectedDataLength(e);
     CHECK(expected.ok());
     CHECK(e.data_length == 0 || e.data_length == *expected);
+    // The loader's rules hold for every entry it accepts.
+    CHECK(DecodeTensorName(e.name).ok());
+    CHECK(CheckLoadableDtype(e.dtype).ok());
     prev_end = e.record_end();
   }
 }
