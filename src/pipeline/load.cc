@@ -20,6 +20,7 @@
 
 #include "format/hash.h"
 #include "tensorizer/crypto.h"
+#include "util/thread_annotations.h"
 
 namespace tensorizer {
 
@@ -136,7 +137,7 @@ class KeyCache {
 
  private:
   std::mutex mu_;
-  std::vector<std::pair<PwhashParams, CryptKey>> cache_;
+  std::vector<std::pair<PwhashParams, CryptKey>> cache_ TZR_GUARDED_BY(mu_);
 };
 
 struct Load::State {
@@ -152,9 +153,9 @@ struct Load::State {
   std::atomic<uint64_t> bytes_read{0};
   std::mutex mu;
   std::condition_variable cv;
-  Status error;  // guarded by mu
+  Status error TZR_GUARDED_BY(mu);
   std::vector<std::thread> workers;
-  size_t workers_running = 0;  // guarded by mu
+  size_t workers_running TZR_GUARDED_BY(mu) = 0;
   KeyCache keys;
 
   void Fail(const Status& st) {
