@@ -37,5 +37,10 @@ if __name__ == "__main__":
     if "asan" not in os.environ.get("LD_PRELOAD", ""):
         sys.exit("asan_pytest.py: start it with LD_PRELOAD naming the ASan runtime")
     ASAN_ENV.update((name, os.environ.pop(name, "")) for name in ("LD_PRELOAD", "ASAN_OPTIONS"))
+    import tensorizer._core as core
+
+    venv = os.path.realpath(sys.prefix) + os.sep
+    if sys.prefix == sys.base_prefix or not os.path.realpath(core.__file__).startswith(venv):
+        sys.exit(f"asan_pytest.py: tensorizer._core is {core.__file__}, not this venv's ASan build")
     subprocess.Popen.__init__ = _popen_with_asan_for_our_python
     sys.exit(pytest.main(sys.argv[1:]))

@@ -15,9 +15,10 @@
 #      test_bad_input, test_safetensors), encryption, HTTP, S3 reads and
 #      uploads, Redis, and the CLI (the build/asan binary).
 #
-# Cost, measured on the 2-core CI machine from empty build directories:
-# about 11 minutes on top of the plain run's ~5 (builds ~8 min, the tests
-# ~3); rebuilds after a small change take about a minute less than that.
+# Cost, measured on the 2-core CI machine (shared, load 1-2): about 8
+# minutes from empty build directories on top of the plain run's ~5 (the
+# three builds ~5 min, ctest under both ~30 s, the pytest subset ~2.5 min);
+# about 3 minutes when the builds are up to date.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -46,7 +47,7 @@ build/asan-venv/bin/python -m pip install -q --no-build-isolation \
 # Python is not instrumented, so the ASan runtime has to be in the process
 # before anything else: preloaded. clang leaves the runtime out of a shared
 # library (the extension), so without it the import fails on __asan_*
-# symbols, which also proves the sanitized build is the one tested.
+# symbols; asan_pytest.py checks that the extension is this venv's.
 # detect_leaks=0 for Python only: CPython and torch keep their own memory
 # until exit on purpose (interned objects, module state, allocator arenas),
 # which LeakSanitizer would report by the thousand; our C++ is leak-checked
