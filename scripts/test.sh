@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Sets everything up, then runs all the tests: the C++ unit tests (CTest),
-# a C++ program built against the installed package (find_package), and the
-# Python suite (pytest).
+# a C++ program built against the installed package (find_package), the
+# Python suite (pytest), and then the C++ tests and a pytest subset again
+# under ASan + UBSan and TSan (scripts/sanitizers.sh; TENSORIZER_SANITIZERS=0
+# leaves them out). Arguments go to the full pytest run.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
@@ -31,6 +33,11 @@ rc=$?
 set -e
 if [ $rc -eq 5 ]; then
   echo "pytest collected no tests: treating that as a failure" >&2
-  exit 1
+  rc=1
+fi
+
+if [ "${TENSORIZER_SANITIZERS:-1}" != 0 ]; then
+  echo "== Sanitizers (scripts/sanitizers.sh)"
+  bash scripts/sanitizers.sh || rc=1
 fi
 exit $rc

@@ -20,6 +20,7 @@
 
 #include "format/hash.h"
 #include "tensorizer/crypto.h"
+#include "util/thread_annotations.h"
 
 namespace tensorizer {
 
@@ -132,9 +133,9 @@ struct Load::State {
   std::atomic<uint64_t> bytes_read{0};
   std::mutex mu;
   std::condition_variable cv;
-  Status error;  // guarded by mu
+  Status error TZR_GUARDED_BY(mu);
   std::vector<std::thread> workers;
-  size_t workers_running = 0;  // guarded by mu
+  size_t workers_running TZR_GUARDED_BY(mu) = 0;
   // Passphrase keys: options.decryption->derived_keys when the caller
   // shares one between loads, else this load's own.
   std::shared_ptr<DerivedKeyCache> keys;

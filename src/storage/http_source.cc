@@ -45,6 +45,7 @@
 #include "storage/http_protocol.h"
 #include "storage/read_range.h"
 #include "tensorizer/source.h"
+#include "util/thread_annotations.h"
 
 namespace tensorizer {
 namespace {
@@ -493,11 +494,11 @@ class HttpSource final : public internal::ScatterReadSource {
   std::string etag_, last_modified_;
 
   mutable std::mutex mu_;  // guards idle_ and rng_
-  mutable std::vector<Handle> idle_;
-  mutable std::mt19937_64 rng_;
+  mutable std::vector<Handle> idle_ TZR_GUARDED_BY(mu_);
+  mutable std::mt19937_64 rng_ TZR_GUARDED_BY(mu_);
 
   mutable std::mutex whole_mu_;  // guards the first fill of whole_
-  mutable bool whole_loaded_ = false;
+  mutable bool whole_loaded_ TZR_GUARDED_BY(whole_mu_) = false;
   mutable std::string whole_;
 
   // Whether the last Perform on this thread failed in a way worth retrying.

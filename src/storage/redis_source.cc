@@ -65,6 +65,7 @@
 #include "storage/read_range.h"
 #include "storage/redis_protocol.h"
 #include "tensorizer/source.h"
+#include "util/thread_annotations.h"
 
 namespace tensorizer {
 namespace redis {
@@ -844,7 +845,7 @@ class RedisSource final : public internal::ScatterReadSource {
   uint64_t size_ = 0;
 
   mutable std::mutex mu_;  // guards idle_
-  mutable std::vector<std::unique_ptr<Connection>> idle_;
+  mutable std::vector<std::unique_ptr<Connection>> idle_ TZR_GUARDED_BY(mu_);
 };
 
 }  // namespace

@@ -52,6 +52,7 @@
 #include "storage/s3_auth.h"
 #include "storage/s3_config.h"
 #include "tensorizer/write.h"
+#include "util/thread_annotations.h"
 
 namespace tensorizer {
 namespace {
@@ -372,7 +373,7 @@ class S3Sink final : public Sink {
   };
 
   // Called with mu_ held.
-  void Enqueue(uint64_t index) {
+  void Enqueue(uint64_t index) TZR_REQUIRES(mu_) {
     parts_[index].queued = true;
     queue_.push_back(index);
     work_cv_.notify_one();
@@ -459,14 +460,14 @@ class S3Sink final : public Sink {
 
   std::mutex mu_;  // guards everything below
   std::condition_variable work_cv_, space_cv_, idle_cv_;
-  std::map<uint64_t, Part> parts_;
-  std::deque<uint64_t> queue_;
-  std::set<uint64_t> sent_;
-  std::map<uint64_t, std::string> etags_;  // part number -> ETag
-  uint64_t end_ = 0;
-  int in_flight_ = 0;
-  bool stop_ = false;
-  Status error_;
+  std::map<uint64_t, Part> parts_ TZR_GUARDED_BY(mu_);
+  std::deque<uint64_t> queue_ TZR_GUARDED_BY(mu_);
+  std::set<uint64_t> sent_ TZR_GUARDED_BY(mu_);
+  std::map<uint64_t, std::string> etags_ TZR_GUARDED_BY(mu_);  // part number -> ETag
+  uint64_t end_ TZR_GUARDED_BY(mu_) = 0;
+  int in_flight_ TZR_GUARDED_BY(mu_) = 0;
+  bool stop_ TZR_GUARDED_BY(mu_) = false;
+  Status error_ TZR_GUARDED_BY(mu_);
   std::vector<std::thread> uploaders_;
 };
 
