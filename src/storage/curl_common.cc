@@ -1,5 +1,6 @@
 #include "storage/curl_common.h"
 
+#include <algorithm>
 #include <cerrno>
 #include <mutex>
 
@@ -20,7 +21,8 @@ void ApplyHttpOptions(CURL* c, const HttpOptions& options) {
   curl_easy_setopt(c, CURLOPT_CONNECTTIMEOUT_MS, static_cast<long>(options.connect_timeout_ms));
   if (options.low_speed_timeout_ms > 0) {
     // libcurl measures stalls in whole seconds: round up.
-    curl_easy_setopt(c, CURLOPT_LOW_SPEED_LIMIT, 1L);
+    curl_easy_setopt(c, CURLOPT_LOW_SPEED_LIMIT,
+                     static_cast<long>(std::max<uint32_t>(1, options.min_speed_bytes_per_s)));
     curl_easy_setopt(c, CURLOPT_LOW_SPEED_TIME,
                      static_cast<long>((options.low_speed_timeout_ms + 999) / 1000));
   }
@@ -30,6 +32,16 @@ void ApplyHttpOptions(CURL* c, const HttpOptions& options) {
     curl_easy_setopt(c, CURLOPT_SSL_VERIFYPEER, 0L);
     curl_easy_setopt(c, CURLOPT_SSL_VERIFYHOST, 0L);
   }
+}
+
+void ApplyRedirectPolicy(CURL* c, const std::string& url, bool follow_redirects) {
+  const bool https = url.rfind("https://", 0) == 0;
+  curl_easy_setopt(c, CURLOPT_PROTOCOLS_STR, https ? "https" : "http,https");
+  curl_easy_setopt(c, CURLOPT_REDIR_PROTOCOLS_STR, https ? "https" : "http,https");
+  curl_easy_setopt(c, CURLOPT_FOLLOWLOCATION, follow_redirects ? 1L : 0L);
+  curl_easy_setopt(c, CURLOPT_MAXREDIRS, 10L);
+  // Credentials of the URL's userinfo go to its own host only.
+  curl_easy_setopt(c, CURLOPT_UNRESTRICTED_AUTH, 0L);
 }
 
 bool IsRetriableCurl(CURLcode rc) {

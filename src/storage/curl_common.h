@@ -7,6 +7,7 @@
 
 #include <cstdint>
 #include <random>
+#include <string>
 
 #include "tensorizer/source.h"
 
@@ -22,6 +23,13 @@ const char* CurlUserAgent();
 // and TLS trust from `options`. The handle must outlive nothing here: no
 // pointer into `options` is kept by libcurl (it copies strings).
 void ApplyHttpOptions(CURL* handle, const HttpOptions& options);
+
+// Which protocols a handle may speak and be redirected to: http and https
+// only (never ftp://, file://...), and never from https down to http.
+// `follow_redirects` false (every signed request: S3 clients re-sign for the
+// new region or fail, and a redirect would carry x-amz-security-token to
+// another host) makes a 3xx the final answer.
+void ApplyRedirectPolicy(CURL* handle, const std::string& url, bool follow_redirects);
 
 // Failures of the transfer itself that a new attempt may not meet: DNS,
 // connect, timeouts and stalls, dropped or reset connections, TLS setup.

@@ -108,7 +108,47 @@ void Response::AddLine(const std::string& line) {
     retry_after = value;
   } else if (IEquals(name, "content-length")) {
     has_length = ParseU64(value, &content_length);
+  } else if (IEquals(name, "content-encoding")) {
+    content_encoding = content_encoding.empty() ? value : content_encoding + ", " + value;
+  } else if (IEquals(name, "transfer-encoding")) {
+    transfer_encoding = transfer_encoding.empty() ? value : transfer_encoding + ", " + value;
+  } else if (IEquals(name, "location")) {
+    location = value;
   }
+}
+
+namespace {
+
+// True when every comma-separated coding in `list` is one of `allowed`
+// (case-insensitive); an empty list passes.
+bool OnlyCodings(const std::string& list, std::initializer_list<const char*> allowed) {
+  size_t begin = 0;
+  while (begin <= list.size()) {
+    size_t comma = list.find(',', begin);
+    if (comma == std::string::npos) comma = list.size();
+    std::string coding = Trim(list.substr(begin, comma - begin));
+    if (!coding.empty()) {
+      bool ok = false;
+      for (const char* a : allowed) ok = ok || IEquals(coding, a);
+      if (!ok) return false;
+    }
+    begin = comma + 1;
+  }
+  return true;
+}
+
+}  // namespace
+
+std::string Response::EncodingProblem() const {
+  if (!OnlyCodings(content_encoding, {"identity"})) {
+    return "the server answered with Content-Encoding '" + OneLine(content_encoding).substr(0, 64) +
+           "' although only identity was accepted";
+  }
+  if (!OnlyCodings(transfer_encoding, {"chunked", "identity"})) {
+    return "the server answered with Transfer-Encoding '" +
+           OneLine(transfer_encoding).substr(0, 64) + "', which is not supported";
+  }
+  return "";
 }
 
 std::string Response::StatusText() const {

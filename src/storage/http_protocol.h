@@ -47,6 +47,9 @@ struct Response {
   long status = 0;
   std::string reason;
   std::string etag, last_modified, content_range, retry_after;
+  // Content-Encoding and Transfer-Encoding as sent ("" when absent), and
+  // where a 3xx points.
+  std::string content_encoding, transfer_encoding, location;
   bool has_length = false;
   uint64_t content_length = 0;
 
@@ -55,6 +58,16 @@ struct Response {
 
   // "HTTP 404 Not Found", for messages.
   std::string StatusText() const;
+
+  // Why the body cannot be taken as the object's bytes as sent, or "" when it
+  // can: any content coding but identity (a gzip body would be taken for raw
+  // tensor bytes), any transfer coding but chunked.
+  std::string EncodingProblem() const;
 };
+
+// Bounds on what the headers of one request may cost, whatever the server
+// sends: interim responses (100 Continue...) and header bytes in all.
+constexpr int kMaxInterimResponses = 16;
+constexpr size_t kMaxHeaderBytes = 256 << 10;
 
 }  // namespace tensorizer::http

@@ -45,6 +45,7 @@
 #include "storage/http_protocol.h"
 #include "storage/read_range.h"
 #include "tensorizer/source.h"
+#include "tensorizer/uri.h"
 #include "util/thread_annotations.h"
 
 namespace tensorizer {
@@ -116,6 +117,10 @@ size_t HeaderCallback(char* data, size_t size, size_t count, void* user) {
 bool CheckBodyStart(Transfer* t) {
   const Response& r = t->response;
   const uint64_t object_size = t->object_size;
+  if ((r.status == 200 || r.status == 206) && !r.EncodingProblem().empty()) {
+    t->abort_reason = r.EncodingProblem();
+    return false;
+  }
   if (t->probe) return true;
   if (r.status == 206 && t->ranged) {
     ContentRange cr;
@@ -380,6 +385,14 @@ class HttpSource final : public internal::ScatterReadSource {
     if (r.status == 416 && !t->probe) {
       return Status::IoError(ChangedMessage() + " (HTTP 416: the range is past its end)", ESTALE);
     }
+    if ((r.status == 200 || r.status == 206) && !r.EncodingProblem().empty()) {
+      return Status::IoError(r.EncodingProblem());
+    }
+    if (r.status >= 300 && r.status < 400 && auth_) {
+      return Status::IoError(r.StatusText() + ": the endpoint redirects to " +
+                             RedactUri(r.location) +
+                             "; signed requests are not redirected (check the endpoint and region)");
+    }
     bool good = r.status == 200 || r.status == 206 || (t->probe && r.status == 416);
     if (!good) {
       retriable_ = internal::IsRetriableStatus(r.status);
@@ -471,8 +484,9 @@ class HttpSource final : public internal::ScatterReadSource {
     if (!h) return h;
     CURL* c = h.get();
     curl_easy_setopt(c, CURLOPT_URL, url_.c_str());
-    curl_easy_setopt(c, CURLOPT_FOLLOWLOCATION, 1L);
-    curl_easy_setopt(c, CURLOPT_MAXREDIRS, 10L);
+    // Signed requests (auth_) never follow a redirect: the new host would
+    // receive x-amz-security-token, which libcurl does not strip.
+    internal::ApplyRedirectPolicy(c, url_, /*follow_redirects=*/!auth_);
     // Bigger socket reads than the 16 KiB default: fewer callbacks at GB/s.
     curl_easy_setopt(c, CURLOPT_BUFFERSIZE, 512L * 1024);
     internal::ApplyHttpOptions(c, options_);
@@ -511,10 +525,10 @@ thread_local bool HttpSource::retriable_ = false;
 
 Result<std::unique_ptr<Source>> OpenHttpSource(const std::string& url, const HttpOptions& options) {
   if (url.rfind("http://", 0) != 0 && url.rfind("https://", 0) != 0) {
-    return Status::InvalidArgument("not an http:// or https:// URL: " + url);
+    return Status::InvalidArgument("not an http:// or https:// URL: " + RedactUri(url));
   }
   internal::CurlGlobalInit();
-  auto source = std::make_unique<HttpSource>(url, url, options, nullptr);
+  auto source = std::make_unique<HttpSource>(url, RedactUri(url), options, nullptr);
   TZR_RETURN_IF_ERROR(source->Open());
   return std::unique_ptr<Source>(std::move(source));
 }

@@ -713,6 +713,29 @@ Result<ResolvedConfig> ResolveConfig(const S3Options& options, const Environment
       break;
     }
   }
+  // Every value here ends up in a request header: a CR or LF in one would
+  // add headers of its own. The message names the setting, never its value.
+  auto clean = [](const std::string& v) {
+    for (unsigned char c : v) {
+      if (c < 0x20 || c == 0x7f) return false;
+    }
+    return true;
+  };
+  auto refuse = [](const std::string& what) {
+    return Status::InvalidArgument("the S3 " + what +
+                                   " contains a control character (CR, LF, NUL...); "
+                                   "fix the setting it came from");
+  };
+  if (out.credentials) {
+    const std::string from = " (from " + out.credentials_from + ")";
+    if (!clean(out.credentials->access_key_id)) return refuse("access key id" + from);
+    if (!clean(out.credentials->secret_access_key)) return refuse("secret access key" + from);
+    if (out.credentials->session_token && !clean(*out.credentials->session_token)) {
+      return refuse("session token" + from);
+    }
+  }
+  if (!clean(out.region)) return refuse("region");
+  if (!clean(out.host)) return refuse("endpoint");
   return out;
 }
 

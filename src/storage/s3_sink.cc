@@ -63,6 +63,23 @@ constexpr uint64_t kMaxParts = 10000;
 constexpr uint64_t kMaxPartBytes = 5ull << 30;
 constexpr size_t kMaxResponseBody = 64 << 10;
 
+// An ETag comes from the server: escaped, it cannot add part entries to the
+// CompleteMultipartUpload body.
+std::string XmlEscape(const std::string& s) {
+  std::string out;
+  for (char c : s) {
+    switch (c) {
+      case '&': out += "&amp;"; break;
+      case '<': out += "&lt;"; break;
+      case '>': out += "&gt;"; break;
+      case '"': out += "&quot;"; break;
+      case '\'': out += "&apos;"; break;
+      default: out += c;
+    }
+  }
+  return out;
+}
+
 struct Reply {
   long status = 0;
   std::string status_text;
@@ -174,6 +191,7 @@ class S3Connection {
     curl_easy_setopt(c, CURLOPT_WRITEFUNCTION, CollectBody);
     curl_easy_setopt(c, CURLOPT_WRITEDATA, &reply);
     internal::ApplyHttpOptions(c, http_);
+    internal::ApplyRedirectPolicy(c, url, /*follow_redirects=*/false);
     char errbuf[CURL_ERROR_SIZE] = {0};
     curl_easy_setopt(c, CURLOPT_ERRORBUFFER, errbuf);
     CURLcode rc = curl_easy_perform(c);
@@ -406,10 +424,13 @@ class S3Sink final : public Sink {
       if (!reply.ok()) {
         if (error_.ok()) error_ = reply.status();
         space_cv_.notify_all();
-      } else if (reply->etag.empty()) {
+      } else if (reply->etag.empty() ||
+                 std::any_of(reply->etag.begin(), reply->etag.end(), [](char ch) {
+                   return static_cast<unsigned char>(ch) < 0x20 || ch == 0x7f;
+                 })) {
         if (error_.ok()) {
           error_ =
-              Status::IoError("UploadPart " + number + " of " + uri_ + " answered without an ETag");
+              Status::IoError("UploadPart " + number + " of " + uri_ + " answered without a well-formed ETag");
         }
         space_cv_.notify_all();
       } else {
@@ -432,8 +453,8 @@ class S3Sink final : public Sink {
   Status Complete() {
     std::string xml = "<CompleteMultipartUpload>";
     for (const auto& [number, etag] : etags_) {
-      xml += "<Part><PartNumber>" + std::to_string(number) + "</PartNumber><ETag>" + etag +
-             "</ETag></Part>";
+      xml += "<Part><PartNumber>" + std::to_string(number) + "</PartNumber><ETag>" +
+             XmlEscape(etag) + "</ETag></Part>";
     }
     xml += "</CompleteMultipartUpload>";
     S3Connection conn(config_, location_, http_);
