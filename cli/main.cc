@@ -1,6 +1,7 @@
 // `tensorizer`: the command-line tool. This file only dispatches to the
 // subcommands (one file each) and answers --help and --version.
 #include <cerrno>
+#include <csignal>
 #include <cstdio>
 #include <cstring>
 #include <exception>
@@ -93,6 +94,10 @@ int Main(int argc, char** argv) {
 }  // namespace tensorizer::cli
 
 int main(int argc, char** argv) {
+  // Past RLIMIT_FSIZE a write raises SIGXFSZ, whose default kills the tool
+  // and leaves the save's temporary file behind. Ignored, the write fails
+  // with EFBIG and the save cleans up and reports it, as Python does.
+  std::signal(SIGXFSZ, SIG_IGN);
   int rc;
   try {
     rc = tensorizer::cli::Main(argc, argv);

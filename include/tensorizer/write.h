@@ -50,10 +50,18 @@ class Sink {
   virtual bool writes_once() const { return false; }
 };
 
-// Writes `path` through a temporary file renamed over it on Commit().
+// Writes `path` through a temporary file beside it, ".<name>.tzr-tmp-...",
+// that takes the replaced file's owner and mode, and is synced and renamed
+// over `path` on Commit(), then the directory is synced. A symlink is
+// followed; a target that is not a regular file (FIFO, device, directory)
+// is refused. An existing file whose directory refuses the temporary, or
+// whose owner the temporary cannot take, is written in place instead
+// (truncated on Abort()). Temporaries left by dead processes on this host
+// are removed by the next save to the same name. docs/storage.md has the
+// details and the cost of the syncs.
 Result<std::unique_ptr<Sink>> CreateFileSink(const std::string& path);
-// Writes into a descriptor the caller owns (duplicated here). No rename:
-// Commit() only flushes nothing more; Abort() leaves the descriptor's file.
+// Writes into a descriptor the caller owns (duplicated here). No rename and
+// no sync: Commit() only closes the duplicate; Abort() leaves the file.
 Result<std::unique_ptr<Sink>> CreateFdSink(int fd, const std::string& name);
 
 // How an S3 sink uploads: a multipart upload of part_bytes parts,

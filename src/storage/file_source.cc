@@ -93,7 +93,13 @@ Result<std::unique_ptr<Source>> FromOwnedFd(int fd, const std::string& name) {
   }
   if (!S_ISREG(st.st_mode) && !S_ISBLK(st.st_mode)) {
     ::close(fd);
-    return Status::InvalidArgument(name + " is not a regular file");
+    const char* kind = S_ISDIR(st.st_mode)    ? "a directory"
+                       : S_ISFIFO(st.st_mode) ? "a FIFO"
+                       : S_ISCHR(st.st_mode)  ? "a character device"
+                       : S_ISSOCK(st.st_mode) ? "a socket"
+                                              : "a special file";
+    return Status::InvalidArgument(name + " is not a regular file (it is " + kind +
+                                   "): a .tensors file must be seekable");
   }
   return std::unique_ptr<Source>(
       std::make_unique<FileSource>(fd, static_cast<uint64_t>(st.st_size), name));
@@ -110,8 +116,15 @@ Status Source::ReadAtV(uint64_t offset, const struct iovec* iov, int iovcnt) con
 }
 
 Result<std::unique_ptr<Source>> OpenFileSource(const std::string& path) {
-  int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  // O_NONBLOCK: opening a FIFO would otherwise wait for a writer forever;
+  // FromOwnedFd then refuses it. Reads stay blocking.
+  int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NOCTTY | O_NONBLOCK);
   if (fd < 0) return Status::FromErrno("opening " + path, errno);
+  if (::fcntl(fd, F_SETFL, ::fcntl(fd, F_GETFL) & ~O_NONBLOCK) != 0) {
+    int err = errno;
+    ::close(fd);
+    return Status::FromErrno("opening " + path, err);
+  }
   return FromOwnedFd(fd, path);
 }
 

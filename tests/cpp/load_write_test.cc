@@ -2,13 +2,20 @@
 // ReadIndex + Load back, with and without hash verification, many threads
 // and chunk sizes small enough to split every record. Then damaged files:
 // flipped bytes, truncation, a metadata block that overflows.
+#include <dlfcn.h>
 #include <fcntl.h>
 #include <gtest/gtest.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/un.h>
 #include <unistd.h>
 
+#include <chrono>
+#include <cstdio>
 #include <cstdlib>
 #include <filesystem>
+#include <future>
+#include <mutex>
 #include <fstream>
 #include <limits>
 #include <memory>
@@ -21,6 +28,52 @@
 #include "tensorizer/source.h"
 #include "tensorizer/write.h"
 #include "test_files.h"
+
+// Whether a save syncs its data before the rename cannot be seen from the
+// file system, and no real component fails fsync on demand. So this binary
+// interposes fsync and rename (its definitions win over libc's for the
+// statically linked library): while `recording` is set they log each call
+// with the paths involved and can fail fsync with `fail_fsync_errno`; they
+// always forward to libc otherwise.
+namespace syscall_log {
+std::mutex mu;
+bool recording = false;
+int fail_fsync_errno = 0;
+std::vector<std::string> events;
+
+std::string PathOfFd(int fd) {
+  char buf[4096];
+  ssize_t n = ::readlink(("/proc/self/fd/" + std::to_string(fd)).c_str(), buf, sizeof buf);
+  return n > 0 ? std::string(buf, static_cast<size_t>(n)) : "?";
+}
+}  // namespace syscall_log
+
+extern "C" int fsync(int fd) {
+  static auto* real = reinterpret_cast<int (*)(int)>(::dlsym(RTLD_NEXT, "fsync"));
+  {
+    std::lock_guard<std::mutex> lock(syscall_log::mu);
+    if (syscall_log::recording) {
+      syscall_log::events.push_back("fsync " + syscall_log::PathOfFd(fd));
+      if (syscall_log::fail_fsync_errno != 0) {
+        errno = syscall_log::fail_fsync_errno;
+        return -1;
+      }
+    }
+  }
+  return real(fd);
+}
+
+extern "C" int rename(const char* from, const char* to) noexcept {
+  static auto* real =
+      reinterpret_cast<int (*)(const char*, const char*)>(::dlsym(RTLD_NEXT, "rename"));
+  {
+    std::lock_guard<std::mutex> lock(syscall_log::mu);
+    if (syscall_log::recording) {
+      syscall_log::events.push_back(std::string("rename ") + from + " " + to);
+    }
+  }
+  return real(from, to);
+}
 
 namespace tensorizer {
 namespace {
@@ -242,8 +295,7 @@ TEST_F(LoadWriteTest, TargetAppearsOnlyOnClose) {
   ASSERT_TRUE((*writer)->Write(ToWrites(PlainSamples())).ok());
   EXPECT_FALSE(fs::exists(target));
   ASSERT_EQ(DirEntries().size(), 1u);  // the temporary file, beside the target
-  EXPECT_NE(DirEntries()[0], "model.tensors");
-  EXPECT_EQ(DirEntries()[0].rfind("model.tensors", 0), 0u);
+  EXPECT_EQ(DirEntries()[0].rfind(".model.tensors.tzr-tmp-", 0), 0u) << DirEntries()[0];
   ASSERT_TRUE((*writer)->Close().ok());
   EXPECT_TRUE((*writer)->closed());
   EXPECT_TRUE(fs::exists(target));
@@ -292,6 +344,180 @@ TEST_F(LoadWriteTest, SinkInAMissingDirectoryIsAnIoError) {
   ASSERT_FALSE(sink.ok());
   EXPECT_EQ(sink.status().code(), StatusCode::kIoError);
   EXPECT_EQ(sink.status().sys_errno(), ENOENT);
+}
+
+// Records fsync/rename (see syscall_log) for the life of the object.
+class RecordSyscalls {
+ public:
+  explicit RecordSyscalls(int fail_fsync_errno = 0) {
+    std::lock_guard<std::mutex> lock(syscall_log::mu);
+    syscall_log::events.clear();
+    syscall_log::fail_fsync_errno = fail_fsync_errno;
+    syscall_log::recording = true;
+  }
+  ~RecordSyscalls() {
+    std::lock_guard<std::mutex> lock(syscall_log::mu);
+    syscall_log::recording = false;
+    syscall_log::fail_fsync_errno = 0;
+  }
+  std::vector<std::string> events() const {
+    std::lock_guard<std::mutex> lock(syscall_log::mu);
+    return syscall_log::events;
+  }
+};
+
+Status SaveSamples(const std::string& path) {
+  auto sink = CreateFileSink(path);
+  if (!sink.ok()) return sink.status();
+  auto writer = Writer::Create(std::move(sink).value(), {});
+  if (!writer.ok()) return writer.status();
+  TZR_RETURN_IF_ERROR((*writer)->Write(ToWrites(PlainSamples())));
+  return (*writer)->Close();
+}
+
+TEST_F(LoadWriteTest, SyncsTheDataBeforeTheRenameAndTheDirectoryAfter) {
+  const std::string target = PathOf("model.tensors");
+  std::vector<std::string> events;
+  {
+    RecordSyscalls record;
+    ASSERT_TRUE(SaveSamples(target).ok());
+    events = record.events();
+  }
+  const std::string dir = fs::canonical(dir_).string();
+  ASSERT_EQ(events.size(), 3u) << ::testing::PrintToString(events);
+  const std::string temp = events[0].substr(6);
+  EXPECT_EQ(events[0].rfind("fsync " + dir + "/.model.tensors.tzr-tmp-", 0), 0u) << events[0];
+  EXPECT_EQ(events[1], "rename " + temp + " " + target);
+  EXPECT_EQ(events[2], "fsync " + dir);
+}
+
+TEST_F(LoadWriteTest, FailedSyncKeepsTheOldFile) {
+  const std::string target = PathOf("model.tensors");
+  WriteWhole(target, "old contents");
+  Status st;
+  {
+    RecordSyscalls record(EIO);
+    st = SaveSamples(target);
+  }
+  EXPECT_EQ(st.code(), StatusCode::kIoError) << st.ToString();
+  EXPECT_EQ(st.sys_errno(), EIO);
+  EXPECT_NE(st.message().find("syncing " + target), std::string::npos) << st.message();
+  EXPECT_EQ(ReadWhole(target), "old contents");
+  EXPECT_EQ(DirEntries(), std::vector<std::string>{"model.tensors"});
+}
+
+TEST_F(LoadWriteTest, RefusesToReplaceAFifoOrASocket) {
+  const std::string fifo = PathOf("fifo.tensors");
+  ASSERT_EQ(::mkfifo(fifo.c_str(), 0600), 0);
+  const std::string sock = PathOf("sock.tensors");
+  int s = ::socket(AF_UNIX, SOCK_STREAM, 0);
+  ASSERT_GE(s, 0);
+  sockaddr_un addr{};
+  addr.sun_family = AF_UNIX;
+  ASSERT_LT(sock.size(), sizeof addr.sun_path);
+  std::snprintf(addr.sun_path, sizeof addr.sun_path, "%s", sock.c_str());
+  ASSERT_EQ(::bind(s, reinterpret_cast<sockaddr*>(&addr), sizeof addr), 0);
+  ::close(s);
+  for (const auto& [path, kind] : {std::pair{fifo, "FIFO"}, std::pair{sock, "socket"}}) {
+    auto sink = CreateFileSink(path);
+    ASSERT_FALSE(sink.ok()) << path << " was opened for saving";
+    EXPECT_EQ(sink.status().code(), StatusCode::kInvalidArgument);
+    EXPECT_NE(sink.status().message().find(path), std::string::npos) << sink.status().message();
+    EXPECT_NE(sink.status().message().find(kind), std::string::npos) << sink.status().message();
+  }
+  struct stat st {};
+  ASSERT_EQ(::lstat(fifo.c_str(), &st), 0);
+  EXPECT_TRUE(S_ISFIFO(st.st_mode));
+  ASSERT_EQ(::lstat(sock.c_str(), &st), 0);
+  EXPECT_TRUE(S_ISSOCK(st.st_mode));
+  EXPECT_EQ(DirEntries(), (std::vector<std::string>{"fifo.tensors", "sock.tensors"}));
+}
+
+TEST_F(LoadWriteTest, ADirectoryTargetIsEisdir) {
+  ASSERT_TRUE(fs::create_directory(PathOf("model.tensors")));
+  auto sink = CreateFileSink(PathOf("model.tensors"));
+  ASSERT_FALSE(sink.ok());
+  EXPECT_EQ(sink.status().sys_errno(), EISDIR) << sink.status().ToString();
+}
+
+TEST_F(LoadWriteTest, OverwriteKeepsModeAndOwner) {
+  const std::string target = PathOf("model.tensors");
+  WriteWhole(target, "old contents");
+  ASSERT_EQ(::chmod(target.c_str(), 0640), 0);
+  // Another user's file, where we may give one away (root, as in CI).
+  const bool root = ::geteuid() == 0;
+  if (root) ASSERT_EQ(::chown(target.c_str(), 12345, 12346), 0);
+  ASSERT_TRUE(SaveSamples(target).ok());
+  struct stat st {};
+  ASSERT_EQ(::stat(target.c_str(), &st), 0);
+  EXPECT_EQ(st.st_mode & 07777, 0640u);
+  if (root) {
+    EXPECT_EQ(st.st_uid, 12345u);
+    EXPECT_EQ(st.st_gid, 12346u);
+  }
+  EXPECT_NE(ReadWhole(target), "old contents");
+  EXPECT_EQ(DirEntries(), std::vector<std::string>{"model.tensors"});
+}
+
+TEST_F(LoadWriteTest, NewFileModeFollowsTheUmask) {
+  mode_t old = ::umask(027);
+  Status saved = SaveSamples(PathOf("model.tensors"));
+  ::umask(old);
+  ASSERT_TRUE(saved.ok()) << saved.ToString();
+  struct stat st {};
+  ASSERT_EQ(::stat(PathOf("model.tensors").c_str(), &st), 0);
+  EXPECT_EQ(st.st_mode & 07777, 0640u);
+}
+
+TEST_F(LoadWriteTest, SavingThroughASymlinkReplacesItsTarget) {
+  ASSERT_TRUE(fs::create_directory(PathOf("real")));
+  WriteWhole(PathOf("real/model.tensors"), "old contents");
+  fs::create_symlink("real/model.tensors", PathOf("link.tensors"));
+  ASSERT_TRUE(SaveSamples(PathOf("link.tensors")).ok());
+  EXPECT_TRUE(fs::is_symlink(PathOf("link.tensors")));
+  EXPECT_NE(ReadWhole(PathOf("real/model.tensors")), "old contents");
+  EXPECT_EQ(DirEntries(), (std::vector<std::string>{"link.tensors", "real"}));
+}
+
+TEST_F(LoadWriteTest, LongestLegalNamesSave) {
+  // 255 bytes is NAME_MAX; two such names differ only in their last byte,
+  // so their temporaries must not collide either.
+  const std::string a = PathOf(std::string(254, 'm') + "a");
+  const std::string b = PathOf(std::string(254, 'm') + "b");
+  auto sink_a = CreateFileSink(a);
+  ASSERT_TRUE(sink_a.ok()) << sink_a.status().ToString();
+  auto sink_b = CreateFileSink(b);
+  ASSERT_TRUE(sink_b.ok()) << sink_b.status().ToString();
+  ASSERT_TRUE((*sink_a)->WriteAt(0, "a", 1).ok());
+  ASSERT_TRUE((*sink_b)->WriteAt(0, "b", 1).ok());
+  for (const std::string& name : DirEntries()) {
+    EXPECT_LE(name.size(), 255u);
+    EXPECT_NE(name.find(".tzr-tmp-"), std::string::npos) << name;
+  }
+  ASSERT_TRUE((*sink_a)->Commit().ok());
+  ASSERT_TRUE((*sink_b)->Commit().ok());
+  EXPECT_EQ(ReadWhole(a), "a");
+  EXPECT_EQ(ReadWhole(b), "b");
+  EXPECT_EQ(DirEntries().size(), 2u);
+}
+
+TEST_F(LoadWriteTest, OpeningAFifoFailsWithoutWaitingForAWriter) {
+  const std::string fifo = PathOf("model.tensors");
+  ASSERT_EQ(::mkfifo(fifo.c_str(), 0600), 0);
+  auto opened = std::async(std::launch::async, [&] { return OpenFileSource(fifo); });
+  if (opened.wait_for(std::chrono::seconds(10)) != std::future_status::ready) {
+    // Give the blocked open() its writer so the test can end.
+    int w = ::open(fifo.c_str(), O_WRONLY | O_NONBLOCK);
+    opened.wait();
+    if (w >= 0) ::close(w);
+    FAIL() << "OpenFileSource blocked on a FIFO";
+  }
+  auto source = opened.get();
+  ASSERT_FALSE(source.ok());
+  EXPECT_EQ(source.status().code(), StatusCode::kInvalidArgument);
+  EXPECT_NE(source.status().message().find(fifo), std::string::npos);
+  EXPECT_NE(source.status().message().find("FIFO"), std::string::npos)
+      << source.status().message();
 }
 
 TEST_F(LoadWriteTest, MetadataOverflowIsResourceExhausted) {
