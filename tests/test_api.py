@@ -124,7 +124,7 @@ def test_save_goes_to_a_temporary_name_until_close(tmp_path):
     s = TensorSerializer(path)
     s.write_tensor(0, "x", TensorType.PARAM, torch.ones(3))
     assert not path.exists()
-    temps = [p for p in os.listdir(tmp_path) if p.endswith(".tmp")]
+    temps = [p for p in os.listdir(tmp_path) if ".tzr-tmp-" in p]
     assert len(temps) == 1
     s.close()
     assert path.exists()
