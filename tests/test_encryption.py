@@ -765,12 +765,26 @@ PARAMS_DIVERGENCES = {
 }
 
 
+# DIVERGENCE: the reference's reprs print the raw key and passphrase; ours
+# print <redacted> in their place (issue 12, #28).
+_LITERAL = r"""(?:'(?:[^'\\]|\\.)*'|"(?:[^"\\]|\\.)*")"""
+_BYTES_REPR = rf"bytearray\(b{_LITERAL}\)|b?{_LITERAL}|<memory at 0x\?>"
+
+
+def _redact_secrets(text: str) -> str:
+    return re.sub(rf"\b(key|source)=(?:{_BYTES_REPR})", r"\1=<redacted>", text)
+
+
 def test_params_api_matches_reference(ours, reference):
     cases = PARAM_CASES + ([OOM_CASE] if not _overcommits_without_limit() else [])
     theirs = dict(zip(cases, reference["params"]))
     for expr, instead in PARAMS_DIVERGENCES.items():
         assert theirs[expr][:2] == ["raise", "TypeError"], theirs[expr]
         theirs[expr] = theirs[instead]
+    theirs = {
+        expr: [kind, _redact_secrets(text), *rest] if kind == "value" else [kind, text, *rest]
+        for expr, (kind, text, *rest) in theirs.items()
+    }
     mine = evaluate_params_cases(ours, cases)
     diffs = [
         f"{expr}\n    ours: {m}\n    ref:  {theirs[expr]}"

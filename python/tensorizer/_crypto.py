@@ -14,6 +14,12 @@ so this module imports on its own.
 
 For the engine, `EncryptionParams._kdf` is ``(opslimit, memlimit, salt)`` as
 plain ints and bytes for a passphrase-derived key, None for an exact key.
+
+Secrets never show: unlike the reference, whose dataclass reprs print the
+raw key and passphrase (and so does every traceback that captures locals,
+pytest -l or Sentry), the reprs here say ``<redacted>``, and the objects keep
+their key and passphrase in a `Secret`, whose repr is redacted too. The
+public attributes (``.key``, ``.source``) still return the caller's bytes.
 """
 
 import dataclasses
@@ -24,6 +30,38 @@ from . import _core
 from ._errors import CryptographyError
 
 __all__ = ["DecryptionParams", "EncryptionParams"]
+
+
+class Secret:
+    """A key or passphrase that no repr or str shows."""
+
+    __slots__ = ("value",)
+
+    def __init__(self, value):
+        self.value = value
+
+    def __repr__(self) -> str:
+        return "<redacted>"
+
+    __str__ = __repr__
+
+    @staticmethod
+    def reveal(secret: Optional["Secret"]):
+        return None if secret is None else secret.value
+
+
+def _secret_property(slot: str, doc: str) -> property:
+    def get(self):
+        return Secret.reveal(getattr(self, slot))
+
+    def set_(self, value):
+        setattr(self, slot, None if value is None else Secret(value))
+
+    return property(get, set_, doc=doc)
+
+
+def _redacted(value) -> str:
+    return "None" if value is None else "<redacted>"
 
 # libsodium constants (crypto_secretbox_xsalsa20poly1305 and crypto_pwhash
 # with Argon2id v1.3), identical on every 64-bit platform.
@@ -109,15 +147,16 @@ class PWHash:
                 f"Invalid type for password, expected bytes, got {type(passwd).__name__}"
             )
         _range_check(len(passwd), PASSWD_MIN, PASSWD_MAX, "password length")
+        passwd = Secret(passwd)  # not in tracebacks that show locals
         opslimit, memlimit, salt = self._snapshot
         try:
-            key = _core.derive_key(passwd, opslimit, memlimit, salt)
+            key = _core.derive_key(passwd.value, opslimit, memlimit, salt)
         except (CryptographyError, MemoryError) as exc:
             raise CryptographyError("Password hashing failed. May have run out of memory.") from exc
         return bytes(key)
 
 
-@dataclasses.dataclass(init=False)
+@dataclasses.dataclass(init=False, repr=False)
 class EncryptionParams:
     """
     Defines encryption parameters for a TensorSerializer.
@@ -133,7 +172,7 @@ class EncryptionParams:
     #. `EncryptionParams(key=...)`: an exact 32-byte key of your own.
     """
 
-    __slots__ = ("_algorithm", "key")
+    __slots__ = ("_algorithm", "_key")
 
     class _Algorithm:
         __slots__ = ()
@@ -165,6 +204,9 @@ class EncryptionParams:
             )
         self.key = bytes(key)
         self._algorithm = None
+
+    def __repr__(self) -> str:
+        return f"{type(self).__qualname__}(key=<redacted>, _algorithm={self._algorithm!r})"
 
     @classmethod
     def random(cls) -> "EncryptionParams":
@@ -251,7 +293,8 @@ class EncryptionParams:
         Returns:
             An `EncryptionParams` instance to pass to a `TensorSerializer`.
         """
-        if not source:
+        source = Secret(source)  # not in tracebacks that show locals
+        if not source.value:
             raise ValueError("Source cannot be empty")
         if isinstance(opslimit, cls.MemLimit) or not isinstance(
             opslimit, (cls.OpsLimit, int, type(None))
@@ -267,19 +310,19 @@ class EncryptionParams:
                 "memlimit parameter: expected EncryptionParams.MemLimit,"
                 f" int, or None; {memlimit.__class__.__name__} found"
             )
-        if isinstance(source, str):
-            source = source.encode(encoding)
+        if isinstance(source.value, str):
+            source = Secret(source.value.encode(encoding))
         if opslimit is None:
             opslimit = cls.OpsLimit.MODERATE
         if memlimit is None:
             memlimit = cls.MemLimit.MODERATE
         pwhash_params = PWHash(salt=salt, opslimit=opslimit, memlimit=memlimit)
-        encryption_params = cls(key=pwhash_params.hash(source))
+        encryption_params = cls(key=pwhash_params.hash(source.value))
         encryption_params._algorithm = cls._FromStringPWHashAlgorithm(pwhash_params=pwhash_params)
         return encryption_params
 
 
-@dataclasses.dataclass(init=False)
+@dataclasses.dataclass(init=False, repr=False)
 class DecryptionParams:
     """
     Defines decryption parameters for a TensorDeserializer.
@@ -306,6 +349,12 @@ class DecryptionParams:
         # signatures stay the reference's.
         self.max_opslimit = OPSLIMIT_SENSITIVE
         self.max_memlimit = MEMLIMIT_SENSITIVE
+
+    def __repr__(self) -> str:
+        return (
+            f"{type(self).__qualname__}(key={_redacted(self._key)},"
+            f" source={_redacted(self._source)})"
+        )
 
     @classmethod
     def from_string(cls, source: Union[str, bytes], *, encoding="utf-8") -> "DecryptionParams":
@@ -348,6 +397,12 @@ class DecryptionParams:
         params.key = key
         return params
 
+
+# The dataclass fields stay `key` (and `source`), as in the reference, for
+# fields(), equality and the constructors; their values live in Secrets.
+EncryptionParams.key = _secret_property("_key", "The 32-byte key.")
+DecryptionParams.key = _secret_property("_key", "The exact key, or None.")
+DecryptionParams.source = _secret_property("_source", "The passphrase bytes, or None.")
 
 # Public names live in tensorizer.serialization, as in the reference (type
 # reprs, pickles). The nested classes resolve through EncryptionParams.

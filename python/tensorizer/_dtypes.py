@@ -7,6 +7,7 @@ same-width void type plus NUL plus the torch name, e.g. "<V2\\0torch.bfloat16".
 
 from typing import Optional, Tuple
 
+import numpy as np
 import torch
 
 OPAQUE_DTYPE_SEP = "\0"
@@ -74,8 +75,29 @@ def str_to_dtype(s: str) -> Tuple[torch.dtype, bool]:
     return dtype, False
 
 
+def is_quantized(dtype: torch.dtype) -> bool:
+    return dtype in _QUANTIZED
+
+
+def opaque_width(s: str) -> int:
+    """The element width in bytes that an opaque dtype string stores."""
+    base = s.partition(OPAQUE_DTYPE_SEP)[0]
+    try:
+        return np.dtype(base).itemsize
+    except TypeError:
+        raise ValueError(f"Unknown storage type {base!r} in dtype string {s!r}") from None
+
+
 def numpy_dtype_for(s: str) -> Optional[str]:
-    """The numpy dtype string to view raw bytes as (opaque: same-width int)."""
-    if OPAQUE_DTYPE_SEP in s:
-        return s.partition(OPAQUE_DTYPE_SEP)[0].replace("V", "i")
-    return s
+    """The numpy dtype string to view raw bytes as: for opaque data the
+    same-width int where numpy has one ("<V2" -> "<i2"), else the void type
+    itself ("<V16"), as raw bytes."""
+    if OPAQUE_DTYPE_SEP not in s:
+        return s
+    base = s.partition(OPAQUE_DTYPE_SEP)[0]
+    as_int = base.replace("V", "i")
+    try:
+        np.dtype(as_int)
+    except TypeError:
+        return base
+    return as_int

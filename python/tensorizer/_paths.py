@@ -4,6 +4,10 @@ A name is a path of components (str, or int for list positions). A path of
 one string is stored as its UTF-8 bytes; any other path is stored as the
 record separator 0x1E followed by compact JSON of the component list (RFC
 7464 style), e.g. b'\\x1e["model","layer",0,"weight"]'.
+
+Paths may be thousands of components long (the reference loads them), so
+everything that walks the nested structure does so with an explicit stack,
+never by recursion.
 """
 
 import json
@@ -20,10 +24,22 @@ def encode_path(path: Path) -> bytes:
         if not path[0]:
             # tensorizer writes b"" but then refuses to read the file.
             raise ValueError("Invalid empty tensor name")
+        check_plain_name(path[0])
         return path[0].encode("utf-8")
     return b"\x1e" + json.dumps(list(path), ensure_ascii=True, separators=(",", ":")).encode(
         "ascii"
     )
+
+
+def check_plain_name(name: str) -> None:
+    """Refuses a one-string name that a reader would take for a structured
+    one: a stored name starting with 0x1E is parsed as a JSON path, so such
+    a name either fails to load or comes back as another name."""
+    if name.startswith("\x1e"):
+        raise ValueError(
+            f"Invalid tensor name {name!r}: a name may not start with the record"
+            " separator 0x1E, which marks structured names in .tensors files"
+        )
 
 
 def decode_name(raw: bytes) -> Path:
@@ -104,16 +120,16 @@ class PathRegistry:
         """Drops filtered-out leaves. Branches left empty stay, as in
         tensorizer, so the top-level keys do not depend on the filter."""
 
-        def prune(node):
+        stack = [self.root]
+        while stack:
+            node = stack.pop()
             for k in list(node):
                 v = node[k]
                 if isinstance(v, _Leaf):
                     if not keep(v.value):
                         del node[k]
                 else:
-                    prune(v)
-
-        prune(self.root)
+                    stack.append(v)
 
 
 class _Leaf:
@@ -128,30 +144,69 @@ def is_leaf(node) -> bool:
 
 
 def leaves(node) -> Iterable[Any]:
+    """Leaf values under node, in insertion order."""
     if isinstance(node, _Leaf):
         yield node.value
         return
-    for v in node.values():
-        yield from leaves(v)
+    stack = [iter(node.values())]
+    while stack:
+        for v in stack[-1]:
+            if isinstance(v, _Leaf):
+                yield v.value
+            else:
+                stack.append(iter(v.values()))
+                break
+        else:
+            stack.pop()
 
 
 def has_leaves(node) -> bool:
     return any(True for _ in leaves(node))
 
 
+def _fold(node, leaf_value, finish):
+    """Post-order fold of a structure without recursion: each leaf becomes
+    leaf_value(leaf), each branch finish(items) over its children's results
+    that are not None; a branch with no such children gives None below the
+    top level. Returns the top level's finish(items)."""
+    if isinstance(node, _Leaf):
+        return leaf_value(node)
+    # Frames: (key in the parent, iterator over children, results so far).
+    stack = [(None, iter(node.items()), {})]
+    while True:
+        key, children, items = stack[-1]
+        for k, v in children:
+            if isinstance(v, _Leaf):
+                value = leaf_value(v)
+                if value is not None:
+                    items[k] = value
+            else:
+                stack.append((k, iter(v.items()), {}))
+                break
+        else:
+            stack.pop()
+            if not stack:
+                return finish(items)
+            if items:
+                stack[-1][2][key] = finish(items)
+
+
+def prune(node, keep):
+    """A copy of node with only the leaves whose value is in keep; branches
+    left empty are dropped (the top level stays, possibly empty)."""
+    return _fold(node, lambda leaf: leaf if leaf.value in keep else None, dict)
+
+
 def build(node, value_of, as_proxy: bool):
     """Turns a structure node into mappings (proxies) or dicts/lists. Below
     the top level, branches a filter left empty are omitted (as tensorizer
     builds nested levels from the tensors it loaded)."""
-    if isinstance(node, _Leaf):
-        return value_of(node.value)
-    items = {
-        k: build(v, value_of, as_proxy)
-        for k, v in node.items()
-        if isinstance(v, _Leaf) or has_leaves(v)
-    }
-    if as_proxy:
-        return types.MappingProxyType(items)
-    if items and isinstance(next(iter(items)), int):
-        return [items[k] for k in sorted(items)]
-    return items
+
+    def finish(items):
+        if as_proxy:
+            return types.MappingProxyType(items)
+        if items and isinstance(next(iter(items)), int):
+            return [items[k] for k in sorted(items)]
+        return items
+
+    return _fold(node, lambda leaf: value_of(leaf.value), finish)

@@ -6,6 +6,7 @@ is the torch glue: it turns tensors into byte views for the writer, and
 views on the engine's load arena back into tensors, without copying on CPU.
 """
 
+import atexit
 import collections.abc
 import contextlib
 import dataclasses
@@ -13,21 +14,36 @@ import enum
 import io
 import logging
 import os
+import sys
 import tempfile
+import weakref
 from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple, Union
 
 import numpy as np
 import torch
 
 from . import _core, _paths, stream_io, utils
-from ._crypto import MEMLIMIT_SENSITIVE, OPSLIMIT_SENSITIVE, DecryptionParams, EncryptionParams
+from ._crypto import (
+    MEMLIMIT_SENSITIVE,
+    OPSLIMIT_SENSITIVE,
+    DecryptionParams,
+    EncryptionParams,
+    Secret,
+)
 from ._dtypes import (  # OPAQUE_DTYPE_SEP: public here, as in tensorizer
     OPAQUE_DTYPE_SEP,  # noqa: F401
     dtype_to_str,
+    is_quantized,
     numpy_dtype_for,
+    opaque_width,
     str_to_dtype,
 )
-from ._errors import CryptographyError, HashMismatchError, TensorizerFormatError
+from ._errors import (
+    CryptographyError,
+    HashMismatchError,
+    TensorizerFormatError,
+    TensorNotFoundError,
+)
 
 __all__ = [
     "CryptographyError",
@@ -96,11 +112,40 @@ def _checked_dtype(dtype_str: str, shape, data_length: int) -> Tuple[torch.dtype
     """The torch dtype of a stored dtype string, checking that an opaque
     dtype's stored width matches the torch type it names."""
     dtype, opaque = str_to_dtype(dtype_str)
+    if is_quantized(dtype):
+        # A view of the bytes as a quantized dtype has no quantizer (scale,
+        # zero point): torch cannot use it. Neither writer stores these.
+        raise ValueError(
+            f"dtype {dtype} is quantized; .tensors files do not store the scale and"
+            " zero point it needs, so it cannot be loaded"
+        )
     if opaque:
-        width = np.dtype(numpy_dtype_for(dtype_str)).itemsize
+        width = opaque_width(dtype_str)
         if width != torch.empty((), dtype=dtype, device="meta").element_size():
-            raise ValueError(f"dtype string {dtype_str!r} has the wrong width for {dtype}")
+            raise ValueError(
+                f"dtype string {dtype_str!r} has the wrong width for {dtype}"
+                f" ({width} bytes per element)"
+            )
+    _check_torch_shape(shape)
     return dtype, opaque
+
+
+_INT64_MAX = (1 << 63) - 1
+
+
+def _check_torch_shape(shape) -> None:
+    """Torch sizes and contiguous strides are int64: a shape beyond that
+    (possible for a zero-element tensor, whose data length stays 0) would
+    fail inside torch with "Stride calculation overflowed"."""
+    if any(d > _INT64_MAX for d in shape):
+        raise ValueError(f"shape {tuple(shape)} has a dimension over 2**63 - 1")
+    stride = 1  # of the first dimension: the product of the others
+    for d in shape[1:]:
+        stride *= max(d, 1)
+        if stride > _INT64_MAX:
+            raise ValueError(
+                f"shape {tuple(shape)} is too large for torch: its strides overflow int64"
+            )
 
 
 def _as_bytes(value) -> Optional[bytes]:
@@ -169,6 +214,14 @@ class TensorSerializer:
     A path destination is written under a temporary name and renamed into
     place by close(); a failed write leaves nothing at the path. The file is
     a valid .tensors file after every write call, as with tensorizer.
+
+    As a context manager it closes (commits) on success and aborts on an
+    exception, leaving whatever the destination held before. A serializer
+    that is collected without close() commits what its completed write calls
+    wrote (tensorizer's file is valid after every write, and some callers,
+    vLLM among them, never call close()), unless it wrote nothing, or the
+    interpreter is exiting after an unhandled exception (a script that died
+    between write calls): then it is aborted and the previous file stays.
     """
 
     @dataclasses.dataclass
@@ -196,7 +249,8 @@ class TensorSerializer:
                 f" or None, {encryption.__class__.__name__} found"
             )
         self._encryption = encryption
-        key = _as_bytes(encryption.key) if encryption is not None else None
+        # Held redacted: tracebacks that show locals must not show the key.
+        key = Secret(_as_bytes(encryption.key)) if encryption is not None else None
         kdf = encryption._kdf if encryption is not None else None
         if limit_cpu_concurrency is not None:
             if not isinstance(limit_cpu_concurrency, int):
@@ -212,22 +266,26 @@ class TensorSerializer:
             path = os.fsdecode(file_obj)
             stream_io.check_local_write(path)
             if path.lower().startswith(stream_io._ENGINE_WRITE_SCHEMES):
-                self._writer = _core.Writer.create_uri(path, {}, self.cpu_limit, key, kdf)
+                self._writer = _core.Writer.create_uri(
+                    path, {}, self.cpu_limit, Secret.reveal(key), kdf
+                )
             else:
                 parent = os.path.dirname(os.path.abspath(path))
                 os.makedirs(parent, exist_ok=True)
-                self._writer = _core.Writer.create(path, self.cpu_limit, key, kdf)
+                self._writer = _core.Writer.create(path, self.cpu_limit, Secret.reveal(key), kdf)
             self.name = path
         elif isinstance(file_obj, int):
             self._writer = _core.Writer.from_fd(
-                file_obj, f"<fd {file_obj}>", self.cpu_limit, key, kdf
+                file_obj, f"<fd {file_obj}>", self.cpu_limit, Secret.reveal(key), kdf
             )
             self.name = f"<fd {file_obj}>"
         elif isinstance(file_obj, stream_io._S3WriteStream):
             # A stream from open_stream("s3://...", "wb"): the writer streams
             # the multipart upload itself, with the stream's credentials.
             uri, options = file_obj._take_for_serializer()
-            self._writer = _core.Writer.create_uri(uri, options, self.cpu_limit, key, kdf)
+            self._writer = _core.Writer.create_uri(
+                uri, options, self.cpu_limit, Secret.reveal(key), kdf
+            )
             self._file = file_obj
             self.name = uri
         else:
@@ -237,15 +295,27 @@ class TensorSerializer:
             fd = _fileno(file_obj)
             if fd is not None:
                 file_obj.flush()
-                self._writer = _core.Writer.from_fd(fd, self.name, self.cpu_limit, key, kdf)
+                self._writer = _core.Writer.from_fd(
+                    fd, self.name, self.cpu_limit, Secret.reveal(key), kdf
+                )
             else:
                 # A file object without a descriptor (BytesIO): write to an
                 # anonymous temporary file and mirror it after each call.
                 self._mirror = tempfile.TemporaryFile()
                 self._writer = _core.Writer.from_fd(
-                    self._mirror.fileno(), self.name, self.cpu_limit, key, kdf
+                    self._mirror.fileno(), self.name, self.cpu_limit, Secret.reveal(key), kdf
                 )
                 self._sync_mirror()
+        _unclosed.add(self)
+
+    def __enter__(self) -> "TensorSerializer":
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            self._abort()
 
     @staticmethod
     def _check_file_object(file_obj) -> None:
@@ -362,6 +432,7 @@ class TensorSerializer:
                 "Structured tensor names are only valid for TensorType.STATE_DICT"
                 " (tensorizer refuses to read them for parameters and buffers)"
             )
+        _paths.encode_path(path)  # a name that cannot be read back fails here
         self._write([self._WriteSpec(idx, path, tensor_type, tensor)])
 
     def write_module(
@@ -424,12 +495,28 @@ class TensorSerializer:
                     f" {_paths.display(prefix)!r}: leaves must be torch.Tensor"
                 )
 
-        self._write(walk(state_dict, ()))
+        # Every name is checked before anything is written: a key that
+        # cannot be read back fails the call, not the save.
+        specs = list(walk(state_dict, ()))
+        for spec in specs:
+            _paths.encode_path(spec.path)
+        self._write(specs)
 
     def close(self) -> None:
+        _unclosed.discard(self)
         if self._writer is not None and not self._writer.closed:
             self._writer.close()
             self._sync_mirror()
+        self._release_file()
+
+    def _abort(self) -> None:
+        """Abandons the save: the destination keeps what it held before."""
+        _unclosed.discard(self)
+        if self._writer is not None and not self._writer.closed:
+            self._writer.abort()
+        self._release_file()
+
+    def _release_file(self) -> None:
         if self._mirror is not None:
             self._mirror.close()
             self._mirror = None
@@ -438,10 +525,35 @@ class TensorSerializer:
             self._file = None
 
     def __del__(self):
-        # Matches tensorizer: an unclosed serializer is finalized when
-        # collected. A serializer whose write failed was already aborted.
+        # Collected unclosed: commit the completed writes (see the class
+        # docstring), but never a file without tensors, which no reader
+        # accepts. A serializer whose write failed was already aborted.
         with contextlib.suppress(Exception):
-            self.close()
+            if self._writer is not None and self._writer.tensor_count == 0:
+                self._abort()
+            else:
+                self.close()
+
+
+# Serializers not yet closed or aborted, for the exit policy below.
+_unclosed: "weakref.WeakSet[TensorSerializer]" = weakref.WeakSet()
+
+
+def _abort_unclosed_after_crash() -> None:
+    """At interpreter exit after an unhandled exception (sys.last_value is
+    set once the traceback is printed), abort every serializer still open,
+    before module teardown would collect and so commit them. An interactive
+    session survives its exceptions, so there this does nothing."""
+    if hasattr(sys, "ps1") or sys.flags.interactive:
+        return
+    if getattr(sys, "last_exc", None) is None and getattr(sys, "last_value", None) is None:
+        return
+    for serializer in list(_unclosed):
+        with contextlib.suppress(Exception):
+            serializer._abort()
+
+
+atexit.register(_abort_unclosed_after_crash)
 
 
 class TensorDeserializer(collections.abc.Mapping, contextlib.AbstractContextManager):
@@ -516,6 +628,7 @@ class TensorDeserializer(collections.abc.Mapping, contextlib.AbstractContextMana
         self._verify_hash = verify_hash
 
         self._reader = self._open(file_obj)
+        self._uri = self._reader.uri  # for messages once the source is closed
         version = self._reader.version
         has_crypt = self._reader.has_crypt_info
         if encryption is not None:
@@ -525,14 +638,14 @@ class TensorDeserializer(collections.abc.Mapping, contextlib.AbstractContextMana
                     " from a tensorizer version predating encryption, so it must"
                     " not be encrypted. Either set encryption=None on the"
                     " TensorDeserializer, or ensure that the correct file was"
-                    " provided."
+                    f" provided ({self._reader.uri})."
                 )
             if not has_crypt:
                 raise CryptographyError(
                     "Tensor decryption was requested, but the file provided is"
                     " not flagged as encrypted. Either set encryption=None on the"
                     " TensorDeserializer, or ensure that the correct file was"
-                    " provided."
+                    f" provided ({self._reader.uri})."
                 )
         elif has_crypt:
             raise CryptographyError(
@@ -552,6 +665,7 @@ class TensorDeserializer(collections.abc.Mapping, contextlib.AbstractContextMana
         for i, (name, ttype, dtype_b, shape, hoff, doff, dlen, mver) in enumerate(
             self._reader.entries()
         ):
+            path = None
             try:
                 path = (name.decode("utf-8"),) if is_safetensors else _paths.decode_name(name)
                 registry.add(path, path)
@@ -563,8 +677,9 @@ class TensorDeserializer(collections.abc.Mapping, contextlib.AbstractContextMana
                     )
                 self._dtypes[path] = _checked_dtype(dtype_str, shape, dlen)
             except (ValueError, UnicodeDecodeError) as e:
+                label = repr(name) if path is None else repr(_paths.display(path))
                 raise TensorizerFormatError(
-                    f"reading the index of {self._reader.uri}: entry {i}: {e}"
+                    f"reading the index of {self._reader.uri}: entry {i} ({label}): {e}"
                 ) from None
             self._entries[path] = TensorEntry(
                 name=_paths.normalize(path),
@@ -681,7 +796,9 @@ class TensorDeserializer(collections.abc.Mapping, contextlib.AbstractContextMana
             verify=_hash_check(verify),
             num_threads=self._num_threads,
             key=_as_bytes(self._decryption.key) if self._decryption is not None else None,
-            passphrase=_as_bytes(self._decryption.source) if self._decryption is not None else None,
+            passphrase=(
+                _as_bytes(self._decryption.source) if self._decryption is not None else None
+            ),
             max_pwhash_opslimit=getattr(self._decryption, "max_opslimit", OPSLIMIT_SENSITIVE),
             max_pwhash_memlimit=getattr(self._decryption, "max_memlimit", MEMLIMIT_SENSITIVE),
         )
@@ -782,7 +899,7 @@ class TensorDeserializer(collections.abc.Mapping, contextlib.AbstractContextMana
         if not paths:
             return default
         keep = set(paths)
-        pruned = _prune(node, keep)
+        pruned = _paths.prune(node, keep)
         self._load(paths, None)
         return _paths.build(pruned, self._get, as_proxy=False)
 
@@ -873,6 +990,12 @@ class TensorDeserializer(collections.abc.Mapping, contextlib.AbstractContextMana
                     "This was serialized with write_state_dict or write_tensor as a"
                     " state_dict entry; use the TensorDeserializer directly as a"
                     " state_dict mapping instead of load_into_module"
+                )
+            module_name = name.rpartition(".")[0]
+            if module_name not in modules:
+                raise TensorNotFoundError(
+                    f"Cannot load {name!r} from {self._uri} into"
+                    f" {type(m).__name__}: it has no submodule {module_name!r}"
                 )
             paths.append(path)
         self._load(paths, verify_hash)
@@ -971,13 +1094,3 @@ class TensorDeserializer(collections.abc.Mapping, contextlib.AbstractContextMana
     def cache_status(self) -> Optional[str]:
         return None
 
-
-def _prune(node, keep):
-    if _paths.is_leaf(node):
-        return node if node.value in keep else None
-    out = {}
-    for k, v in node.items():
-        pv = _prune(v, keep)
-        if pv is not None and (_paths.is_leaf(pv) or pv):
-            out[k] = pv
-    return out
