@@ -181,6 +181,7 @@ uint64_t OpaqueBaseWidth(std::string_view base) {
   if (base == "V2") return 2;
   if (base == "V4") return 4;
   if (base == "V8") return 8;
+  if (base == "V16") return 16;
   return 0;
 }
 
