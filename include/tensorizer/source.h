@@ -48,10 +48,6 @@ struct HttpOptions {
   // measures the window in whole seconds, so it is rounded up.
   uint32_t low_speed_timeout_ms = 15000;
   uint32_t min_speed_bytes_per_s = 16384;
-  // An overall limit on the source's life, from its open to its last read,
-  // retries and backoff included: past it every request fails with
-  // ETIMEDOUT. 0: none.
-  uint64_t deadline_ms = 0;
   // TLS: trust these CAs (a PEM bundle, a hashed directory) besides the
   // system's; verify_tls = false accepts any certificate (the reference's
   // CAInfo(allow_untrusted=True)).
@@ -59,10 +55,8 @@ struct HttpOptions {
   std::string ca_path;
   bool verify_tls = true;
   // Consecutive failed attempts of one request (dropped connection, stall,
-  // timeout, 5xx, 429) before giving up. An attempt resets the count only
-  // when it delivered the rest of its range or at least 1 MiB of it, since
-  // the next one resumes after those bytes; a trickle of a few bytes per
-  // attempt counts as a failure, so it cannot retry forever.
+  // timeout, 5xx, 429) before giving up; an attempt that delivered bytes
+  // resets the count, since the next one resumes after them.
   int max_retries = 6;
   // Backoff before retry k: a random time in [0, min(max, base * 2^k)].
   uint32_t retry_base_delay_ms = 100;
