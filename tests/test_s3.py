@@ -18,7 +18,6 @@ AWS environment and HOME pointing at its own temporary directory
 from __future__ import annotations
 
 import concurrent.futures
-import contextlib
 import errno
 import inspect
 import io
