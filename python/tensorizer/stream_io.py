@@ -116,13 +116,22 @@ class HttpOptions:
     """
 
     connect_timeout_ms: Optional[int] = None
-    # A transfer that moves no byte for this long is dropped and retried from
-    # where it stopped (libcurl counts whole seconds; rounded up).
+    # A transfer slower than min_speed_bytes_per_s (default 16 KiB/s) for
+    # low_speed_timeout_ms (default 15 s) is a stall: dropped and retried from
+    # where it stopped (libcurl counts whole seconds; rounded up). HTTP(S),
+    # S3 and Redis alike.
     low_speed_timeout_ms: Optional[int] = None
-    # Consecutive failed attempts of one request before giving up.
+    min_speed_bytes_per_s: Optional[int] = None
+    # Consecutive failed attempts of one request before giving up; only an
+    # attempt that made real progress (1 MiB, or the rest of the read) starts
+    # the count afresh.
     max_retries: Optional[int] = None
     retry_base_delay_ms: Optional[int] = None
     retry_max_delay_ms: Optional[int] = None
+    # A bound on the whole load, from the open: past it nothing is retried or
+    # waited for, and the load fails with ETIMEDOUT (TimeoutError). None: no
+    # deadline.
+    deadline_ms: Optional[int] = None
 
     def _options(self) -> dict:
         return {k: v for k, v in dataclasses.asdict(self).items() if v is not None}

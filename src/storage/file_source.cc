@@ -145,7 +145,7 @@ Result<std::unique_ptr<Source>> OpenSource(const std::string& uri, const SourceO
     for (char& c : scheme) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
     if (scheme == "file") return OpenFileSource(uri.substr(scheme_end + 3));
     if (scheme == "http" || scheme == "https") return OpenHttpSource(uri, options.http);
-    if (scheme == "redis") return OpenRedisSource(uri);
+    if (scheme == "redis") return OpenRedisSource(uri, options.http);
     if (scheme == "s3") return OpenS3Source(uri, options.s3, options.http);
     return Status::InvalidArgument("unsupported URI scheme '" + scheme + "' in " + uri);
   }
