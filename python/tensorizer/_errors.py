@@ -52,7 +52,10 @@ def _io_error_classes() -> dict:
             by_builtin[builtin] = type(
                 f"Tensorizer{builtin.__name__}",
                 (TensorizerIOError, builtin),
-                {"__module__": __name__, "__doc__": f"A TensorizerIOError that is a {builtin.__name__}."},
+                {
+                    "__module__": __name__,
+                    "__doc__": f"A TensorizerIOError that is a {builtin.__name__}.",
+                },
             )
         classes[number] = by_builtin[builtin]
     return classes

@@ -624,6 +624,7 @@ class TensorDeserializer(collections.abc.Mapping, contextlib.AbstractContextMana
         self._reader = None
         self._file = None
         self._stream = None  # an open_stream stream handed over, for its counters
+        self._response_headers = None  # of the HTTP response that opened the file
         self._cache: Dict[tuple, torch.Tensor] = {}
         self._loaded_info: Dict[tuple, tuple] = {}
         # For total_bytes_read: bytes the engine fetched (header, index and
@@ -760,12 +761,19 @@ class TensorDeserializer(collections.abc.Mapping, contextlib.AbstractContextMana
         if isinstance(file_obj, (str, bytes, os.PathLike)):
             path = os.fsdecode(file_obj)
             stream_io.check_local_read(path)
-            return _core.Reader.open_path(path)
+            if isinstance(file_obj, os.PathLike) or not path.lower().startswith(
+                stream_io._REMOTE_SCHEMES
+            ):
+                return _core.Reader.open_path(path)
+            source = _core.Source.open(path)
+            self._response_headers = stream_io._header_message(source.response_headers)
+            return _core.Reader.open_source(source)
         if isinstance(file_obj, int):
             return _core.Reader.open_fd(file_obj, f"<fd {file_obj}>")
         if isinstance(file_obj, stream_io._EngineReadStream):
             # Already-open remote source with its options: load through it.
             self._file = self._stream = file_obj
+            self._response_headers = getattr(file_obj, "response_headers", None)
             return _core.Reader.open_source(file_obj._source)
         if isinstance(file_obj, io.TextIOBase):
             raise ValueError("file_obj must be opened in binary mode")
@@ -1159,5 +1167,10 @@ class TensorDeserializer(collections.abc.Mapping, contextlib.AbstractContextMana
 
     @property
     def cache_status(self) -> Optional[str]:
-        return None
+        """The ``x-cache-status`` header (an HTTP cache's HIT or MISS) of the
+        response that opened the file, as tensorizer reports it; None for
+        sources without one (local files, Redis, a server that sends none)."""
+        if self._response_headers is None:
+            return None
+        return self._response_headers.get("x-cache-status", None)
 

@@ -165,6 +165,16 @@ class S3UploadOptions:
         return {f"s3_{k}": v for k, v in dataclasses.asdict(self).items() if v is not None}
 
 
+def _header_message(fields) -> http.client.HTTPMessage:
+    """An engine source's response headers, [(name, value)] as bytes, as the
+    case-insensitive mapping http.client gives (ISO-8859-1, as HTTP/1.1
+    headers are decoded there)."""
+    message = http.client.HTTPMessage()
+    for name, value in fields:
+        message[name.decode("latin-1")] = value.decode("latin-1")
+    return message
+
+
 class _EngineReadStream(io.BufferedIOBase):
     """A read-only, seekable stream over an engine source: what CURLStreamFile
     and RedisStreamFile share.
@@ -331,12 +341,10 @@ class CURLStreamFile(_EngineReadStream):
         self._error_context = []
         self.popen_latencies = [0.0]
         self.http_response_latencies = []
-        self.response_headers = http.client.HTTPMessage()
         started = time.monotonic()
         self._open(uri, options, begin, end)
         self.http_response_latencies.append(time.monotonic() - started)
-        for name, value in self._source.response_headers:
-            self.response_headers[name.decode("latin-1")] = value.decode("latin-1")
+        self.response_headers = _header_message(self._source.response_headers)
 
     def register_error_context(self, msg: str) -> None:
         """Adds ``msg`` to the message of any later read error."""
