@@ -21,6 +21,7 @@
 #include <vector>
 
 #include "format/hash.h"
+#include "storage/http_source.h"
 #include "tensorizer/crypto.h"
 #include "tensorizer/format.h"
 #include "tensorizer/load.h"
@@ -411,6 +412,17 @@ NB_MODULE(_core, m) {
           "uri"_a, "options"_a = nb::dict())
       .def_prop_ro("size", [](const PySource& s) { return s.get()->size(); })
       .def_prop_ro("uri", [](const PySource& s) { return s.get()->uri(); })
+      // [(name, value)] of the HTTP response that opened an http(s):// or
+      // s3:// source, as bytes (headers need not be UTF-8); [] for others.
+      .def_prop_ro("response_headers",
+                   [](const PySource& s) {
+                     nb::list out;
+                     for (const auto& [name, value] : internal::OpenResponseHeaders(*s.get())) {
+                       out.append(nb::make_tuple(nb::bytes(name.data(), name.size()),
+                                                 nb::bytes(value.data(), value.size())));
+                     }
+                     return out;
+                   })
       // Fills the whole buffer from `offset` (the caller clips to the size).
       .def("read_into", [](const PySource& s, uint64_t offset, WritableBytes dst) {
         Status st;

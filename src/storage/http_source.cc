@@ -253,6 +253,9 @@ class HttpSource final : public internal::ScatterReadSource {
 
   uint64_t size() const override { return size_; }
   const std::string& uri() const override { return name_; }
+  const std::vector<std::pair<std::string, std::string>>& open_headers() const {
+    return open_headers_;
+  }
 
   Status Open() {
     Transfer t;
@@ -269,6 +272,7 @@ class HttpSource final : public internal::ScatterReadSource {
       Backoff(failures - 1, t.response);
     }
     const Response& r = t.response;
+    open_headers_ = r.fields;
     etag_ = r.etag;
     last_modified_ = r.last_modified;
     if (r.status == 206 || r.status == 416) {
@@ -377,6 +381,7 @@ class HttpSource final : public internal::ScatterReadSource {
     char errbuf[CURL_ERROR_SIZE] = {0};
     curl_easy_setopt(c, CURLOPT_ERRORBUFFER, errbuf);
     CURLcode rc = curl_easy_perform(c);
+    const int transfer_errno = internal::ErrnoForCurl(c, rc);
     curl_easy_setopt(c, CURLOPT_ERRORBUFFER, nullptr);
     curl_easy_setopt(c, CURLOPT_HTTPHEADER, nullptr);
     curl_easy_setopt(c, CURLOPT_TIMEOUT_MS, 0L);
@@ -391,7 +396,7 @@ class HttpSource final : public internal::ScatterReadSource {
     if (rc != CURLE_OK) {
       retriable_ = internal::IsRetriableCurl(rc);
       std::string detail = errbuf[0] ? std::string(errbuf) : curl_easy_strerror(rc);
-      return Status::IoError(detail);
+      return Status::IoError(detail, transfer_errno);
     }
     if (r.status == 412) return Status::IoError(ChangedMessage() + " (HTTP 412)", ESTALE);
     if (r.status == 416 && !t->probe) {
@@ -537,6 +542,7 @@ class HttpSource final : public internal::ScatterReadSource {
   bool size_known_ = false;
   bool ranges_ = true;
   std::string etag_, last_modified_;
+  std::vector<std::pair<std::string, std::string>> open_headers_;
 
   mutable std::mutex mu_;  // guards idle_ and rng_
   mutable std::vector<Handle> idle_ TZR_GUARDED_BY(mu_);
@@ -573,6 +579,12 @@ Result<std::unique_ptr<Source>> OpenAuthenticatedHttpSource(
   auto source = std::make_unique<HttpSource>(url, name, options, std::move(auth));
   TZR_RETURN_IF_ERROR(source->Open());
   return std::unique_ptr<Source>(std::move(source));
+}
+
+std::vector<std::pair<std::string, std::string>> OpenResponseHeaders(const Source& source) {
+  const auto* http = dynamic_cast<const HttpSource*>(&source);
+  if (http == nullptr) return {};
+  return http->open_headers();
 }
 
 }  // namespace internal
