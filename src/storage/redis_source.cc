@@ -571,6 +571,9 @@ constexpr size_t kStrlenBatch = 1000;
 // keys that matched (names are tensor names, which the format bounds at
 // 64 KiB, with the prefix).
 constexpr uint64_t kMaxScanPageBytes = uint64_t{64} << 20;
+// The most keys a listing takes when the prefix holds no .tensors header
+// to bound them (and DBSIZE does not bound them lower).
+constexpr uint64_t kMaxKeysWithoutHeader = uint64_t{1} << 22;
 // Keys beyond what the file can hold that a listing still takes in, so that
 // a few stray keys under the prefix are named by the checks that follow
 // (overlap, shape) rather than only counted.
@@ -763,6 +766,10 @@ class RedisSource final : public internal::ScatterReadSource {
     std::vector<Extent> extents;
     st = WithRetries([&](Connection& c) { return ListKeys(c, max_keys, plan, &extents); });
     if (!st.ok()) return st.WithContext("opening " + uri());
+    if (extents.empty()) {
+      return Status::IoError(
+          "opening " + uri() + ": no keys match '" + redis::EscapeGlob(u_.prefix) + ":*'", ENOENT);
+    }
     TZR_ASSIGN_OR_RETURN(extents_, redis::BuildExtentMap(std::move(extents), uri()));
     size_ = extents_.empty() ? 0 : extents_.back().offset + extents_.back().length;
     return Status::Ok();
@@ -826,7 +833,8 @@ class RedisSource final : public internal::ScatterReadSource {
   std::string HeaderKey() const { return u_.prefix + ":header:0"; }
 
   // What the listing may hold, learned before it starts: the header key's
-  // file header bounds the keys (redis::MaxKeysForFile), DBSIZE the pages.
+  // file header bounds the keys (redis::MaxKeysForFile; without one,
+  // DBSIZE up to kMaxKeysWithoutHeader), DBSIZE the pages.
   Status Survey(Connection& c, uint64_t* max_keys, redis::ScanPlan* plan) const {
     TZR_RETURN_IF_ERROR(c.Send(
         redis::EncodeCommand({"GETRANGE", HeaderKey(), "0", std::to_string(kMetadataStart - 1)}) +
@@ -842,14 +850,17 @@ class RedisSource final : public internal::ScatterReadSource {
         dbsize.type != RespValue::Type::kInteger || length.integer < 0) {
       return Status::FormatError("GETRANGE/STRLEN/DBSIZE: an unexpected reply");
     }
-    if (length.integer == 0) {
-      return Status::IoError("no key '" + HeaderKey() + "': nothing was written to this prefix",
-                             ENOENT);
-    }
-    TZR_ASSIGN_OR_RETURN(*max_keys, redis::MaxKeysForFile(header.str,
-                                                          static_cast<uint64_t>(length.integer),
-                                                          uri()));
     *plan = redis::PlanScan(dbsize.integer);
+    // Keys that are not a .tensors file (a RedisStreamFile over any blob)
+    // have no header to ask: the database's size bounds them instead.
+    Result<uint64_t> from_header =
+        length.integer == 0 ? Result<uint64_t>(Status::NotFound("no header key"))
+                            : redis::MaxKeysForFile(header.str,
+                                                    static_cast<uint64_t>(length.integer), uri());
+    *max_keys = from_header.ok()
+                    ? *from_header
+                    : std::min<uint64_t>(kMaxKeysWithoutHeader,
+                                         static_cast<uint64_t>(std::max<int64_t>(dbsize.integer, 0)));
     return Status::Ok();
   }
 
