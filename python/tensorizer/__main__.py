@@ -97,10 +97,13 @@ def _open_transformers(model_dir: Path, dtype):
     import transformers
 
     transformers.utils.logging.disable_progress_bar()
-    config = transformers.AutoConfig.from_pretrained(model_dir)
-    cls = _transformers_class(config)
     kwargs = {} if dtype is None else {"dtype": dtype}
-    model = cls.from_pretrained(model_dir, config=config, **kwargs).eval()
+    try:
+        config = transformers.AutoConfig.from_pretrained(model_dir)
+        model = _transformers_class(config).from_pretrained(model_dir, config=config, **kwargs)
+    except (KeyError, TypeError, ValueError, OSError) as e:
+        raise InputError(f"{model_dir}: cannot load the model: {e!r}") from None
+    model.eval()
     try:
         tokenizer = transformers.AutoTokenizer.from_pretrained(model_dir)
     except (OSError, ValueError, TypeError, KeyError):
@@ -187,7 +190,10 @@ def _open_pipeline(model_dir: Path, dtype):
     diffusers.utils.logging.disable_progress_bar()
     transformers.utils.logging.disable_progress_bar()
     kwargs = {} if dtype is None else {"torch_dtype": dtype}
-    pipeline = diffusers.DiffusionPipeline.from_pretrained(model_dir, **kwargs)
+    try:
+        pipeline = diffusers.DiffusionPipeline.from_pretrained(model_dir, **kwargs)
+    except (KeyError, TypeError, ValueError, OSError) as e:
+        raise InputError(f"{model_dir}: cannot load the pipeline: {e!r}") from None
     pipeline.set_progress_bar_config(disable=True)
     return pipeline
 

@@ -124,7 +124,13 @@ def _config_to_dict(config, model: torch.nn.Module) -> dict:
         return to_dict()
     if isinstance(config, Mapping):
         # diffusers FrozenDict, or a plain dict
-        return {key: value for key, value in config.items() if key not in _TRANSIENT_CONFIG_KEYS}
+        result = {key: value for key, value in config.items() if key not in _TRANSIENT_CONFIG_KEYS}
+        if _is_diffusers_class(type(model)):
+            # As diffusers' own config files (and the seed's, written with
+            # to_json_file) do: load_model() can then tell the class.
+            # diffusers constructors ignore keys starting with "_".
+            result.setdefault("_class_name", type(model).__name__)
+        return result
     raise TypeError(
         "config must be a transformers PretrainedConfig, a diffusers config"
         f" (FrozenDict), a dict, or None; got {type(config).__name__}"
