@@ -18,9 +18,18 @@
 // all workers; every waiter then gets it, and a tensor that failed to
 // decrypt is zeroed, never published.
 //
-// Thread-safety: WaitTensor/Wait/accessors may be called from any thread.
+// Cancellation (tensorizer/cancel.h): the workers run under a flag that is a
+// child of the calling thread's flag at Start, so cancelling that flag, or
+// calling Cancel(), stops the load: reads in flight are abandoned (a remote
+// transfer is aborted), and waiters get kCancelled. WaitTensorFor/WaitFor
+// let a caller wait in slices and do other work between them (the Python
+// binding checks for Ctrl-C).
+//
+// Thread-safety: WaitTensor/Wait/Cancel/accessors may be called from any
+// thread.
 #pragma once
 
+#include <chrono>
 #include <cstdint>
 #include <memory>
 #include <optional>
@@ -108,6 +117,13 @@ class Load {
   Status WaitTensor(size_t i);
   // Blocks until every tensor is in place (or the first error).
   Status Wait();
+  // As WaitTensor and Wait, giving up after `timeout`: nullopt while the
+  // tensor (the load) is still on its way.
+  std::optional<Status> WaitTensorFor(size_t i, std::chrono::milliseconds timeout);
+  std::optional<Status> WaitFor(std::chrono::milliseconds timeout);
+  // Stops the load (see above) and returns at once; Wait() returns once the
+  // workers have stopped. Idempotent; a no-op on a load that has finished.
+  void Cancel();
 
   size_t tensor_count() const;
   const TensorEntry& entry(size_t i) const;

@@ -19,6 +19,7 @@
 #include <thread>
 
 #include "format/hash.h"
+#include "tensorizer/cancel.h"
 #include "tensorizer/crypto.h"
 #include "util/thread_annotations.h"
 
@@ -130,6 +131,10 @@ struct Load::State {
   std::vector<TensorState> tensors;
   std::atomic<size_t> next_job{0};
   std::atomic<bool> failed{false};
+  // The workers' cancel flag: a child of the flag current at Start, set by
+  // Cancel() and by the first error, so that the other workers' transfers
+  // in flight stop too.
+  std::shared_ptr<CancelFlag> cancel;
   std::atomic<uint64_t> bytes_read{0};
   std::mutex mu;
   std::condition_variable cv;
@@ -144,6 +149,7 @@ struct Load::State {
     std::lock_guard<std::mutex> lock(mu);
     if (error.ok()) error = st;
     failed = true;
+    cancel->Cancel();
     cv.notify_all();
   }
 
@@ -309,11 +315,13 @@ struct Load::State {
   }
 
   void Work() {
+    CancelScope scope(cancel);
     while (!failed) {
       size_t j = next_job.fetch_add(1);
       if (j >= plan.job_count()) break;
       for (uint32_t r = plan.job_starts[j]; r < plan.job_end(j) && !failed; ++r) {
-        Status st = RunRead(plan.reads[r]);
+        Status st = cancel->cancelled() ? CancelledStatus("loading " + source->uri())
+                                        : RunRead(plan.reads[r]);
         if (!st.ok()) {
           Fail(st);
           break;
@@ -329,8 +337,20 @@ struct Load::State {
 Load::Load(std::unique_ptr<State> state) : state_(std::move(state)) {}
 
 Load::~Load() {
-  state_->failed = true;  // stop taking jobs; in-flight reads finish
+  // Stop taking jobs, and stop the reads in flight.
+  state_->failed = true;
+  state_->cancel->Cancel();
   for (auto& t : state_->workers) t.join();
+}
+
+void Load::Cancel() {
+  State& s = *state_;
+  std::lock_guard<std::mutex> lock(s.mu);
+  if (s.workers_running == 0) return;  // finished, or failed already
+  if (s.error.ok()) s.error = CancelledStatus("loading " + s.source->uri());
+  s.failed = true;
+  s.cancel->Cancel();
+  s.cv.notify_all();
 }
 
 Result<std::unique_ptr<Load>> Load::Start(std::shared_ptr<const Source> source,
@@ -354,6 +374,7 @@ Result<std::unique_ptr<Load>> Load::Start(std::shared_ptr<const Source> source,
   st->source = std::move(source);
   st->index = std::move(index);
   st->options = options;
+  st->cancel = std::make_shared<CancelFlag>(CurrentCancelFlag());
   st->keys = options.decryption && options.decryption->derived_keys
                  ? options.decryption->derived_keys
                  : std::make_shared<DerivedKeyCache>();
@@ -378,26 +399,40 @@ Result<std::unique_ptr<Load>> Load::Start(std::shared_ptr<const Source> source,
   return std::unique_ptr<Load>(new Load(std::move(st)));
 }
 
-Status Load::WaitTensor(size_t i) {
+std::optional<Status> Load::WaitTensorFor(size_t i, std::chrono::milliseconds timeout) {
   State& s = *state_;
   std::unique_lock<std::mutex> lock(s.mu);
-  s.cv.wait(lock, [&] { return s.tensors[i].ready || !s.error.ok() || s.workers_running == 0; });
+  auto done = [&] { return s.tensors[i].ready || !s.error.ok() || s.workers_running == 0; };
+  if (timeout == std::chrono::milliseconds::max()) {
+    s.cv.wait(lock, done);
+  } else if (!s.cv.wait_for(lock, timeout, done)) {
+    return std::nullopt;
+  }
   if (s.tensors[i].ready) return Status::Ok();
   if (!s.error.ok()) return s.error;
   return Status::IoError("load of " + s.source->uri() + " ended before tensor " +
                          std::to_string(i) + " was read");
 }
 
-Status Load::Wait() {
+std::optional<Status> Load::WaitFor(std::chrono::milliseconds timeout) {
   State& s = *state_;
   {
     std::unique_lock<std::mutex> lock(s.mu);
-    s.cv.wait(lock, [&] { return s.workers_running == 0; });
+    auto done = [&] { return s.workers_running == 0; };
+    if (timeout == std::chrono::milliseconds::max()) {
+      s.cv.wait(lock, done);
+    } else if (!s.cv.wait_for(lock, timeout, done)) {
+      return std::nullopt;
+    }
     if (!s.error.ok()) return s.error;
   }
   for (size_t i = 0; i < s.tensors.size(); ++i) TZR_RETURN_IF_ERROR(WaitTensor(i));
   return Status::Ok();
 }
+
+Status Load::WaitTensor(size_t i) { return *WaitTensorFor(i, std::chrono::milliseconds::max()); }
+
+Status Load::Wait() { return *WaitFor(std::chrono::milliseconds::max()); }
 
 size_t Load::tensor_count() const { return state_->plan.tensors.size(); }
 const TensorEntry& Load::entry(size_t i) const {

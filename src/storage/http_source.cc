@@ -46,6 +46,7 @@
 #include "storage/read_range.h"
 #include "tensorizer/source.h"
 #include "tensorizer/uri.h"
+#include "util/cancel_wait.h"
 #include "util/thread_annotations.h"
 
 namespace tensorizer {
@@ -331,6 +332,10 @@ class HttpSource final : public internal::ScatterReadSource {
   // Runs one request on a pooled handle. On return, `retriable_` (thread
   // local) says whether a failure is worth another attempt.
   Status Perform(Transfer* t, bool conditional) const {
+    if (CancelRequested()) {
+      retriable_ = false;
+      return CancelledStatus("the request");
+    }
     Handle h = Acquire();
     if (!h) return Status::IoError("curl_easy_init failed");
     Slist headers;
@@ -378,8 +383,7 @@ class HttpSource final : public internal::ScatterReadSource {
     }
     if (rc != CURLE_OK) {
       retriable_ = internal::IsRetriableCurl(rc);
-      std::string detail = errbuf[0] ? std::string(errbuf) : curl_easy_strerror(rc);
-      return Status::IoError(detail);
+      return internal::CurlFailure(rc, errbuf);
     }
     if (r.status == 412) return Status::IoError(ChangedMessage() + " (HTTP 412)", ESTALE);
     if (r.status == 416 && !t->probe) {
@@ -427,7 +431,8 @@ class HttpSource final : public internal::ScatterReadSource {
     if (http::RetryAfterMs(r.retry_after, options_.retry_max_delay_ms, &after_ms)) {
       delay_ms = std::max<uint64_t>(delay_ms, after_ms);
     }
-    std::this_thread::sleep_for(std::chrono::milliseconds(delay_ms));
+    // A cancelled sleep ends early; the next attempt then stops at once.
+    internal::SleepUnlessCancelled(delay_ms);
   }
 
   // The whole object in one GET, for servers without range support.

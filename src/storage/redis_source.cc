@@ -65,6 +65,7 @@
 #include "storage/read_range.h"
 #include "storage/redis_protocol.h"
 #include "tensorizer/source.h"
+#include "util/cancel_wait.h"
 #include "util/thread_annotations.h"
 
 namespace tensorizer {
@@ -531,10 +532,39 @@ constexpr uint32_t kRetryMaxDelayMs = 2000;
 constexpr size_t kPipelineDepth = 64;
 constexpr size_t kScanCount = 1000;
 
+// poll() for `events` in kCancelPollMs slices: > 0 ready, 0 after
+// `timeout_ms`, -1 with errno on failure (ECANCELED when the calling
+// thread is cancelled).
+int PollUnlessCancelled(int fd, short events, uint32_t timeout_ms) {
+  const auto end = std::chrono::steady_clock::now() + std::chrono::milliseconds(timeout_ms);
+  while (true) {
+    if (CancelRequested()) {
+      errno = ECANCELED;
+      return -1;
+    }
+    auto left = std::chrono::duration_cast<std::chrono::milliseconds>(
+        end - std::chrono::steady_clock::now());
+    if (left.count() <= 0) return 0;
+    struct pollfd p = {fd, events, 0};
+    int slice = static_cast<int>(std::min<int64_t>(left.count(), internal::kCancelPollMs));
+    int ready = ::poll(&p, 1, slice);
+    if (ready != 0 && !(ready < 0 && errno == EINTR)) return ready;
+  }
+}
+
+// recv that waits for data with PollUnlessCancelled; no byte for
+// kStallTimeoutMs is EAGAIN, as SO_RCVTIMEO reports a stall.
+ssize_t RecvUnlessCancelled(int fd, void* dst, size_t n) {
+  int ready = PollUnlessCancelled(fd, POLLIN, kStallTimeoutMs);
+  if (ready == 0) errno = EAGAIN;
+  if (ready <= 0) return -1;
+  return ::recv(fd, dst, n, 0);
+}
+
 class Connection {
  public:
   explicit Connection(int fd)
-      : fd_(fd), reader_([fd](void* dst, size_t n) { return ::recv(fd, dst, n, 0); }) {}
+      : fd_(fd), reader_([fd](void* dst, size_t n) { return RecvUnlessCancelled(fd, dst, n); }) {}
   ~Connection() { ::close(fd_); }
   Connection(const Connection&) = delete;
   Connection& operator=(const Connection&) = delete;
@@ -584,11 +614,7 @@ Result<std::unique_ptr<Connection>> Dial(const RedisUri& u) {
     if (::connect(fd, a->ai_addr, a->ai_addrlen) != 0) {
       err = errno;
       if (err == EINPROGRESS) {
-        struct pollfd p = {fd, POLLOUT, 0};
-        int ready;
-        do {
-          ready = ::poll(&p, 1, static_cast<int>(kConnectTimeoutMs));
-        } while (ready < 0 && errno == EINTR);
+        int ready = PollUnlessCancelled(fd, POLLOUT, kConnectTimeoutMs);
         socklen_t len = sizeof(err);
         if (ready == 0) {
           err = ETIMEDOUT;
@@ -766,6 +792,7 @@ class RedisSource final : public internal::ScatterReadSource {
         return st;
       }
       // A connection that failed mid-exchange is out of step: close it.
+      if (CancelRequested()) return CancelledStatus(uri());
       if (!redis::IsRetriable(st)) return st;
       failures = progress() != before ? 1 : failures + 1;
       if (failures > kMaxRetries) {
@@ -787,7 +814,7 @@ class RedisSource final : public internal::ScatterReadSource {
     cap = std::min<uint64_t>(cap, kRetryMaxDelayMs);
     thread_local std::minstd_rand rng(std::random_device{}());
     uint64_t delay_ms = std::uniform_int_distribution<uint64_t>(0, cap)(rng);
-    std::this_thread::sleep_for(std::chrono::milliseconds(delay_ms));
+    internal::SleepUnlessCancelled(delay_ms);  // cancelled: the next attempt stops
   }
 
   Result<std::unique_ptr<Connection>> Acquire() const {
