@@ -14,7 +14,8 @@
 // place: WaitTensor(i) returns as soon as tensor i is ready, before the rest
 // of the file has arrived. Encrypted tensors are decrypted chunk by chunk as
 // their bytes arrive (all reads of such a tensor run in one job, after its
-// header), and hashes are checked over the plaintext. The first error stops
+// header), and their SHA-256 is always checked over the plaintext (see
+// HashCheck). The first error stops
 // all workers; every waiter then gets it, and a tensor that failed to
 // decrypt is zeroed, never published.
 //
@@ -66,7 +67,10 @@ class Arena {
 // bytes (what tensorizer files need), a second only for a larger index.
 Result<Index> ReadIndex(const Source& source);
 
-// Which stored hashes a load checks.
+// Which stored hashes a load checks. Encrypted tensors are checked against
+// the SHA-256 of their plaintext whatever this says (the MACs do not bind a
+// chunk to its tensor or prove that none is missing), and one that stores
+// no SHA-256 is refused (kCryptography).
 enum class HashCheck : uint8_t {
   kNone,
   // CRC32 where the file stores one (every unencrypted tensor), else

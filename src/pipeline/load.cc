@@ -199,9 +199,24 @@ struct Load::State {
     TensorState& ts = tensors[t];
     ts.header = std::move(h).value();
     if (index->header.has_crypt_info()) TZR_RETURN_IF_ERROR(PrepareDecryption(t, p));
-    if (options.verify != HashCheck::kNone) {
-      bool has_crc = false;
-      for (const StoredHash& sh : ts.header.hashes) has_crc |= sh.type == HashType::kCrc32;
+    bool has_crc = false, has_sha = false;
+    for (const StoredHash& sh : ts.header.hashes) {
+      has_crc |= sh.type == HashType::kCrc32;
+      has_sha |= sh.type == HashType::kSha256;
+    }
+    // Decrypting is verifying. The MACs prove each chunk came from the key's
+    // holder, but not which tensor it belongs to nor that no chunk is
+    // missing: swapped records or a cut last chunk decrypt cleanly. The
+    // SHA-256 of the plaintext (and of the header: name, shape, length),
+    // which an attacker without the key cannot recompute, catches both, so
+    // it is checked whatever `verify` says, while each chunk is in cache.
+    const bool sealed = ts.sealed.has_value();
+    if (sealed && !has_sha) {
+      return Status::Cryptography("tensor '" + DisplayName(e.name) + "' in " + source->uri() +
+                                  " is encrypted but stores no SHA-256 of its plaintext, so "
+                                  "its decrypted data cannot be checked");
+    }
+    if (options.verify != HashCheck::kNone || sealed) {
       ts.hasher =
           std::make_unique<internal::TensorHasher>(options.verify == HashCheck::kAll || !has_crc);
       std::string hashed = HashedHeaderBytes(p, ts.header);

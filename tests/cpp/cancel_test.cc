@@ -273,9 +273,10 @@ TEST(CancelKdfTest, ADerivationReturnsWhenCancelled) {
     ASSERT_TRUE(helped.ok());
     EXPECT_EQ(*helped, *plain);
   }
-  // Costly enough to run for seconds; cancelled after 50 ms.
-  p.opslimit = 100;
-  p.memlimit = 16 << 20;
+  // About 2 s of work (and as long for the abandoned helper to finish in
+  // the background); cancelled after 50 ms.
+  p.opslimit = 1000;
+  p.memlimit = 8 << 20;
   const auto t0 = Clock::now();
   std::thread canceller = CancelLater(flag, milliseconds(50));
   Result<CryptKey> key = [&] {
