@@ -6,10 +6,11 @@ two seconds, with the engine's threads gone, then exit cleanly. Before the
 fix the signal waited for the engine: 15 s for the load, and a derivation
 never stopped.
 
-The HTTP server is a fake on purpose: it answers the index at once and then
-trickles every other range (16 bytes each 50 ms), so that a load outlasts
-the test; no real server does that on demand. The key derivations are real
-Argon2id runs, made slow by their parameters.
+The HTTP and S3 servers are fakes on purpose: the HTTP one answers the
+index at once and then trickles every other range (16 bytes each 50 ms), so
+that a load outlasts the test, and the S3 one starts uploads but never
+answers an upload of data; no real server does either on demand. The key
+derivations are real Argon2id runs, made slow by their parameters.
 """
 
 from __future__ import annotations
@@ -79,6 +80,59 @@ class TrickleServer:
         self.httpd.server_close()
 
 
+class StuckS3:
+    """Starts multipart uploads and aborts them; never answers a PUT (it
+    reads the body slowly, until the client goes). Records each request as
+    (method, path)."""
+
+    def __init__(self):
+        self.requests = []
+        seen = self.requests
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def _answer(self, status, body=b""):
+                self.send_response(status)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def do_POST(self):  # noqa: N802 (http.server's naming)
+                seen.append(("POST", self.path))
+                self.rfile.read(int(self.headers.get("Content-Length", 0)))
+                self._answer(
+                    200,
+                    b"<InitiateMultipartUploadResult><UploadId>U1</UploadId>"
+                    b"</InitiateMultipartUploadResult>",
+                )
+
+            def do_PUT(self):  # noqa: N802
+                seen.append(("PUT", self.path))
+                try:
+                    while self.rfile.read1(1024):
+                        time.sleep(0.1)
+                except OSError:
+                    pass
+                self.close_connection = True
+
+            def do_DELETE(self):  # noqa: N802
+                seen.append(("DELETE", self.path))
+                self._answer(204)
+
+            def log_message(self, *args):
+                pass
+
+        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.httpd.daemon_threads = True
+        self.endpoint = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+    def close(self):
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
 # The child: prints "started", runs the body; on KeyboardInterrupt prints
 # when it caught it and how many threads it has then and had before.
 CHILD = """
@@ -103,12 +157,16 @@ sys.exit(4)
 """
 
 
-def interrupt(body: str, settle_s: float = 1.0) -> dict:
+def interrupt(body: str, settle_s: float = 1.0, env=None) -> dict:
     """Runs `body` in a child, sends SIGINT after `settle_s`, and returns
     the child's report with "sent" (when the signal went) added."""
     script = CHILD.format(body=textwrap.indent(textwrap.dedent(body), "    "))
     child = subprocess.Popen(
-        [sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        [sys.executable, "-c", script],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
     )
     try:
         assert child.stdout.readline() == "started\n", child.stderr.read()
@@ -194,3 +252,31 @@ def test_ctrl_c_stops_a_load_deriving_its_key(tmp_path):
     """
     report = interrupt(body)
     assert report["caught"] - report["sent"] < PROMPT_S
+
+
+@pytest.mark.parametrize("megabytes", [1, 40])
+def test_ctrl_c_stops_a_stuck_s3_upload_and_aborts_it(tmp_path, megabytes):
+    # 1 MB: one PutObject from close(); 40 MB: UploadPart requests on the
+    # uploader threads while close() waits for them.
+    server = StuckS3()
+    env = dict(os.environ, HOME=str(tmp_path), AWS_ENDPOINT_URL_S3=server.endpoint)
+    env.update(AWS_ACCESS_KEY_ID="AKIDINTERRUPT", AWS_SECRET_ACCESS_KEY="secret", AWS_REGION="x")
+    for name in ("AWS_PROFILE", "AWS_CONFIG_FILE", "AWS_SHARED_CREDENTIALS_FILE",
+                 "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL"):
+        env.pop(name, None)
+    body = f"""
+    from tensorizer import TensorSerializer
+    s = TensorSerializer("s3://models/m.tensors")
+    s.write_state_dict({{"w": torch.ones({megabytes} << 18)}})
+    s.close()
+    """
+    try:
+        report = interrupt(body, env=env)
+    finally:
+        server.close()
+    assert report["caught"] - report["sent"] < PROMPT_S
+    methods = [m for m, _ in server.requests]
+    assert "PUT" in methods, server.requests
+    # The upload was aborted, and never completed.
+    assert ("DELETE", "/models/m.tensors?uploadId=U1") in server.requests, server.requests
+    assert not any(m == "POST" and "uploadId" in p for m, p in server.requests), server.requests
