@@ -73,6 +73,7 @@
 #include "storage/redis_protocol.h"
 #include "tensorizer/format.h"
 #include "tensorizer/source.h"
+#include "util/cancel_wait.h"
 #include "util/thread_annotations.h"
 
 namespace tensorizer {
@@ -583,6 +584,26 @@ constexpr uint64_t kStrayKeys = 1024;
 // after a few bytes still runs out of retries.
 constexpr uint64_t kProgressBytes = uint64_t{1} << 20;
 
+// poll() for `events` in kCancelPollMs slices: > 0 ready, 0 after
+// `timeout_ms`, -1 with errno on failure (ECANCELED when the calling
+// thread is cancelled).
+int PollUnlessCancelled(int fd, short events, uint32_t timeout_ms) {
+  const auto end = std::chrono::steady_clock::now() + std::chrono::milliseconds(timeout_ms);
+  while (true) {
+    if (CancelRequested()) {
+      errno = ECANCELED;
+      return -1;
+    }
+    auto left = std::chrono::duration_cast<std::chrono::milliseconds>(
+        end - std::chrono::steady_clock::now());
+    if (left.count() <= 0) return 0;
+    struct pollfd p = {fd, events, 0};
+    int slice = static_cast<int>(std::min<int64_t>(left.count(), internal::kCancelPollMs));
+    int ready = ::poll(&p, 1, slice);
+    if (ready != 0 && !(ready < 0 && errno == EINTR)) return ready;
+  }
+}
+
 // The limits of HttpOptions that mean the same for Redis: the connect
 // timeout, the stall rule, the retry budget and backoff, and the deadline.
 struct Limits {
@@ -651,15 +672,14 @@ class Connection {
         until = window_start_ + window;
       }
       if (limits_.deadline) until = std::min(until, *limits_.deadline);
-      int wait_ms = -1;
+      int64_t wait_ms = 60000;
       if (until != Clock::time_point::max()) {
         auto left = std::chrono::duration_cast<std::chrono::milliseconds>(until - now).count();
-        wait_ms = static_cast<int>(std::clamp<int64_t>(left + 1, 1, 60000));
+        wait_ms = std::clamp<int64_t>(left + 1, 1, wait_ms);
       }
-      struct pollfd p = {fd_, POLLIN, 0};
-      int ready = ::poll(&p, 1, wait_ms);
-      if (ready < 0 && errno != EINTR) return -1;
-      if (ready <= 0) continue;
+      int ready = PollUnlessCancelled(fd_, POLLIN, static_cast<uint32_t>(wait_ms));
+      if (ready < 0) return -1;  // ECANCELED, or poll's own failure
+      if (ready == 0) continue;
       ssize_t got = ::recv(fd_, dst, n, MSG_DONTWAIT);
       if (got < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR)) continue;
       if (got > 0) window_bytes_ += static_cast<uint64_t>(got);
@@ -705,11 +725,7 @@ Result<std::unique_ptr<Connection>> Dial(const RedisUri& u, const Limits& limits
     if (::connect(fd, a->ai_addr, a->ai_addrlen) != 0) {
       err = errno;
       if (err == EINPROGRESS) {
-        struct pollfd p = {fd, POLLOUT, 0};
-        int ready;
-        do {
-          ready = ::poll(&p, 1, static_cast<int>(connect_ms));
-        } while (ready < 0 && errno == EINTR);
+        int ready = PollUnlessCancelled(fd, POLLOUT, static_cast<uint32_t>(connect_ms));
         socklen_t len = sizeof(err);
         if (ready == 0) {
           err = ETIMEDOUT;
@@ -959,6 +975,7 @@ class RedisSource final : public internal::ScatterReadSource {
         return st;
       }
       // A connection that failed mid-exchange is out of step: close it.
+      if (CancelRequested()) return CancelledStatus(uri());
       if (DeadlinePassed()) {
         return st.WithContext("the deadline of the load passed");
       }
@@ -990,7 +1007,7 @@ class RedisSource final : public internal::ScatterReadSource {
                       .count();
       delay_ms = std::min<uint64_t>(delay_ms, static_cast<uint64_t>(std::max<int64_t>(left, 0)));
     }
-    std::this_thread::sleep_for(std::chrono::milliseconds(delay_ms));
+    internal::SleepUnlessCancelled(delay_ms);  // cancelled: the next attempt stops
   }
 
   Result<std::unique_ptr<Connection>> Acquire() const {
