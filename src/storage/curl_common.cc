@@ -64,6 +64,13 @@ bool IsRetriableCurl(CURLcode rc) {
   }
 }
 
+std::string CurlFailureText(CURLcode rc, const char* errbuf, bool in_headers) {
+  if (rc == CURLE_OUT_OF_MEMORY && in_headers) {
+    return "the server sent a response header line longer than libcurl accepts (100 KiB)";
+  }
+  return errbuf[0] ? std::string(errbuf) : curl_easy_strerror(rc);
+}
+
 bool IsRetriableStatus(long status) { return status >= 500 || status == 429 || status == 408; }
 
 int ErrnoForStatus(long status) {
