@@ -293,9 +293,11 @@ size_t WriteCallback(char* data, size_t size, size_t count, void* user) {
       t->got += n;
       return n;
     }
-    if (status != 200 && status != 206 && t->error_body.size() + n <= kErrorBodyBytes) {
-      t->error_body.append(data, n);
-      return n;
+    if (status != 200 && status != 206) {
+      // An error page: its start is kept for the message.
+      const size_t room = kErrorBodyBytes - t->error_body.size();
+      t->error_body.append(data, std::min(n, room));
+      if (n <= room) return n;
     }
     t->enough = true;
     return 0;

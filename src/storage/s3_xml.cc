@@ -104,7 +104,11 @@ XmlDocument ParseXml(std::string_view body) {
   } while (status == XML_STATUS_OK && !body.empty());
   if (status == XML_STATUS_OK) {
     doc.well_formed = true;
-  } else if (state.doctype) {
+    return doc;
+  }
+  // Cut short: the child being read keeps the text read so far.
+  if (state.depth >= 2) doc.children.emplace(state.child, state.text);
+  if (state.doctype) {
     doc.problem = "the document has a DOCTYPE, which S3 never sends";
   } else {
     doc.problem = std::string("malformed XML: ") +

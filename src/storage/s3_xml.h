@@ -21,8 +21,9 @@ constexpr size_t kMaxXmlFieldBytes = 4096;
 
 struct XmlDocument {
   // Parsed to its end without an error. A document cut short (an error body
-  // truncated for a message) is not, but what was read before the cut is
-  // still in `root` and `children`.
+  // truncated for a message, an invalid byte) is not, but what was read
+  // before the cut is still in `root` and `children`, the unfinished child
+  // with its text so far.
   bool well_formed = false;
   std::string problem;  // why it is not well formed, for messages
   // The local name of the root element, without its namespace.
