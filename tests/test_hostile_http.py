@@ -591,3 +591,15 @@ def test_s3_plain_text_error_body_has_its_control_characters_escaped(s3_env):
         assert not any(ord(c) < 0x20 for c in message)
     finally:
         endpoint.close()
+
+
+def test_plain_http_error_page_has_its_control_characters_escaped():
+    server = _Server(lambda req: _reply(req, 404, body=b"gone\x1b[2J\r\x07 for good"))
+    try:
+        with pytest.raises(OSError) as info:
+            stream_io.open_stream(f"http://127.0.0.1:{server.port}/o", http_options=_fast())
+        message = str(info.value)
+        assert "HTTP 404 Not Found: gone\\x1b[2J" in message
+        assert not any(ord(c) < 0x20 for c in message)
+    finally:
+        server.close()

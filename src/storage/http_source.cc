@@ -57,6 +57,7 @@
 #include "storage/curl_common.h"
 #include "storage/http_protocol.h"
 #include "storage/read_range.h"
+#include "tensorizer/format.h"
 #include "tensorizer/source.h"
 #include "tensorizer/uri.h"
 #include "util/thread_annotations.h"
@@ -515,8 +516,9 @@ class HttpSource final : public internal::ScatterReadSource {
     if (!good) {
       retriable_ = internal::IsRetriableStatus(r.status);
       std::string body = OneLine(t->error_body);
+      // A plain server's page: escaped and cut, so it cannot forge lines.
       std::string message = auth_ ? auth_->DescribeFailure(r.StatusText(), body)
-                                  : r.StatusText() + (body.empty() ? "" : ": " + body);
+                                  : r.StatusText() + (body.empty() ? "" : ": " + PrintableName(body));
       return Status::IoError(message, retriable_ ? EIO : internal::ErrnoForStatus(r.status));
     }
     // A 206 or 200 with no body bytes skips the checks in the write callback.
