@@ -87,7 +87,8 @@ bool ParseContentRange(const std::string& value, ContentRange* out) {
 void Response::AddLine(const std::string& line) {
   header_bytes += line.size();
   if (header_bytes > kMaxHeaderBytes && header_problem.empty()) {
-    header_problem = "the response headers exceed " + std::to_string(kMaxHeaderBytes >> 10) + " KiB";
+    header_problem =
+        "the response headers exceed " + std::to_string(kMaxHeaderBytes >> 10) + " KiB";
   }
   if (line.rfind("HTTP/", 0) == 0) {
     // A new response: only what bounds the whole request carries over.

@@ -268,7 +268,8 @@ size_t WritePrefix(Transfer* t, const char* data, size_t n) {
   if (t->got < prefix->size()) {
     used = static_cast<size_t>(std::min<uint64_t>(n, prefix->size() - t->got));
     if (!prefix->Equals(t->got, data, used)) {
-      Changed(t, ": bytes before " + std::to_string(prefix->size()) + " differ from an earlier GET");
+      Changed(t,
+              ": bytes before " + std::to_string(prefix->size()) + " differ from an earlier GET");
       return 0;
     }
   }
@@ -517,8 +518,9 @@ class HttpSource final : public internal::ScatterReadSource {
       retriable_ = internal::IsRetriableStatus(r.status);
       std::string body = OneLine(t->error_body);
       // A plain server's page: escaped and cut, so it cannot forge lines.
-      std::string message = auth_ ? auth_->DescribeFailure(r.StatusText(), body)
-                                  : r.StatusText() + (body.empty() ? "" : ": " + PrintableName(body));
+      std::string message =
+          auth_ ? auth_->DescribeFailure(r.StatusText(), body)
+                : r.StatusText() + (body.empty() ? "" : ": " + PrintableName(body));
       return Status::IoError(message, retriable_ ? EIO : internal::ErrnoForStatus(r.status));
     }
     // A 206 or 200 with no body bytes skips the checks in the write callback.

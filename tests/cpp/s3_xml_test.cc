@@ -33,7 +33,8 @@ TEST(S3Xml, PrefixedNamespaceIsTheLocalName) {
 
 TEST(S3Xml, ErrorAfterLongKeepAliveWhitespaceIsSeen) {
   // AWS sends spaces while a completion runs, then the document.
-  XmlDocument doc = ParseXml(std::string(200 << 10, ' ') + "\n<Error><Code>SlowDown</Code></Error>");
+  XmlDocument doc =
+      ParseXml(std::string(200 << 10, ' ') + "\n<Error><Code>SlowDown</Code></Error>");
   EXPECT_TRUE(doc.well_formed) << doc.problem;
   EXPECT_EQ(doc.root, "Error");
   EXPECT_EQ(doc.Child("Code"), "SlowDown");
