@@ -9,7 +9,9 @@
 // and re-encodes to a value that parses the same; ParseU64 agrees with an
 // independent decimal reader; the Retry-After wait never exceeds its cap and
 // is the exact product when that fits; OneLine leaves no run, lead or trail
-// of whitespace; a status line resets every field.
+// of whitespace; a status line resets every field but the request's header
+// byte and interim-response counts, and a problem is reported exactly when
+// one of them is past its bound.
 //
 // Seeds: fuzz/corpus_http_response/. Replayed by ctest (fuzz_http_response_replay).
 // Run:   build/fuzz/fuzz_http_response -max_total_time=300 -rss_limit_mb=2048
@@ -111,16 +113,24 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   CheckOneLine(in);
 
   Response r;
+  size_t header_bytes = 0;
+  int interim = 0;
   size_t at = eol == std::string::npos ? in.size() : eol + 1;
   while (at < in.size()) {
     size_t end = in.find('\n', at);
     end = end == std::string::npos ? in.size() : end + 1;
     const std::string line = in.substr(at, end - at);
     r.AddLine(line);
+    header_bytes += line.size();
     if (line.rfind("HTTP/", 0) == 0) {
       CHECK(r.etag.empty() && r.last_modified.empty() && r.content_range.empty());
       CHECK(r.retry_after.empty() && !r.has_length && r.content_length == 0);
+      if (r.status >= 100 && r.status < 200) ++interim;
     }
+    // The bounds of the whole request survive every status line.
+    CHECK(r.header_bytes == header_bytes && r.interim_responses == interim);
+    CHECK(r.header_problem.empty() ==
+          (header_bytes <= kMaxHeaderBytes && interim <= kMaxInterimResponses));
     at = end;
   }
   CHECK(Trim(r.etag) == r.etag && Trim(r.content_range) == r.content_range);

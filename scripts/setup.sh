@@ -8,7 +8,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 # curl (the command): the reference tensorizer reads s3:// objects by running it.
-APT_PACKAGES=(g++ ninja-build libssl-dev zlib1g-dev libisal-dev libsodium-dev libcurl4-openssl-dev nginx-light nlohmann-json3-dev libgtest-dev clang libclang-rt-14-dev curl redis-server)
+APT_PACKAGES=(g++ ninja-build libssl-dev zlib1g-dev libisal-dev libsodium-dev libcurl4-openssl-dev libexpat1-dev nginx-light nlohmann-json3-dev libgtest-dev clang libclang-rt-14-dev curl redis-server)
 missing=()
 for p in "${APT_PACKAGES[@]}"; do
   dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")

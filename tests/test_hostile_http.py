@@ -1,22 +1,28 @@
-"""Hostile HTTP and S3 endpoints (issue 12, defects 1-4 and 6).
+"""Hostile HTTP and S3 endpoints (issue 12, defects 1-8, 11, 12 and 28).
 
 The servers here are fakes on purpose: no real nginx or S3 store redirects a
-signed request to another host, answers a range with gzip, or echoes
-credentials, and those are the behaviours under test. Each server has one
-behaviour, set by the test.
+signed request to another host, answers a range with gzip, echoes
+credentials, lies about sizes, trickles 16 bytes per answer, sends a
+megabyte-long header or endless 100 Continue, or answers a multipart
+completion with a disguised error, and those are the behaviours under test.
+Each server has one behaviour, set by the test.
 """
 
 from __future__ import annotations
 
+import errno
 import gzip
 import http.server
 import socket
 import threading
+import time
+import urllib.parse
+import xml.etree.ElementTree as ET
 
 import pytest
 import torch
 
-from tensorizer import TensorDeserializer, TensorSerializer
+from tensorizer import TensorDeserializer, TensorSerializer, stream_io
 
 
 class _Server:
@@ -31,6 +37,11 @@ class _Server:
             def do_GET(self):  # noqa: N802 (http.server's naming)
                 seen.append((self.path, dict(self.headers)))
                 handle(self)
+
+            def do_HEAD(self):  # noqa: N802
+                self.do_GET()
+
+            do_PUT = do_POST = do_DELETE = do_HEAD  # noqa: N815
 
             def log_message(self, *args):
                 pass
@@ -185,12 +196,419 @@ def test_control_characters_in_s3_settings_are_refused(s3_env, variable):
 
 
 
+def _fast(**overrides) -> stream_io.HttpOptions:
+    """Retries within milliseconds, so that a test about counting them is quick."""
+    options = dict(max_retries=2, retry_base_delay_ms=1, retry_max_delay_ms=5)
+    options.update(overrides)
+    return stream_io.HttpOptions(**options)
+
+
+class _RawServer:
+    """Answers the first request of each connection with raw bytes from
+    `respond(send, method, path, headers)`, then closes it: for what
+    http.server cannot send (endless interim responses, a 1 MiB header)."""
+
+    def __init__(self, respond):
+        self.respond = respond
+        self.requests = []
+        self.sent = 0
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self):
+        while True:
+            try:
+                conn, _ = self.listener.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
+
+    def _send(self, conn, data: bytes):
+        conn.sendall(data)
+        self.sent += len(data)
+
+    def _serve(self, conn):
+        with conn:
+            data = b""
+            while b"\r\n\r\n" not in data:
+                chunk = conn.recv(65536)
+                if not chunk:
+                    return
+                data += chunk
+            lines = data.split(b"\r\n\r\n")[0].decode("latin-1").split("\r\n")
+            method, path, _ = lines[0].split(" ", 2)
+            headers = {k.strip().lower(): v.strip() for k, v in (h.split(":", 1) for h in lines[1:])}
+            self.requests.append((method, path, headers))
+            try:
+                self.respond(lambda b: self._send(conn, b), method, path, headers)
+            except OSError:
+                pass
+
+    def close(self):
+        self.listener.shutdown(socket.SHUT_RDWR)
+        self.listener.close()
+
+
+def _range(req):
+    first, last = req.headers["Range"].split("=")[1].split("-")
+    return int(first), int(last)
+
+
+# --- Retries must count progress (defect 11) ----------------------------------
+
+
+def test_sixteen_byte_answers_do_not_retry_forever():
+    # Every ranged read is answered with its full Content-Range but only 16
+    # bytes of body. Any byte used to reset the failure count, so the read
+    # went on 16 bytes at a time; now an attempt must deliver 1 MiB (or all
+    # that is missing) to count as progress.
+    size = 64 << 10
+
+    def handle(req):
+        first, last = _range(req)
+        body = b"\0" * (last - first + 1)
+        if last > 0:
+            body = body[:16]
+        _reply(req, 206, [("Content-Range", f"bytes {first}-{last}/{size}")], body)
+
+    server = _Server(handle)
+    try:
+        stream = stream_io.open_stream(f"http://127.0.0.1:{server.port}/o", http_options=_fast())
+        with pytest.raises(OSError, match="ended after 16 of") as info:
+            stream.read(size)
+        assert "gave up after 3 attempts" in str(info.value)
+        # The probe, then 1 + max_retries attempts of the one read.
+        assert len(server.requests) == 1 + 3
+    finally:
+        server.close()
+
+
+# --- Errors that mislead (defect 12) ------------------------------------------
+
+
+@pytest.mark.parametrize("ranges", [True, False], ids=["ranged", "no-range"])
+def test_size_change_mid_load_is_estale(ranges):
+    # docs/storage.md: a different total size is "the object changed" with
+    # ESTALE. It was EIO when found at the start of a body.
+    size = 8192
+    answers = []
+
+    def handle(req):
+        now = size if not answers else size + 4096
+        answers.append(now)
+        if ranges:
+            first, last = _range(req)
+            _reply(req, 206, [("Content-Range", f"bytes {first}-{last}/{now}")],
+                   b"\0" * (last - first + 1))
+        else:
+            _reply(req, 200, body=b"\0" * now)
+
+    server = _Server(handle)
+    try:
+        stream = stream_io.open_stream(f"http://127.0.0.1:{server.port}/o", http_options=_fast())
+        with pytest.raises(OSError, match="changed during the load") as info:
+            stream.read(size)
+        assert info.value.errno == errno.ESTALE
+        assert "size is now 12288" in str(info.value)
+    finally:
+        server.close()
+
+
+def test_megabyte_response_header_is_named_not_out_of_memory():
+    server = _RawServer(
+        lambda send, *_: send(b"HTTP/1.1 206 Partial Content\r\nX-Big: " + b"a" * (1 << 20)
+                              + b"\r\nContent-Range: bytes 0-0/1\r\nContent-Length: 1\r\n\r\nx")
+    )
+    try:
+        with pytest.raises(OSError) as info:
+            stream_io.open_stream(f"http://127.0.0.1:{server.port}/o", http_options=_fast())
+        message = str(info.value)
+        assert "Out of memory" not in message
+        assert "header line longer than libcurl accepts" in message
+    finally:
+        server.close()
+
+
+def test_headers_past_256_kib_in_all_are_refused_at_once():
+    # 280 headers of 1 KiB: within libcurl's own 300 KiB, past ours.
+    many = b"".join(b"X-H%d: %s\r\n" % (i, b"b" * 1024) for i in range(280))
+    server = _RawServer(
+        lambda send, *_: send(b"HTTP/1.1 206 Partial Content\r\n" + many
+                              + b"Content-Range: bytes 0-0/1\r\nContent-Length: 1\r\n\r\nx")
+    )
+    try:
+        with pytest.raises(OSError, match="the response headers exceed 256 KiB"):
+            stream_io.open_stream(f"http://127.0.0.1:{server.port}/o", http_options=_fast())
+        assert len(server.requests) == 1, "a header flood is not worth a retry"
+    finally:
+        server.close()
+
+
+def test_endless_100_continue_fails_quickly():
+    stop = threading.Event()
+
+    def respond(send, *_):
+        while not stop.is_set():
+            send(b"HTTP/1.1 100 Continue\r\n\r\n")
+            time.sleep(0.02)
+
+    server = _RawServer(respond)
+    try:
+        start = time.monotonic()
+        with pytest.raises(OSError, match=r"more than 16 interim \(1xx\) responses"):
+            stream_io.open_stream(f"http://127.0.0.1:{server.port}/o", http_options=_fast())
+        assert time.monotonic() - start < 5
+    finally:
+        stop.set()
+        server.close()
+
+
+# --- A 200 without ranges is bounded (defect 8) -------------------------------
+
+
+def test_no_range_server_without_content_length_is_refused():
+    # A body of unknown size used to be read whole into memory (1 GiB of it
+    # reached 1.25 GB RSS). Now the open refuses, having read one byte.
+    def respond(send, *_):
+        send(b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\n")
+        for _ in range(64):
+            send(b"\0" * (1 << 20))
+
+    server = _RawServer(respond)
+    try:
+        with pytest.raises(OSError, match="sends no Content-Length"):
+            stream_io.open_stream(f"http://127.0.0.1:{server.port}/o", http_options=_fast())
+        assert len(server.requests) == 1
+        # The probe's connection was dropped after its first byte; what the
+        # kernel buffers took before that is all that was sent.
+        assert server.sent < 16 << 20
+    finally:
+        server.close()
+
+
+def test_no_range_server_with_a_huge_content_length_reads_only_what_the_load_needs(
+    tensors_bytes,
+):
+    # Content-Length says 10^15 bytes; a real file comes first, then the
+    # connection ends after 64 MiB. The whole object used to be fetched (and
+    # re-fetched on every retry); now the load reads a prefix as far as it
+    # needs, in one GET after the probe.
+    def respond(send, method, path, headers):
+        send(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % 10**15)
+        send(tensors_bytes)
+        for _ in range(64):
+            send(b"\0" * (1 << 20))
+
+    server = _RawServer(respond)
+    try:
+        stream = stream_io.open_stream(f"http://127.0.0.1:{server.port}/o", http_options=_fast())
+        with TensorDeserializer(stream, device="cpu") as d:
+            assert torch.equal(d["w"], torch.arange(4096, dtype=torch.float32))
+        assert len(server.requests) == 2
+        assert server.sent < 32 << 20
+    finally:
+        server.close()
+
+
+# --- CompleteMultipartUpload must prove itself (defects 5 and 7) --------------
+
+
+class _FakeS3:
+    """Just enough of S3's multipart upload for the sink: CreateMultipartUpload,
+    UploadPart (answering `etag(part_number)`), CompleteMultipartUpload
+    (answering `complete(body)`, which returns a status and a body) and HEAD
+    (answering the stored size unless `head_size` says otherwise; a completion
+    stores nothing unless `stores`)."""
+
+    RESULT = (b'<?xml version="1.0" encoding="UTF-8"?>\n<CompleteMultipartUploadResult '
+              b'xmlns="http://s3.amazonaws.com/doc/2006-03-01/"><Bucket>b</Bucket>'
+              b'<Key>k</Key><ETag>"done-2"</ETag></CompleteMultipartUploadResult>')
+
+    def __init__(self, complete=None, etag=None, head_size=None, stores=True):
+        self.completion = None
+        self.methods = []
+        self.stores = stores
+        self.parts = {}
+        self.size = None
+        self.complete = complete or (lambda body: (200, self.RESULT))
+        self.etag = etag or (lambda n: f'"etag-{n}"')
+        self.head_size = head_size
+        self.server = _Server(self._handle)
+        self.endpoint = f"http://127.0.0.1:{self.server.port}"
+
+    def _handle(self, req):
+        query = urllib.parse.parse_qs(urllib.parse.urlsplit(req.path).query,
+                                      keep_blank_values=True)
+        length = int(req.headers.get("Content-Length") or 0)
+        body = req.rfile.read(length) if length else b""
+        self.methods.append(req.command)
+        if req.command == "POST" and "uploads" in query:
+            _reply(req, 200, body=b"<InitiateMultipartUploadResult><UploadId>u1</UploadId>"
+                                  b"</InitiateMultipartUploadResult>")
+        elif req.command == "PUT" and "partNumber" in query:
+            n = int(query["partNumber"][0])
+            self.parts[n] = len(body)
+            _reply(req, 200, [("ETag", self.etag(n))])
+        elif req.command == "PUT":
+            self.size = len(body)
+            _reply(req, 200, [("ETag", '"put"')])
+        elif req.command == "POST":
+            self.completion = body
+            status, answer = self.complete(body)
+            if status == 200 and self.stores:
+                self.size = sum(self.parts.values())
+            _reply(req, status, body=answer)
+        elif req.command == "DELETE":
+            _reply(req, 204)
+        elif req.command == "HEAD":
+            size = self.size if self.head_size is None else self.head_size
+            if size is None:
+                req.send_response(404)
+                req.send_header("Content-Length", "0")
+                req.end_headers()
+            else:
+                req.send_response(200)
+                req.send_header("Content-Length", str(size))
+                req.end_headers()
+
+    def upload(self, nbytes=6 << 20):
+        """Writes `nbytes` (two parts of 5 MiB at most) and closes the stream."""
+        stream = stream_io.open_stream(
+            "s3://b/k", "wb", "AKIDFAKE", "fake-secret", self.endpoint, force_http=True,
+            http_options=_fast(max_retries=1),
+            s3_upload_options=stream_io.S3UploadOptions(part_bytes=5 << 20),
+        )
+        stream.write(b"\x01" * nbytes)
+        stream.close()
+
+    def close(self):
+        self.server.close()
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [
+        b" " * ((64 << 10) + 100) + b"<Error><Code>InternalError</Code><Message>x</Message></Error>",
+        b'<Error xmlns="http://s3.amazonaws.com/doc/2006-03-01/"><Code>InternalError</Code>'
+        b"</Error>",
+        b"",
+        b"<html>proxy says hello</html>",
+    ],
+    ids=["error-after-64-kib-of-whitespace", "namespaced-error", "empty", "not-a-result"],
+)
+def test_completion_without_a_result_fails_close(answer):
+    s3 = _FakeS3(complete=lambda body: (200, answer))
+    try:
+        with pytest.raises(OSError, match="CompleteMultipartUpload"):
+            s3.upload()
+        assert s3.completion is not None, "the upload never reached its completion"
+    finally:
+        s3.close()
+
+
+@pytest.mark.parametrize(("stores", "head_size"), [(False, None), (True, 5 << 20)],
+                         ids=["no-object", "wrong-size"])
+def test_completion_is_confirmed_by_a_head(stores, head_size):
+    # The completion answers a proper result, but no object of the size
+    # written exists: close() must not report success.
+    s3 = _FakeS3(stores=stores, head_size=head_size)
+    try:
+        with pytest.raises(OSError, match="CompleteMultipartUpload of s3://b/k succeeded, but"):
+            s3.upload()
+        assert "HEAD" in s3.methods
+    finally:
+        s3.close()
+
+
+def test_hostile_upload_part_etag_is_escaped_in_the_completion():
+    # Defect 5: an ETag with markup must arrive as text, adding no part.
+    hostile = '"x</ETag></Part><Part><PartNumber>9</PartNumber><ETag>&\'y"'
+    s3 = _FakeS3(etag=lambda n: hostile if n == 2 else f'"etag-{n}"')
+    try:
+        s3.upload()
+        root = ET.fromstring(s3.completion)
+        parts = [(p.findtext("PartNumber"), p.findtext("ETag")) for p in root.iter("Part")]
+        assert parts == [("1", '"etag-1"'), ("2", hostile)]
+    finally:
+        s3.close()
+
+
+def test_upload_part_etag_with_a_control_character_is_refused():
+    s3 = _FakeS3(etag=lambda n: '"bad\x01etag"')
+    try:
+        with pytest.raises(OSError, match="well-formed ETag"):
+            s3.upload()
+        assert s3.completion is None
+    finally:
+        s3.close()
+
+
+# --- A server's <Message> is not ours to repeat (defect 28) -------------------
+
+
+def test_s3_error_message_echoing_the_request_is_redacted(s3_env):
+    # A proxy that echoes the request's headers in its <Message> puts the
+    # session token and the signature there; the secret key is added too
+    # (no server can know it), with a CR LF (as XML character references:
+    # raw control characters are not XML) and far more text than a message
+    # needs.
+    seen = {}
+
+    def handle(req):
+        token = req.headers["x-amz-security-token"]
+        seen["signature"] = req.headers["Authorization"].rsplit("Signature=", 1)[-1]
+        message = (f"denied&#13;&#10;X-Forged: 1; x-amz-security-token: {token}; "
+                   f"Signature={seen['signature']}; key secret-key-never-shown; " + "z" * 5000)
+        body = f"<Error><Code>AccessDenied</Code><Message>{message}</Message></Error>".encode()
+        _reply(req, 403, body=body)
+
+    endpoint = _Server(handle)
+    try:
+        s3_env.setenv("AWS_ENDPOINT_URL_S3", f"http://127.0.0.1:{endpoint.port}")
+        with pytest.raises(OSError) as info:
+            TensorDeserializer("s3://models/m.tensors", device="cpu")
+        message = str(info.value)
+        assert "AccessDenied: denied\\x0d\\x0aX-Forged: 1" in message
+        assert "x-amz-security-token: ***; Signature=***; key ***;" in message
+        assert "session-token-never-sent-elsewhere" not in message
+        assert "secret-key-never-shown" not in message
+        assert seen["signature"] not in message
+        assert not any(ord(c) < 0x20 for c in message)
+        assert len(message) < 700
+    finally:
+        endpoint.close()
+
+
+def test_s3_plain_text_error_body_has_its_control_characters_escaped(s3_env):
+    endpoint = _Server(lambda req: _reply(req, 403, body=b"no\x1b[2J way\x07"))
+    try:
+        s3_env.setenv("AWS_ENDPOINT_URL_S3", f"http://127.0.0.1:{endpoint.port}")
+        with pytest.raises(OSError) as info:
+            TensorDeserializer("s3://models/m.tensors", device="cpu")
+        message = str(info.value)
+        assert "HTTP 403 Forbidden: no\\x1b[2J way\\x07 (endpoint" in message
+        assert not any(ord(c) < 0x20 for c in message)
+    finally:
+        endpoint.close()
+
+
+def test_plain_http_error_page_has_its_control_characters_escaped():
+    server = _Server(lambda req: _reply(req, 404, body=b"gone\x1b[2J\r\x07 for good"))
+    try:
+        with pytest.raises(OSError) as info:
+            stream_io.open_stream(f"http://127.0.0.1:{server.port}/o", http_options=_fast())
+        message = str(info.value)
+        assert "HTTP 404 Not Found: gone\\x1b[2J" in message
+        assert not any(ord(c) < 0x20 for c in message)
+    finally:
+        server.close()
+
+
 def test_python_names_and_messages_redact_url_credentials(tensors_bytes):
     # #2 in the Python layer: a stream's name (which messages and the
     # deserializer quote) and the write-target refusal hide the password and
     # the presigned signature.
-    from tensorizer import stream_io
-
     server = _Server(
         lambda req: _reply(
             req, 206, [("Content-Range", f"bytes 0-0/{len(tensors_bytes)}")], tensors_bytes[:1]

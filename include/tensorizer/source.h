@@ -55,8 +55,10 @@ struct HttpOptions {
   std::string ca_path;
   bool verify_tls = true;
   // Consecutive failed attempts of one request (dropped connection, stall,
-  // timeout, 5xx, 429) before giving up; an attempt that delivered bytes
-  // resets the count, since the next one resumes after them.
+  // timeout, 5xx, 429) before giving up. An attempt that delivered at least
+  // min(1 MiB, what was still missing) resets the count, since the next one
+  // resumes after it; less (a trickle) does not. Without range support no
+  // attempt can resume, and none resets it.
   int max_retries = 6;
   // Backoff before retry k: a random time in [0, min(max, base * 2^k)].
   uint32_t retry_base_delay_ms = 100;

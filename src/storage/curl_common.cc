@@ -79,6 +79,13 @@ bool IsRetriableCurl(CURLcode rc) {
   }
 }
 
+std::string CurlFailureText(CURLcode rc, const char* errbuf, bool in_headers) {
+  if (rc == CURLE_OUT_OF_MEMORY && in_headers) {
+    return "the server sent a response header line longer than libcurl accepts (100 KiB)";
+  }
+  return errbuf[0] ? std::string(errbuf) : curl_easy_strerror(rc);
+}
+
 int ErrnoForCurl(CURL* handle, CURLcode rc) {
   if (rc == CURLE_OPERATION_TIMEDOUT) return ETIMEDOUT;
   long os_errno = 0;
@@ -89,9 +96,9 @@ int ErrnoForCurl(CURL* handle, CURLcode rc) {
   return EIO;
 }
 
-Status CurlFailure(CURLcode rc, const char* errbuf, int sys_errno) {
+Status CurlFailure(CURLcode rc, const char* errbuf, int sys_errno, bool in_headers) {
   if (rc == CURLE_ABORTED_BY_CALLBACK && CancelRequested()) return CancelledStatus("the transfer");
-  return Status::IoError(errbuf[0] ? std::string(errbuf) : curl_easy_strerror(rc), sys_errno);
+  return Status::IoError(CurlFailureText(rc, errbuf, in_headers), sys_errno);
 }
 
 bool IsRetriableStatus(long status) { return status >= 500 || status == 429 || status == 408; }

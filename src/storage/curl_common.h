@@ -37,11 +37,15 @@ void ApplyRedirectPolicy(CURL* handle, const std::string& url, bool follow_redir
 // connect, timeouts and stalls, dropped or reset connections, TLS setup.
 bool IsRetriableCurl(CURLcode rc);
 
+// The message for a failed transfer: libcurl's error buffer, else its text
+// for `rc`. Before the body (`in_headers`), CURLE_OUT_OF_MEMORY is how
+// libcurl refuses a response header line over its 100 KiB limit, and says so.
+std::string CurlFailureText(CURLcode rc, const char* errbuf, bool in_headers);
+
 // The Status of a failed curl_easy_perform: kCancelled when the calling
 // thread's cancel flag stopped it (see ApplyHttpOptions), else an IoError
-// with libcurl's message (`errbuf`, else the code's description) and
-// `sys_errno` (ErrnoForCurl).
-Status CurlFailure(CURLcode rc, const char* errbuf, int sys_errno);
+// with CurlFailureText's message and `sys_errno` (ErrnoForCurl).
+Status CurlFailure(CURLcode rc, const char* errbuf, int sys_errno, bool in_headers);
 
 // 5xx, 429 (slow down) and 408 (request timeout).
 bool IsRetriableStatus(long status);

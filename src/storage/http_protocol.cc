@@ -85,13 +85,28 @@ bool ParseContentRange(const std::string& value, ContentRange* out) {
 }
 
 void Response::AddLine(const std::string& line) {
+  header_bytes += line.size();
+  if (header_bytes > kMaxHeaderBytes && header_problem.empty()) {
+    header_problem =
+        "the response headers exceed " + std::to_string(kMaxHeaderBytes >> 10) + " KiB";
+  }
   if (line.rfind("HTTP/", 0) == 0) {
-    *this = Response();
+    // A new response: only what bounds the whole request carries over.
+    Response next;
+    next.header_bytes = header_bytes;
+    next.interim_responses = interim_responses;
+    next.header_problem = header_problem;
+    *this = std::move(next);
     size_t sp = line.find(' ');
     if (sp != std::string::npos) {
       status = std::strtol(line.c_str() + sp + 1, nullptr, 10);
       size_t sp2 = line.find(' ', sp + 1);
       if (sp2 != std::string::npos) reason = Trim(line.substr(sp2 + 1));
+    }
+    if (status >= 100 && status < 200 && ++interim_responses > kMaxInterimResponses &&
+        header_problem.empty()) {
+      header_problem = "the server sent more than " + std::to_string(kMaxInterimResponses) +
+                       " interim (1xx) responses";
     }
     return;
   }

@@ -43,6 +43,11 @@ struct ContentRange {
 // whose last byte is before its first.
 bool ParseContentRange(const std::string& value, ContentRange* out);
 
+// Bounds on what the headers of one request may cost, whatever the server
+// sends: interim responses (100 Continue...) and header bytes in all.
+constexpr int kMaxInterimResponses = 16;
+constexpr size_t kMaxHeaderBytes = 256 << 10;
+
 // The headers of the last response seen: a status line ("HTTP/...") starts
 // a new one, as after a redirect or a 100 Continue.
 struct Response {
@@ -60,6 +65,14 @@ struct Response {
   std::vector<std::pair<std::string, std::string>> fields;
   size_t field_bytes = 0;
 
+  // Over the whole request (interim and redirected responses included):
+  // header bytes and 1xx responses seen, and once either is past its bound
+  // (kMaxHeaderBytes, kMaxInterimResponses), why; the caller then stops the
+  // transfer.
+  size_t header_bytes = 0;
+  int interim_responses = 0;
+  std::string header_problem;
+
   // One header line as libcurl hands it over (CRLF included or not).
   void AddLine(const std::string& line);
 
@@ -71,10 +84,5 @@ struct Response {
   // tensor bytes), any transfer coding but chunked.
   std::string EncodingProblem() const;
 };
-
-// Bounds on what the headers of one request may cost, whatever the server
-// sends: interim responses (100 Continue...) and header bytes in all.
-constexpr int kMaxInterimResponses = 16;
-constexpr size_t kMaxHeaderBytes = 256 << 10;
 
 }  // namespace tensorizer::http

@@ -14,9 +14,22 @@
 //  3. A dropped connection, a stall, a timeout, a 5xx, a 408 or a 429 is
 //     retried with exponential backoff and full jitter, resuming from the
 //     first byte not yet received; any other 4xx fails at once.
-//  4. A server without range support is read with one streaming GET of the
-//     whole object into a buffer on the first read; later reads copy from it.
-//     That costs host memory of the object's size, and is the only way.
+//  4. A server without range support must say the object's size
+//     (Content-Length) at open. It is read into a growing prefix of the
+//     object (PrefixBuffer): a read past the prefix sends one GET without a
+//     Range, skips (and compares) the bytes already held, and extends the
+//     prefix to at least twice its size or to the read's end, whichever is
+//     more, then stops the transfer. Memory is what the load has read so far
+//     (never more than twice that, never more than the size seen at open),
+//     and the traffic about twice the prefix. Such a GET cannot resume, so
+//     every retry costs the bytes before the break again: its failures never
+//     reset, and max_retries bounds the bytes it moves to (max_retries + 1)
+//     times its target.
+//
+// Retry budget: a request gives up after max_retries failed attempts in a
+// row that made no progress; an attempt progresses when it delivered at
+// least min(kProgressBytes, what was still missing), so a trickle or a
+// stream of short answers cannot retry for ever.
 //
 // Invariants: the write callback never writes outside the caller's buffers;
 // a response whose range, total size or validators differ from what was asked
@@ -45,6 +58,7 @@
 #include "storage/curl_common.h"
 #include "storage/http_protocol.h"
 #include "storage/read_range.h"
+#include "tensorizer/format.h"
 #include "tensorizer/source.h"
 #include "tensorizer/uri.h"
 #include "util/cancel_wait.h"
@@ -55,6 +69,14 @@ namespace {
 
 // Bytes of an error response kept for the message.
 constexpr size_t kErrorBodyBytes = 1024;
+
+// What an attempt must deliver (or all that was missing, if less) to reset
+// the count of failures.
+constexpr uint64_t kProgressBytes = 1 << 20;
+
+// The first prefix of an object without range support: the index read
+// (262,217 bytes in files tensorizer writes) and some tensors.
+constexpr uint64_t kFirstPrefixBytes = 4 << 20;
 
 using internal::ByteRange;
 
@@ -80,18 +102,71 @@ struct SlistDeleter {
 };
 using Slist = std::unique_ptr<curl_slist, SlistDeleter>;
 
+// Bytes [0, size()) of an object, in fixed blocks so that growing it never
+// copies what it holds. Not thread-safe.
+class PrefixBuffer {
+ public:
+  uint64_t size() const { return size_; }
+
+  void Append(const char* data, size_t n) {
+    while (n > 0) {
+      const size_t in_block = size_ % kBlock;
+      if (in_block == 0) blocks_.emplace_back(new char[kBlock]);
+      const size_t take = std::min(n, kBlock - in_block);
+      std::memcpy(blocks_.back().get() + in_block, data, take);
+      data += take;
+      n -= take;
+      size_ += take;
+    }
+  }
+
+  // Whether bytes [offset, offset + n) (all held) equal `data`.
+  bool Equals(uint64_t offset, const char* data, size_t n) const {
+    bool same = true;
+    Visit(offset, n, [&](const char* held, size_t k) {
+      same = same && std::memcmp(held, data, k) == 0;
+      data += k;
+    });
+    return same;
+  }
+
+  void CopyOut(uint64_t offset, char* dst, size_t n) const {
+    Visit(offset, n, [&](const char* held, size_t k) {
+      std::memcpy(dst, held, k);
+      dst += k;
+    });
+  }
+
+ private:
+  static constexpr size_t kBlock = 4 << 20;
+
+  template <typename F>
+  void Visit(uint64_t offset, size_t n, F f) const {
+    while (n > 0) {
+      const size_t in_block = offset % kBlock;
+      const size_t k = std::min(n, kBlock - in_block);
+      f(blocks_[offset / kBlock].get() + in_block, k);
+      offset += k;
+      n -= k;
+    }
+  }
+
+  std::vector<std::unique_ptr<char[]>> blocks_;
+  uint64_t size_ = 0;
+};
+
 // Where one request's body goes. Exactly one of: the caller's buffers (iov),
-// a growing string (whole), or nowhere (probe).
+// the object's prefix (a GET without Range), or nowhere (probe).
 struct Transfer {
   Response response;
-  // Range asked for: [first, first + want). want == 0 with whole set means
-  // "everything".
+  // Range asked for: [first, first + want); unused without `ranged`.
   uint64_t first = 0;
   uint64_t want = 0;
   bool ranged = true;
-  // The size seen at open; 0 with !size_known while opening.
+  // The size and validators seen at open; 0, false and "" while opening.
   uint64_t object_size = 0;
   bool size_known = false;
+  std::string etag, last_modified;
   // Acceptable answers, checked once when the body starts.
   bool body_checked = false;
   bool body_ok = false;  // false: an error status, body kept for the message
@@ -100,19 +175,35 @@ struct Transfer {
   int iovcnt = 0;
   int iov_index = 0;
   size_t iov_offset = 0;
-  std::string* whole = nullptr;
+  // A GET without Range: the body from byte 0 extends `prefix` (skipping,
+  // and comparing, the bytes it holds) up to `prefix_target` bytes.
+  PrefixBuffer* prefix = nullptr;
+  uint64_t prefix_target = 0;
   bool probe = false;
   uint64_t got = 0;
   std::string error_body;
-  // Set by the callbacks when they stop the transfer on purpose.
+  // Set by the callbacks when they stop the transfer on purpose, with the
+  // errno the failure maps to (ESTALE: the object changed).
   std::string abort_reason;
-  bool probe_done = false;
+  int abort_errno = EIO;
+  // The probe or the prefix has what it needs; the rest is cut off.
+  bool enough = false;
 };
 
 size_t HeaderCallback(char* data, size_t size, size_t count, void* user) {
   auto* t = static_cast<Transfer*>(user);
   t->response.AddLine(std::string(data, size * count));
+  if (!t->response.header_problem.empty()) {
+    t->abort_reason = t->response.header_problem;
+    return 0;
+  }
   return size * count;
+}
+
+bool Changed(Transfer* t, const std::string& detail) {
+  t->abort_reason = ChangedMessage() + detail;
+  t->abort_errno = ESTALE;
+  return false;
 }
 
 // Decides, when the first body byte arrives, whether the body is the data.
@@ -124,6 +215,12 @@ bool CheckBodyStart(Transfer* t) {
     return false;
   }
   if (t->probe) return true;
+  if ((r.status == 200 || r.status == 206) &&
+      ((!t->etag.empty() && !r.etag.empty() && r.etag != t->etag) ||
+       (!t->last_modified.empty() && !r.last_modified.empty() &&
+        r.last_modified != t->last_modified))) {
+    return Changed(t, "");
+  }
   if (r.status == 206 && t->ranged) {
     ContentRange cr;
     if (!ParseContentRange(r.content_range, &cr) || !cr.has_range) {
@@ -131,8 +228,7 @@ bool CheckBodyStart(Transfer* t) {
       return false;
     }
     if (cr.has_total && t->size_known && cr.total != object_size) {
-      t->abort_reason = ChangedMessage() + ": the size is now " + std::to_string(cr.total);
-      return false;
+      return Changed(t, ": the size is now " + std::to_string(cr.total));
     }
     if (cr.first != t->first || cr.last != t->first + t->want - 1) {
       t->abort_reason = "the server answered with Content-Range '" + r.content_range + "'";
@@ -146,9 +242,7 @@ bool CheckBodyStart(Transfer* t) {
     // that is what was asked for.
     if (!t->ranged || (t->first == 0 && t->want == object_size)) {
       if (t->size_known && r.has_length && r.content_length != object_size) {
-        t->abort_reason =
-            ChangedMessage() + ": the size is now " + std::to_string(r.content_length);
-        return false;
+        return Changed(t, ": the size is now " + std::to_string(r.content_length));
       }
       t->body_ok = true;
       return true;
@@ -156,8 +250,39 @@ bool CheckBodyStart(Transfer* t) {
     t->abort_reason = "the server ignored the Range header and sent the whole object";
     return false;
   }
+  if (r.status == 206) {
+    t->abort_reason = "the server answered 206 to a GET without a Range header";
+    return false;
+  }
   t->body_ok = false;  // an error status: keep the start of the body
   return true;
+}
+
+// The body of a GET without Range: bytes [got, got + n) of the object.
+size_t WritePrefix(Transfer* t, const char* data, size_t n) {
+  PrefixBuffer* prefix = t->prefix;
+  if (t->got + n > t->object_size) {
+    t->abort_reason =
+        "the server sent more than the object's " + std::to_string(t->object_size) + " bytes";
+    return 0;
+  }
+  size_t used = 0;
+  if (t->got < prefix->size()) {
+    used = static_cast<size_t>(std::min<uint64_t>(n, prefix->size() - t->got));
+    if (!prefix->Equals(t->got, data, used)) {
+      Changed(t,
+              ": bytes before " + std::to_string(prefix->size()) + " differ from an earlier GET");
+      return 0;
+    }
+  }
+  const size_t take =
+      static_cast<size_t>(std::min<uint64_t>(n - used, t->prefix_target - prefix->size()));
+  prefix->Append(data + used, take);
+  t->got += used + take;
+  if (prefix->size() < t->prefix_target) return n;
+  // The prefix is long enough: cut the rest of the object off.
+  t->enough = true;
+  return used + take == n && t->got == t->object_size ? n : 0;
 }
 
 size_t WriteCallback(char* data, size_t size, size_t count, void* user) {
@@ -172,11 +297,13 @@ size_t WriteCallback(char* data, size_t size, size_t count, void* user) {
       t->got += n;
       return n;
     }
-    if (status != 200 && status != 206 && t->error_body.size() + n <= kErrorBodyBytes) {
-      t->error_body.append(data, n);
-      return n;
+    if (status != 200 && status != 206) {
+      // An error page: its start is kept for the message.
+      const size_t room = kErrorBodyBytes - t->error_body.size();
+      t->error_body.append(data, std::min(n, room));
+      if (n <= room) return n;
     }
-    t->probe_done = true;
+    t->enough = true;
     return 0;
   }
   if (!t->body_checked) {
@@ -188,16 +315,7 @@ size_t WriteCallback(char* data, size_t size, size_t count, void* user) {
     t->error_body.append(data, keep);
     return n;
   }
-  if (t->whole) {
-    if (t->size_known && t->whole->size() + n > t->object_size) {
-      t->abort_reason =
-          "the server sent more than the object's " + std::to_string(t->object_size) + " bytes";
-      return 0;
-    }
-    t->whole->append(data, n);
-    t->got += n;
-    return n;
-  }
+  if (t->prefix) return WritePrefix(t, data, n);
   if (n > t->want - t->got) {
     t->abort_reason =
         "the server sent more bytes than the " + std::to_string(t->want) + " asked for";
@@ -288,23 +406,22 @@ class HttpSource final : public internal::ScatterReadSource {
       ranges_ = true;
       return Status::Ok();
     }
-    // 200: the server ignores Range.
+    // 200: the server ignores Range. Its size must be known before any
+    // byte is kept, or a body without end would be read into memory.
     ranges_ = false;
     if (!r.has_length) {
-      // No size without reading it all: read it now.
-      TZR_RETURN_IF_ERROR(FetchWhole());
-      size_ = whole_.size();
-      whole_loaded_ = true;
-    } else {
-      size_ = r.content_length;
+      return Status::IoError("opening " + name_ +
+                             ": the server ignores Range and sends no Content-Length, so the "
+                             "object's size cannot be known without reading all of it");
     }
+    size_ = r.content_length;
     size_known_ = true;
     return Status::Ok();
   }
 
   Status ReadRange(uint64_t offset, uint64_t total, const struct iovec* iov,
                    int iovcnt) const override {
-    if (!ranges_) return ReadFromWhole(offset, iov, iovcnt);
+    if (!ranges_) return ReadFromPrefix(offset, total, iov, iovcnt);
 
     uint64_t done = 0;
     int failures = 0;
@@ -326,7 +443,7 @@ class HttpSource final : public internal::ScatterReadSource {
         retriable_ = true;
       }
       if (!retriable_) return st.WithContext("reading " + name_ + " " + ByteRange(offset, total));
-      failures = t.got > 0 ? 1 : failures + 1;
+      failures = t.got >= std::min(kProgressBytes, t.want) ? 1 : failures + 1;
       if (failures > options_.max_retries) {
         return st.WithContext("reading " + name_ + " " + ByteRange(offset, total) +
                               " (gave up after " + std::to_string(failures) +
@@ -359,7 +476,7 @@ class HttpSource final : public internal::ScatterReadSource {
     if (auth_) {
       for (const std::string& line : auth_->Headers()) add(line);
     }
-    if (t->ranged && !t->whole) {
+    if (t->ranged) {
       add("Range: bytes=" + std::to_string(t->first) + "-" +
           std::to_string(t->first + t->want - 1));
     }
@@ -369,6 +486,10 @@ class HttpSource final : public internal::ScatterReadSource {
       } else if (!last_modified_.empty()) {
         add("If-Unmodified-Since: " + last_modified_);
       }
+    }
+    if (!t->probe) {
+      t->etag = etag_;
+      t->last_modified = last_modified_;
     }
     CURL* c = h.get();
     curl_easy_setopt(c, CURLOPT_HTTPHEADER, headers.get());
@@ -391,13 +512,13 @@ class HttpSource final : public internal::ScatterReadSource {
 
     const Response& r = t->response;
     if (rc != CURLE_OK && DeadlineLeftMs() == 0) return DeadlineError();
-    if (rc == CURLE_WRITE_ERROR && t->probe && t->probe_done) rc = CURLE_OK;
+    if (rc == CURLE_WRITE_ERROR && t->enough) rc = CURLE_OK;
     if (rc == CURLE_WRITE_ERROR && !t->abort_reason.empty()) {
-      return Status::IoError(t->abort_reason);
+      return Status::IoError(t->abort_reason, t->abort_errno);
     }
     if (rc != CURLE_OK) {
       retriable_ = internal::IsRetriableCurl(rc);
-      return internal::CurlFailure(rc, errbuf, transfer_errno);
+      return internal::CurlFailure(rc, errbuf, transfer_errno, !t->body_checked);
     }
     if (r.status == 412) return Status::IoError(ChangedMessage() + " (HTTP 412)", ESTALE);
     if (r.status == 416 && !t->probe) {
@@ -415,15 +536,17 @@ class HttpSource final : public internal::ScatterReadSource {
     if (!good) {
       retriable_ = internal::IsRetriableStatus(r.status);
       std::string body = OneLine(t->error_body);
-      std::string message = auth_ ? auth_->DescribeFailure(r.StatusText(), body)
-                                  : r.StatusText() + (body.empty() ? "" : ": " + body);
+      // A plain server's page: escaped and cut, so it cannot forge lines.
+      std::string message =
+          auth_ ? auth_->DescribeFailure(r.StatusText(), body)
+                : r.StatusText() + (body.empty() ? "" : ": " + PrintableName(body));
       return Status::IoError(message, retriable_ ? EIO : internal::ErrnoForStatus(r.status));
     }
     // A 206 or 200 with no body bytes skips the checks in the write callback.
-    if (!t->probe && !t->body_checked && t->want > 0) {
+    if (!t->probe && !t->body_checked && (t->want > 0 || t->prefix)) {
       t->body_checked = true;
       if (!CheckBodyStart(t)) {
-        return Status::IoError(t->abort_reason);
+        return Status::IoError(t->abort_reason, t->abort_errno);
       }
     }
     if ((!etag_.empty() && !r.etag.empty() && r.etag != etag_) ||
@@ -467,45 +590,48 @@ class HttpSource final : public internal::ScatterReadSource {
                            ETIMEDOUT);
   }
 
-  // The whole object in one GET, for servers without range support.
-  Status FetchWhole() const {
-    int failures = 0;
-    while (true) {
-      std::string buffer;
-      Transfer t;
-      t.ranged = false;
-      t.whole = &buffer;
-      t.object_size = size_;
-      t.size_known = size_known_;
-      Status st = Perform(&t, /*conditional=*/true);
-      if (st.ok() && size_known_ && buffer.size() != size_) {
-        st = Status::IoError("the response ended after " + std::to_string(buffer.size()) + " of " +
-                             std::to_string(size_) + " bytes");
-        retriable_ = true;
-      }
-      if (st.ok()) {
-        whole_ = std::move(buffer);
-        return Status::Ok();
-      }
-      std::string what = "reading " + name_ + " (whole object: the server does not honour Range)";
-      if (!retriable_ || ++failures > options_.max_retries) return st.WithContext(what);
-      Backoff(failures - 1, t.response);
-    }
-  }
-
-  Status ReadFromWhole(uint64_t offset, const struct iovec* iov, int iovcnt) const {
-    {
-      std::lock_guard<std::mutex> lock(whole_mu_);
-      if (!whole_loaded_) {
-        TZR_RETURN_IF_ERROR(FetchWhole());
-        whole_loaded_ = true;
-      }
+  // Bytes [offset, offset + total) of an object whose server ignores Range.
+  Status ReadFromPrefix(uint64_t offset, uint64_t total, const struct iovec* iov,
+                        int iovcnt) const {
+    std::lock_guard<std::mutex> lock(prefix_mu_);
+    if (prefix_.size() < offset + total) {
+      const uint64_t target =
+          std::min(size_, std::max({offset + total, 2 * prefix_.size(), kFirstPrefixBytes}));
+      TZR_RETURN_IF_ERROR(FetchPrefix(target).WithContext(
+          "reading " + name_ + " " + ByteRange(offset, total) +
+          " (bytes [0, " + std::to_string(target) + "): the server does not honour Range)"));
     }
     for (int i = 0; i < iovcnt; ++i) {
-      if (iov[i].iov_len) std::memcpy(iov[i].iov_base, whole_.data() + offset, iov[i].iov_len);
+      prefix_.CopyOut(offset, static_cast<char*>(iov[i].iov_base), iov[i].iov_len);
       offset += iov[i].iov_len;
     }
     return Status::Ok();
+  }
+
+  // Extends prefix_ to `target` bytes with GETs from byte 0.
+  Status FetchPrefix(uint64_t target) const TZR_REQUIRES(prefix_mu_) {
+    for (int failures = 0;;) {
+      Transfer t;
+      t.ranged = false;
+      t.prefix = &prefix_;
+      t.prefix_target = target;
+      t.object_size = size_;
+      t.size_known = true;
+      Status st = Perform(&t, /*conditional=*/true);
+      if (st.ok()) {
+        if (prefix_.size() >= target) return Status::Ok();
+        st = Status::IoError("the response ended after " + std::to_string(t.got) + " of " +
+                             std::to_string(size_) + " bytes");
+        retriable_ = true;
+      }
+      if (!retriable_) return st;
+      // Every retry starts again at byte 0: progress does not reset the count.
+      if (++failures > options_.max_retries) {
+        return Status(st.code(), st.message() + " (gave up after " + std::to_string(failures) +
+                                     " attempts)", st.sys_errno());
+      }
+      Backoff(failures - 1, t.response);
+    }
   }
 
   Handle Acquire() const {
@@ -550,9 +676,9 @@ class HttpSource final : public internal::ScatterReadSource {
   mutable std::vector<Handle> idle_ TZR_GUARDED_BY(mu_);
   mutable std::mt19937_64 rng_ TZR_GUARDED_BY(mu_);
 
-  mutable std::mutex whole_mu_;  // guards the first fill of whole_
-  mutable bool whole_loaded_ TZR_GUARDED_BY(whole_mu_) = false;
-  mutable std::string whole_;
+  // Without range support: the bytes read so far.
+  mutable std::mutex prefix_mu_;
+  mutable PrefixBuffer prefix_ TZR_GUARDED_BY(prefix_mu_);
 
   // Whether the last Perform on this thread failed in a way worth retrying.
   static thread_local bool retriable_;

@@ -21,11 +21,16 @@ std::vector<std::string> AuthHeaders(const ResolvedConfig& config, const Locatio
 
 // "HTTP 403 Forbidden: SignatureDoesNotMatch: <message> (endpoint ..., bucket
 // ..., access key id ..., credentials from ...)" from a status line and the
-// start of an S3 XML error body. Never includes the secret.
+// start of an S3 XML error body (namespaced or not). The server's code and
+// message pass through ServerText. Never includes the secret.
 std::string DescribeFailure(const ResolvedConfig& config, const Location& location,
                             const std::string& status_text, const std::string& body);
 
-// The text of the first <tag>...</tag> in an XML document, or "".
-std::string XmlElement(const std::string& xml, const std::string& tag);
+// Text a server sent, made fit for a message: the configured secret key and
+// session token, and the values after Signature=, X-Amz-Signature=,
+// X-Amz-Credential= and X-Amz-Security-Token (= or :) become "***" (a proxy
+// that echoes the request puts them in its <Message>); control characters
+// become \xNN, so it cannot forge log lines; at most 300 bytes are kept.
+std::string ServerText(const std::string& text, const ResolvedConfig& config);
 
 }  // namespace tensorizer::s3

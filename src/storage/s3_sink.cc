@@ -16,6 +16,12 @@
 //     CompleteMultipartUpload: only now does the object exist. An object
 //     no bigger than one part is sent with one PutObject instead (and the
 //     multipart upload aborted): S3 refuses a multipart upload of no parts.
+//     The completion counts only when its whole body parses (namespaces
+//     and all) as a CompleteMultipartUploadResult: S3 may answer 200 and
+//     then an <Error>, after minutes of keep-alive whitespace. Then a HEAD
+//     must find the object with the size written before Commit() succeeds
+//     (a 403 to the HEAD, from credentials that may write but not read,
+//     leaves the completion's word as the proof).
 //  5. Abort(), a failed request or destruction without Commit() sends
 //     AbortMultipartUpload: no partial object is ever visible.
 //
@@ -49,8 +55,10 @@
 #include <vector>
 
 #include "storage/curl_common.h"
+#include "storage/http_protocol.h"
 #include "storage/s3_auth.h"
 #include "storage/s3_config.h"
+#include "storage/s3_xml.h"
 #include "tensorizer/write.h"
 #include "util/cancel_wait.h"
 #include "util/thread_annotations.h"
@@ -62,7 +70,9 @@ namespace {
 constexpr uint64_t kMinPartBytes = 5ull << 20;
 constexpr uint64_t kMaxParts = 10000;
 constexpr uint64_t kMaxPartBytes = 5ull << 30;
-constexpr size_t kMaxResponseBody = 64 << 10;
+// A control response (an upload id, a completion, an error) is a few hundred
+// bytes of XML, after any keep-alive whitespace; a longer one is refused.
+constexpr size_t kMaxResponseBody = 1 << 20;
 
 // An ETag comes from the server: escaped, it cannot add part entries to the
 // CompleteMultipartUpload body.
@@ -82,26 +92,17 @@ std::string XmlEscape(const std::string& s) {
 }
 
 struct Reply {
-  long status = 0;
-  std::string status_text;
-  std::string etag;
+  http::Response response;
   std::string body;
+  std::string abort_reason;  // why a callback stopped the transfer
 };
 
 size_t CollectHeader(char* data, size_t size, size_t count, void* user) {
   auto* r = static_cast<Reply*>(user);
-  std::string line(data, size * count);
-  while (!line.empty() && (line.back() == '\n' || line.back() == '\r')) line.pop_back();
-  if (line.rfind("HTTP/", 0) == 0) {
-    *r = Reply();
-    size_t sp = line.find(' ');
-    if (sp != std::string::npos) {
-      r->status = std::strtol(line.c_str() + sp + 1, nullptr, 10);
-      r->status_text = "HTTP " + line.substr(sp + 1);
-    }
-  } else if (line.size() > 5 && strncasecmp(line.c_str(), "etag:", 5) == 0) {
-    size_t b = line.find_first_not_of(' ', 5);
-    r->etag = b == std::string::npos ? "" : line.substr(b);
+  r->response.AddLine(std::string(data, size * count));
+  if (!r->response.header_problem.empty()) {
+    r->abort_reason = r->response.header_problem;
+    return 0;
   }
   return size * count;
 }
@@ -109,9 +110,12 @@ size_t CollectHeader(char* data, size_t size, size_t count, void* user) {
 size_t CollectBody(char* data, size_t size, size_t count, void* user) {
   auto* r = static_cast<Reply*>(user);
   size_t n = size * count;
-  if (r->body.size() < kMaxResponseBody) {
-    r->body.append(data, std::min(n, kMaxResponseBody - r->body.size()));
+  if (r->body.size() + n > kMaxResponseBody) {
+    r->abort_reason = "the response body is longer than " +
+                      std::to_string(kMaxResponseBody >> 10) + " KiB";
+    return 0;
   }
+  r->body.append(data, n);
   return n;
 }
 
@@ -137,16 +141,18 @@ class S3Connection {
     for (int attempt = 0;; ++attempt) {
       bool retriable = false;
       Result<Reply> r = SendOnce(method, query, body_data, &retriable);
-      if (r.ok() && r->status >= 200 && r->status < 300) {
+      if (r.ok() && r->response.status >= 200 && r->response.status < 300) {
         // CompleteMultipartUpload may fail after a 200 with an Error body.
-        if (r->body.find("<Error>") == std::string::npos) return r;
+        if (s3::ParseXml(r->body).root != "Error") return r;
         retriable = true;
-        r = Status::IoError(s3::DescribeFailure(config_, location_, r->status_text, r->body));
+        r = Status::IoError(
+            s3::DescribeFailure(config_, location_, r->response.StatusText(), r->body));
       } else if (r.ok()) {
-        long status = r->status;
+        long status = r->response.status;
         retriable = internal::IsRetriableStatus(status);
-        r = Status::IoError(s3::DescribeFailure(config_, location_, r->status_text, r->body),
-                            retriable ? EIO : internal::ErrnoForStatus(status));
+        r = Status::IoError(
+            s3::DescribeFailure(config_, location_, r->response.StatusText(), r->body),
+            retriable ? EIO : internal::ErrnoForStatus(status));
       }
       if (!retriable || attempt >= http_.max_retries) {
         return r.status().WithContext(what + " of " + ObjectName());
@@ -184,8 +190,8 @@ class S3Connection {
     if (method == "PUT" || method == "POST") {
       curl_easy_setopt(c, CURLOPT_POSTFIELDS, body_data.data());
       curl_easy_setopt(c, CURLOPT_POSTFIELDSIZE_LARGE, static_cast<curl_off_t>(body_data.size()));
-    } else if (method == "DELETE") {
-      curl_easy_setopt(c, CURLOPT_NOBODY, 0L);
+    } else if (method == "HEAD") {
+      curl_easy_setopt(c, CURLOPT_NOBODY, 1L);
     }
     Reply reply;
     curl_easy_setopt(c, CURLOPT_HEADERFUNCTION, CollectHeader);
@@ -200,9 +206,13 @@ class S3Connection {
     curl_easy_setopt(c, CURLOPT_ERRORBUFFER, nullptr);
     curl_easy_setopt(c, CURLOPT_HTTPHEADER, nullptr);
     curl_slist_free_all(headers);
+    if (rc == CURLE_WRITE_ERROR && !reply.abort_reason.empty()) {
+      return Status::IoError(reply.abort_reason);
+    }
     if (rc != CURLE_OK) {
       *retriable = internal::IsRetriableCurl(rc);
-      return internal::CurlFailure(rc, errbuf, internal::ErrnoForCurl(c, rc));
+      return internal::CurlFailure(rc, errbuf, internal::ErrnoForCurl(c, rc),
+                                   reply.response.status == 0);
     }
     return reply;
   }
@@ -231,9 +241,15 @@ class S3Sink final : public Sink {
     S3Connection conn(config_, location_, http_);
     auto reply = conn.Send("POST", {{"uploads", ""}}, "", "CreateMultipartUpload");
     if (!reply.ok()) return reply.status();
-    upload_id_ = s3::XmlElement(reply->body, "UploadId");
+    const s3::XmlDocument doc = s3::ParseXml(reply->body);
+    if (doc.well_formed && doc.root == "InitiateMultipartUploadResult") {
+      upload_id_ = doc.Child("UploadId");
+    }
     if (upload_id_.empty()) {
-      return Status::IoError("CreateMultipartUpload of " + uri_ + " answered without an UploadId");
+      return Status::IoError("CreateMultipartUpload of " + uri_ +
+                             " answered without an InitiateMultipartUploadResult holding an "
+                             "UploadId" +
+                             (doc.problem.empty() ? "" : " (" + doc.problem + ")"));
     }
     int n = std::max(1, upload_.parallel_uploads);
     for (int i = 0; i < n; ++i) uploaders_.emplace_back([this] { UploadLoop(); });
@@ -306,11 +322,12 @@ class S3Sink final : public Sink {
         parts_.clear();
         lock.unlock();
         StopUploaders();
+        const uint64_t size = body.size();
         S3Connection conn(config_, location_, http_);
         auto reply = conn.Send("PUT", {}, body, "PutObject");
         AbortUpload();
         finished_ = true;
-        return reply.ok() ? Status::Ok() : reply.status();
+        return reply.ok() ? ConfirmObject(size, "PutObject") : reply.status();
       }
       // What is left: part 1 and the last part. Anything else was never
       // completely written, which the Writer never does.
@@ -338,8 +355,15 @@ class S3Sink final : public Sink {
       }
     }
     StopUploaders();
-    Status st = error_;
+    Status st;
+    uint64_t size;
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      st = error_;
+      size = end_;
+    }
     if (st.ok()) st = Complete();
+    if (st.ok()) st = ConfirmObject(size, "CompleteMultipartUpload");
     if (!st.ok()) {
       AbortUpload();
       finished_ = true;
@@ -434,8 +458,8 @@ class S3Sink final : public Sink {
       if (!reply.ok()) {
         if (error_.ok()) error_ = reply.status();
         space_cv_.notify_all();
-      } else if (reply->etag.empty() ||
-                 std::any_of(reply->etag.begin(), reply->etag.end(), [](char ch) {
+      } else if (reply->response.etag.empty() ||
+                 std::any_of(reply->response.etag.begin(), reply->response.etag.end(), [](char ch) {
                    return static_cast<unsigned char>(ch) < 0x20 || ch == 0x7f;
                  })) {
         if (error_.ok()) {
@@ -444,7 +468,7 @@ class S3Sink final : public Sink {
         }
         space_cv_.notify_all();
       } else {
-        etags_[index + 1] = reply->etag;
+        etags_[index + 1] = reply->response.etag;
       }
       idle_cv_.notify_all();
     }
@@ -469,7 +493,39 @@ class S3Sink final : public Sink {
     xml += "</CompleteMultipartUpload>";
     S3Connection conn(config_, location_, http_);
     auto reply = conn.Send("POST", {{"uploadId", upload_id_}}, xml, "CompleteMultipartUpload");
-    return reply.ok() ? Status::Ok() : reply.status();
+    if (!reply.ok()) return reply.status();
+    const s3::XmlDocument doc = s3::ParseXml(reply->body);
+    if (!doc.well_formed || doc.root != "CompleteMultipartUploadResult") {
+      return Status::IoError("CompleteMultipartUpload of " + uri_ + " answered " +
+                             reply->response.StatusText() +
+                             " without a CompleteMultipartUploadResult (" +
+                             (doc.problem.empty() ? "the root element is <" +
+                                                        s3::ServerText(doc.root, config_) + ">"
+                                                  : doc.problem) +
+                             "): the object may not exist");
+    }
+    return Status::Ok();
+  }
+
+  // A HEAD of the object after `what` said it was stored: it must exist
+  // with `size` bytes. Credentials allowed to write but not to read get a
+  // 403, and then the answer to `what` is all the proof there is.
+  Status ConfirmObject(uint64_t size, const std::string& what) {
+    S3Connection conn(config_, location_, http_);
+    auto reply = conn.Send("HEAD", {}, "", "HEAD");
+    if (!reply.ok()) {
+      if (reply.status().sys_errno() == EACCES) return Status::Ok();
+      return reply.status().WithContext(what + " of " + uri_ +
+                                        " succeeded, but the object cannot be confirmed");
+    }
+    const http::Response& r = reply->response;
+    if (!r.has_length || r.content_length != size) {
+      return Status::IoError(
+          what + " of " + uri_ + " succeeded, but a HEAD finds " +
+          (r.has_length ? std::to_string(r.content_length) + " bytes" : "no Content-Length") +
+          " where " + std::to_string(size) + " were written");
+    }
+    return Status::Ok();
   }
 
   void AbortUpload() {
