@@ -572,6 +572,11 @@ class TensorDeserializer(collections.abc.Mapping, contextlib.AbstractContextMana
       stored), which runs at memory speed; verify_hash="all" also checks
       SHA-256, as tensorizer does, at about 2 GB/s per core. The file does not
       authenticate its hashes, so both guard against corruption, not forgery.
+    - direct_io: how a local file is read. None (auto): each range with
+      O_DIRECT unless it is mostly in the page cache already; True: O_DIRECT
+      throughout, which leaves the page cache as it was; False: through the
+      page cache. File systems without direct I/O (tmpfs) are read buffered
+      whatever is asked. read_stats says what was done.
     """
 
     def __init__(
@@ -588,8 +593,10 @@ class TensorDeserializer(collections.abc.Mapping, contextlib.AbstractContextMana
         verify_hash: bool = False,
         encryption: Optional[DecryptionParams] = None,
         cast_only_floating: bool = False,
+        direct_io: Optional[bool] = None,
     ):
         self._reader = None
+        self._read_stats = None
         self._file = None
         self._cache: Dict[tuple, torch.Tensor] = {}
         self._loaded_info: Dict[tuple, tuple] = {}
@@ -622,6 +629,11 @@ class TensorDeserializer(collections.abc.Mapping, contextlib.AbstractContextMana
                 )
             if num_readers < 1:
                 raise ValueError("num_readers must be positive")
+        if direct_io is not None and not isinstance(direct_io, bool):
+            raise TypeError(
+                f"direct_io: expected bool or None, got {direct_io.__class__.__name__}"
+            )
+        self._direct_io = {None: "auto", True: "on", False: "off"}[direct_io]
         self._dtype = dtype
         self._cast_only_floating = cast_only_floating
         self._lazy_load = lazy_load
@@ -724,9 +736,9 @@ class TensorDeserializer(collections.abc.Mapping, contextlib.AbstractContextMana
         if isinstance(file_obj, (str, bytes, os.PathLike)):
             path = os.fsdecode(file_obj)
             stream_io.check_local_read(path)
-            return _core.Reader.open_path(path)
+            return _core.Reader.open_path(path, direct_io=self._direct_io)
         if isinstance(file_obj, int):
-            return _core.Reader.open_fd(file_obj, f"<fd {file_obj}>")
+            return _core.Reader.open_fd(file_obj, f"<fd {file_obj}>", direct_io=self._direct_io)
         if isinstance(file_obj, stream_io._EngineReadStream):
             # Already-open remote source with its options: load through it.
             self._file = file_obj
@@ -740,13 +752,15 @@ class TensorDeserializer(collections.abc.Mapping, contextlib.AbstractContextMana
         name = _file_name(file_obj)
         fd = _fileno(file_obj)
         if fd is not None:
-            return _core.Reader.open_fd(fd, name)
+            return _core.Reader.open_fd(fd, name, direct_io=self._direct_io)
         # No descriptor: the whole stream is read into memory once.
         if callable(getattr(file_obj, "seekable", None)) and file_obj.seekable():
             file_obj.seek(0)
         return _core.Reader.open_bytes(file_obj.read(), name)
 
     def _close_source(self):
+        if self._reader is not None:
+            self._read_stats = self._reader.read_stats
         self._reader = None
         if self._file is not None:
             with contextlib.suppress(Exception):
@@ -763,6 +777,34 @@ class TensorDeserializer(collections.abc.Mapping, contextlib.AbstractContextMana
     def __del__(self):
         with contextlib.suppress(Exception):
             self.close()
+
+    @property
+    def read_stats(self) -> Optional[dict]:
+        """How a local file was read so far (extension): ``{"mode": "direct" |
+        "buffered" | "mixed" | "none", "direct_bytes", "in_place_bytes",
+        "buffered_bytes", "direct_block_bytes", "buffered_reason"}``, the
+        index included (``in_place_bytes``: direct bytes that landed in the
+        tensors without a staging copy);
+        ``direct_block_bytes`` is 0 when the file is read buffered only, and
+        ``buffered_reason`` says why. ``None`` for remote and in-memory
+        sources."""
+        stats = self._reader.read_stats if self._reader is not None else self._read_stats
+        if stats is None:
+            return None
+        block, reason, direct, buffered, in_place = stats
+        mode = (
+            ("mixed" if buffered else "direct")
+            if direct
+            else ("buffered" if buffered else "none")
+        )
+        return {
+            "mode": mode,
+            "direct_bytes": direct,
+            "in_place_bytes": in_place,
+            "buffered_bytes": buffered,
+            "direct_block_bytes": block,
+            "buffered_reason": reason,
+        }
 
     # --- loading ----------------------------------------------------------
 

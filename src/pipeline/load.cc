@@ -348,6 +348,9 @@ Result<std::unique_ptr<Load>> Load::Start(std::shared_ptr<const Source> source,
   // Verification hashes each piece right after reading it; pieces that fit
   // in L2 are still there when hashed.
   if (po.verify_hash) po.chunk_bytes = std::min<uint64_t>(po.chunk_bytes, 2ull << 20);
+  // A source that may read with O_DIRECT gets an arena laid out so its
+  // blocks land on aligned memory, straight from the device.
+  if (auto file = FileReadStatsOf(*source)) po.direct_block_bytes = file->direct_block_bytes;
   auto plan = MakeLoadPlan(*index, selected, po);
   if (!plan.ok()) return plan.status().WithContext("planning load of " + source->uri());
   st->plan = std::move(plan).value();
