@@ -5,8 +5,8 @@
 // Layout: each selected tensor's data gets a slot in one destination arena,
 // aligned to `alignment_bytes` (tensor data in .tensors files is unaligned,
 // so the file cannot simply be mapped), or, for direct reads, placed where
-// the file's blocks land on aligned memory (see direct_block_bytes). Tensor headers go to a separate
-// header buffer. Reads: the file ranges of the selected records, coalesced
+// the file's blocks land on aligned memory (see direct_block_bytes).
+// Tensor headers go to a separate header buffer. Reads: the file ranges of the selected records, coalesced
 // while adjacent in the file, each read at most `chunk_bytes` long (a record
 // larger than that is split) and scattered by one preadv into header buffer
 // and arena.

@@ -110,7 +110,8 @@ class StagingPool {
     }
     if (b.capacity >= bytes) return b;
     std::free(b.data);
-    size_t capacity = (std::max<size_t>(bytes, 1) + kStagingAlign - 1) / kStagingAlign * kStagingAlign;
+    const size_t capacity =
+        (std::max<size_t>(bytes, 1) + kStagingAlign - 1) / kStagingAlign * kStagingAlign;
     void* p = nullptr;
     if (::posix_memalign(&p, kStagingAlign, capacity) != 0) {
       return Status::ResourceExhausted("cannot allocate a " + std::to_string(capacity) +
@@ -297,8 +298,8 @@ class FileSource final : public ScatterReadSource {
     Status st;
     while (done < need) {
       int count = static_cast<int>(std::min<size_t>(v.size() - first, IOV_MAX));
-      ssize_t n =
-          ::preadv(direct_fd_, v.data() + first, count, static_cast<off_t>(plan.file_offset + done));
+      const auto at = static_cast<off_t>(plan.file_offset + done);
+      ssize_t n = ::preadv(direct_fd_, v.data() + first, count, at);
       if (n < 0) {
         if (errno == EINTR) continue;
         st = Status::FromErrno("reading " + uri_ + " " + ByteRange(offset, total) + " (direct)",
