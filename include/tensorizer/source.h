@@ -73,6 +73,10 @@ struct FileReadStats {
 };
 // Empty for sources that are not local files.
 std::optional<FileReadStats> FileReadStatsOf(const Source& source);
+// Whether a read of [offset, offset + length) would go direct now: kOn, or
+// kAuto with less than 3/4 of its pages in the page cache. False for other
+// sources and for files read buffered only.
+bool WouldReadDirect(const Source& source, uint64_t offset, uint64_t length);
 // Bytes already in memory (copied in).
 std::unique_ptr<Source> MakeMemorySource(std::string bytes, const std::string& name);
 // How an HTTP(S) source connects, waits and retries. Durations are in

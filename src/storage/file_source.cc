@@ -242,9 +242,13 @@ class FileSource final : public ScatterReadSource {
     return s;
   }
 
+  bool ReadsDirect(uint64_t offset, uint64_t length) const {
+    return direct_on_ && (mode_ == DirectIo::kOn || !MostlyCached(offset, length));
+  }
+
   Status ReadRange(uint64_t offset, uint64_t total, const struct iovec* iov,
                    int iovcnt) const override {
-    if (direct_on_ && (mode_ == DirectIo::kOn || !MostlyCached(offset, total))) {
+    if (ReadsDirect(offset, total)) {
       Status st = ReadDirect(offset, total, iov, iovcnt);
       if (st.ok()) {
         direct_bytes_ += total;
@@ -426,6 +430,12 @@ Result<std::unique_ptr<Source>> OpenFdSource(int fd, const std::string& name,
 std::optional<FileReadStats> FileReadStatsOf(const Source& source) {
   if (const auto* f = dynamic_cast<const FileSource*>(&source)) return f->stats();
   return std::nullopt;
+}
+
+bool WouldReadDirect(const Source& source, uint64_t offset, uint64_t length) {
+  const auto* f = dynamic_cast<const FileSource*>(&source);
+  return f != nullptr && length > 0 && offset < f->size() && length <= f->size() - offset &&
+         f->ReadsDirect(offset, length);
 }
 
 std::unique_ptr<Source> MakeMemorySource(std::string bytes, const std::string& name) {
