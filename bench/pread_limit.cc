@@ -10,6 +10,11 @@
 //   The arena's creation and faulting are inside the timing: a real load pays
 //   them too. Unmapping is outside: a real load keeps the arena.
 //
+// --direct: the same reads on a descriptor opened with O_DIRECT, each chunk
+// rounded up to 4096 bytes (the last one stops at the end of the file), into
+// the same arena: the device's own limit, with `threads` requests in flight
+// and no page cache (bench_cold.py).
+//
 // Write mode (--write OUT), the limit for a save:
 //   the same number of bytes, from an already-faulted huge-page buffer, are
 //   pwritten in chunks of `chunk_bytes` (handed out by the same atomic
@@ -62,7 +67,10 @@ struct Options {
   uint64_t chunk_bytes = 8ull << 20;
   int repetitions = 5;
   uint64_t prefault_bytes = 0;  // > 0: prefault mode
+  bool direct = false;           // read with O_DIRECT
 };
+
+constexpr uint64_t kDirectAlign = 4096;
 
 [[noreturn]] void Die(const std::string& what) {
   std::fprintf(stderr, "pread_limit: %s: %s\n", what.c_str(), std::strerror(errno));
@@ -71,9 +79,10 @@ struct Options {
 
 [[noreturn]] void Usage() {
   std::fprintf(stderr,
-               "usage: pread_limit [--write OUT] [--reps N] [--chunk-mib M] "
+               "usage: pread_limit [--write OUT] [--direct] [--reps N] [--chunk-mib M] "
                "FILE [threads]\n"
                "  read mode: pread FILE into a fresh huge-page arena\n"
+               "  --direct: read with O_DIRECT (4096-aligned requests)\n"
                "  --write OUT: pwrite FILE's size in bytes to OUT (no fsync)\n"
                "  --prefault-mib N: touch and free N MiB of memory, then exit\n");
   std::exit(2);
@@ -92,6 +101,8 @@ Options ParseArgs(int argc, char** argv) {
       options.write_path = next();
     } else if (arg == "--prefault-mib") {
       options.prefault_bytes = std::strtoull(next().c_str(), nullptr, 10) << 20;
+    } else if (arg == "--direct") {
+      options.direct = true;
     } else if (arg == "--reps") {
       options.repetitions = std::max(1, std::atoi(next().c_str()));
     } else if (arg == "--chunk-mib") {
@@ -144,8 +155,10 @@ void ForEachChunk(uint64_t total, uint64_t chunk_bytes, unsigned threads, Body b
   for (auto& t : pool) t.join();
 }
 
-void PreadFully(int fd, char* dst, uint64_t length, uint64_t offset) {
-  while (length > 0) {
+// Reads [offset, offset + length) or up to file_end, whichever is first.
+void PreadFully(int fd, char* dst, uint64_t length, uint64_t offset,
+                uint64_t file_end = UINT64_MAX) {
+  while (length > 0 && offset < file_end) {
     ssize_t n = pread(fd, dst, length, static_cast<off_t>(offset));
     if (n < 0 && errno == EINTR) continue;
     if (n < 0) Die("pread");
@@ -179,7 +192,8 @@ double ReadOnce(const Options& options, int fd, uint64_t bytes) {
   auto start = std::chrono::steady_clock::now();
   char* arena = MapHugeArena(arena_bytes);
   ForEachChunk(bytes, options.chunk_bytes, options.threads, [&](uint64_t offset, uint64_t length) {
-    PreadFully(fd, arena + offset, length, offset);
+    if (options.direct) length = (length + kDirectAlign - 1) / kDirectAlign * kDirectAlign;
+    PreadFully(fd, arena + offset, length, offset, bytes);
   });
   double seconds = Seconds(start);
   munmap(arena, arena_bytes);
@@ -219,8 +233,12 @@ int main(int argc, char** argv) {
                 static_cast<unsigned long long>(options.prefault_bytes));
     return 0;
   }
-  int fd = open(options.path.c_str(), O_RDONLY);
+  int fd = open(options.path.c_str(), O_RDONLY | (options.direct ? O_DIRECT : 0));
   if (fd < 0) Die("open " + options.path);
+  if (options.direct && options.chunk_bytes % kDirectAlign != 0) {
+    errno = EINVAL;
+    Die("--direct needs whole MiB chunks");
+  }
   struct stat st;
   if (fstat(fd, &st) != 0) Die("fstat " + options.path);
   uint64_t bytes = static_cast<uint64_t>(st.st_size);
@@ -255,10 +273,11 @@ int main(int argc, char** argv) {
   close(fd);
 
   std::printf(
-      "{\"mode\":\"%s\",\"bytes\":%llu,\"seconds\":%.6f,\"gbps\":%.4f,"
+      "{\"mode\":\"%s\",\"direct\":%s,\"bytes\":%llu,\"seconds\":%.6f,\"gbps\":%.4f,"
       "\"threads\":%u,\"chunk_bytes\":%llu,\"repetitions\":%d,"
       "\"fsync\":false,\"thp\":\"%s\"}\n",
-      write_mode ? "write" : "read", static_cast<unsigned long long>(bytes), best,
+      write_mode ? "write" : "read", options.direct ? "true" : "false",
+      static_cast<unsigned long long>(bytes), best,
       static_cast<double>(bytes) / best / 1e9, options.threads,
       static_cast<unsigned long long>(options.chunk_bytes), options.repetitions,
       TransparentHugePageMode().c_str());

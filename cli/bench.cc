@@ -141,6 +141,15 @@ int RunBench(const std::vector<std::string>& args) {
          (is_remote ? "range reads through the same source into a huge-page arena, "
                     : "pread into a huge-page arena, ") +
          std::to_string(limit_threads) + " threads\n";
+  if (auto file = FileReadStatsOf(*opened->source)) {
+    out += "reads:      " + Fixed(static_cast<double>(file->direct_bytes) / 1e9, 2) +
+           " GB direct, " + Fixed(static_cast<double>(file->buffered_bytes) / 1e9, 2) +
+           " GB buffered" +
+           (file->direct_block_bytes
+                ? " (O_DIRECT block " + std::to_string(file->direct_block_bytes) + " bytes)"
+                : " (" + file->buffered_reason + ")") +
+           ", limit and loads together\n";
+  }
   out += "ratio:      " + (limit_gbs > 0 ? Fixed(load_gbs / limit_gbs, 2) : std::string("n/a")) +
          " of the limit\n";
   out += "machine:    " + std::to_string(cores) +

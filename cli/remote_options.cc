@@ -6,7 +6,7 @@ namespace tensorizer::cli {
 void AddRemoteOptions(OptionSpec* spec) {
   spec->flags.push_back("--insecure");
   for (const char* o : {"--s3-endpoint", "--s3-region", "--s3-profile", "--ca-file", "--ca-path",
-                        "--connect-timeout-ms", "--retries", "--deadline-ms"}) {
+                        "--connect-timeout-ms", "--retries", "--deadline-ms", "--direct-io"}) {
     spec->valued.push_back(o);
   }
 }
@@ -54,6 +54,18 @@ std::optional<RemoteOptions> RemoteOptionsFromArgs(const ParsedArgs& args,
     http.deadline_ms = static_cast<uint32_t>(*n);
   }
   RemoteOptions out;
+  if (auto v = args.value("--direct-io")) {
+    if (*v == "auto") {
+      out.source.file.direct_io = DirectIo::kAuto;
+    } else if (*v == "on") {
+      out.source.file.direct_io = DirectIo::kOn;
+    } else if (*v == "off") {
+      out.source.file.direct_io = DirectIo::kOff;
+    } else {
+      *usage_error = "--direct-io needs auto, on or off";
+      return std::nullopt;
+    }
+  }
   out.source.http = http;
   out.source.s3 = s3;
   out.sink.http = http;

@@ -6,6 +6,8 @@
 //   --ca-file F  --ca-path D  --insecure
 //   --connect-timeout-ms N  --retries N  --deadline-ms N
 //
+// and, for local files, --direct-io auto|on|off (FileOptions::direct_io).
+//
 // Credentials are never options: a secret on the command line shows in `ps`
 // and shell history. They come from ~/.s3cfg, the AWS environment variables
 // and ~/.aws/{credentials,config}, resolved by the library
@@ -40,7 +42,11 @@ inline constexpr char kRemoteOptionsHelp[] =
     "                          (default: none)\n"
     "S3 credentials are never taken from the command line: they come from\n"
     "~/.s3cfg, AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY / AWS_SESSION_TOKEN, or\n"
-    "~/.aws/credentials and ~/.aws/config; with none, requests go unsigned.\n";
+    "~/.aws/credentials and ~/.aws/config; with none, requests go unsigned.\n"
+    "local file option:\n"
+    "  --direct-io auto|on|off read local files with O_DIRECT (on), through the page\n"
+    "                          cache (off), or per range: direct unless it is mostly\n"
+    "                          in the page cache (auto, the default)\n";
 
 // Adds the remote options to a subcommand's option spec.
 void AddRemoteOptions(OptionSpec* spec);

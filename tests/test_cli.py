@@ -555,6 +555,7 @@ REMOTE_OPTIONS = [
     "--connect-timeout-ms N",
     "--retries N",
     "--deadline-ms N",
+    "--direct-io auto|on|off",
 ]
 
 
@@ -592,6 +593,7 @@ def test_every_command_takes_the_remote_options(cli, command):
         ["--s3-region="],
         ["--insecure=yes"],
         ["--s3-secret-key", "x"],
+        ["--direct-io", "sometimes"],
     ],
 )
 def test_bad_remote_options_are_usage_errors(cli, command, option):

@@ -4,8 +4,9 @@
 //
 // Layout: each selected tensor's data gets a slot in one destination arena,
 // aligned to `alignment_bytes` (tensor data in .tensors files is unaligned,
-// so the file cannot simply be mapped). Tensor headers go to a separate
-// header buffer. Reads: the file ranges of the selected records, coalesced
+// so the file cannot simply be mapped), or, for direct reads, placed where
+// the file's blocks land on aligned memory (see direct_block_bytes).
+// Tensor headers go to a separate header buffer. Reads: the file ranges of the selected records, coalesced
 // while adjacent in the file, each read at most `chunk_bytes` long (a record
 // larger than that is split) and scattered by one preadv into header buffer
 // and arena.
@@ -27,6 +28,14 @@ namespace tensorizer {
 struct PlanOptions {
   uint64_t chunk_bytes = 16ull << 20;
   uint64_t alignment_bytes = 64;
+  // When the source may read with O_DIRECT: its block (a power of two, a
+  // multiple of alignment_bytes). A tensor of at least
+  // kDirectPlacementMinBytes whose file offset is a multiple of its element
+  // size is then placed at an arena offset congruent to its file offset
+  // modulo the block, so its aligned middle can be read straight into the
+  // arena; such a slot is aligned to the tensor's element size rather than
+  // to alignment_bytes. Other tensors keep alignment_bytes. 0: off.
+  uint64_t direct_block_bytes = 0;
   bool verify_hash = false;
   uint32_t max_segments_per_read = 256;
 };
@@ -67,6 +76,8 @@ struct LoadPlan {
     return j + 1 < job_starts.size() ? job_starts[j + 1] : static_cast<uint32_t>(reads.size());
   }
 };
+
+constexpr uint64_t kDirectPlacementMinBytes = 64 << 10;
 
 // `selected` lists entry indices in strictly increasing (file) order.
 Result<LoadPlan> MakeLoadPlan(const Index& index, const std::vector<size_t>& selected,

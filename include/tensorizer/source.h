@@ -31,11 +31,52 @@ class Source {
   virtual const std::string& uri() const = 0;
 };
 
-// Opens a local file by path.
-Result<std::unique_ptr<Source>> OpenFileSource(const std::string& path);
+// How a local file is read: through the page cache (buffered), or with
+// O_DIRECT, which skips the page cache's copy, readahead and eviction work,
+// so a cold file reads at the device's speed and leaves the page cache as it
+// found it. Buffered stays best for a file already in the page cache.
+enum class DirectIo : uint8_t {
+  // Per read: direct unless at least 3/4 of the range's pages are in the
+  // page cache (mincore on a mapping of the file). Where the kernel hides
+  // residency from this process (it neither owns nor may write the file),
+  // every read is buffered.
+  kAuto,
+  kOn,   // every read direct where the file system allows it
+  kOff,  // every read buffered
+};
+
+struct FileOptions {
+  DirectIo direct_io = DirectIo::kAuto;
+};
+
+// Opens a local file by path. Direct reads use a second descriptor opened
+// with O_DIRECT; a file system without direct I/O (tmpfs, some FUSE mounts)
+// is read buffered, with no error, whatever `options` asks.
+Result<std::unique_ptr<Source>> OpenFileSource(const std::string& path,
+                                               const FileOptions& options = FileOptions());
 // Reads from a file descriptor the caller owns; it is duplicated, so the
-// caller may close its copy. `name` is used in error messages.
-Result<std::unique_ptr<Source>> OpenFdSource(int fd, const std::string& name);
+// caller may close its copy. `name` is used in error messages. Direct reads
+// reopen it through /proc/self/fd (checked to be the same file).
+Result<std::unique_ptr<Source>> OpenFdSource(int fd, const std::string& name,
+                                             const FileOptions& options = FileOptions());
+
+// How a local file source has read so far; safe to call during a load.
+struct FileReadStats {
+  // The block direct reads are aligned to (statx STATX_DIOALIGN, else 4096);
+  // 0 when this source reads buffered only, and then buffered_reason says
+  // why ("direct I/O off", "tmpfs has no direct I/O", ...).
+  uint32_t direct_block_bytes = 0;
+  std::string buffered_reason;
+  uint64_t direct_bytes = 0;    // requested bytes read with O_DIRECT
+  uint64_t in_place_bytes = 0;  // of those, bytes that landed without a staging copy
+  uint64_t buffered_bytes = 0;  // requested bytes read through the page cache
+};
+// Empty for sources that are not local files.
+std::optional<FileReadStats> FileReadStatsOf(const Source& source);
+// Whether a read of [offset, offset + length) would go direct now: kOn, or
+// kAuto with less than 3/4 of its pages in the page cache. False for other
+// sources and for files read buffered only.
+bool WouldReadDirect(const Source& source, uint64_t offset, uint64_t length);
 // Bytes already in memory (copied in).
 std::unique_ptr<Source> MakeMemorySource(std::string bytes, const std::string& name);
 // How an HTTP(S) source connects, waits and retries. Durations are in
@@ -126,6 +167,7 @@ Result<std::unique_ptr<Source>> OpenRedisSource(const std::string& uri,
 struct SourceOptions {
   HttpOptions http;
   S3Options s3;
+  FileOptions file;  // local paths and file:// URIs
 };
 
 // Picks the backend from the URI scheme; a bare path is a local file.

@@ -247,6 +247,19 @@ void ParseRemoteOptions(nb::dict options, HttpOptions* http, S3Options* s3,
   }
 }
 
+// "auto" / "on" / "off", as the Python layer spells FileOptions::direct_io.
+FileOptions FileArgs(const std::string& direct_io) {
+  FileOptions o;
+  if (direct_io == "on") {
+    o.direct_io = DirectIo::kOn;
+  } else if (direct_io == "off") {
+    o.direct_io = DirectIo::kOff;
+  } else if (direct_io != "auto") {
+    throw nb::value_error("direct_io must be 'auto', 'on' or 'off'");
+  }
+  return o;
+}
+
 // An open byte source (any scheme), for stream_io's engine-backed streams and
 // for TensorDeserializer.
 class PySource {
@@ -423,17 +436,26 @@ NB_MODULE(_core, m) {
   nb::class_<PyReader>(m, "Reader")
       .def_static(
           "open_path",
-          [](const std::string& path) {
-            Result<std::unique_ptr<Source>> s = Interruptible([&] { return OpenSource(path); });
+          [](const std::string& path, const std::string& direct_io) {
+            SourceOptions o;
+            o.file = FileArgs(direct_io);
+            Result<std::unique_ptr<Source>> s = Interruptible([&] { return OpenSource(path, o); });
             return std::make_unique<PyReader>(std::shared_ptr<const Source>(Take(std::move(s))));
-          })
+          },
+          "path"_a, "direct_io"_a = "auto")
       .def_static("open_source",
                   [](const PySource& s) { return std::make_unique<PyReader>(s.get()); })
-      .def_static("open_fd",
-                  [](int fd, const std::string& name) {
-                    return std::make_unique<PyReader>(
-                        std::shared_ptr<const Source>(Take(OpenFdSource(fd, name))));
-                  })
+      .def_static(
+          "open_fd",
+          [](int fd, const std::string& name, const std::string& direct_io) {
+            FileOptions o = FileArgs(direct_io);
+            Result<std::unique_ptr<Source>> s = [&] {
+              nb::gil_scoped_release release;
+              return OpenFdSource(fd, name, o);
+            }();
+            return std::make_unique<PyReader>(std::shared_ptr<const Source>(Take(std::move(s))));
+          },
+          "fd"_a, "name"_a, "direct_io"_a = "auto")
       .def_static("open_bytes",
                   [](nb::bytes data, const std::string& name) {
                     std::string copy(data.c_str(), data.size());
@@ -455,6 +477,17 @@ NB_MODULE(_core, m) {
                    [](const PyReader& r) { return r.index().header.has_crypt_info(); })
       .def_prop_ro("prefix_length", [](const PyReader& r) { return r.index().prefix_length(); })
       .def("entries", &PyReader::entries)
+      // How a local file was read so far: (direct_block_bytes,
+      // buffered_reason, direct_bytes, buffered_bytes, in_place_bytes); None
+      // for other sources.
+      .def_prop_ro("read_stats",
+                   [](const PyReader& r) -> std::optional<nb::tuple> {
+                     auto s = FileReadStatsOf(r.source());
+                     if (!s) return std::nullopt;
+                     return nb::make_tuple(s->direct_block_bytes, s->buffered_reason,
+                                           s->direct_bytes, s->buffered_bytes,
+                                           s->in_place_bytes);
+                   })
       // Raw bytes of the file (any source), e.g. for to_redis.
       .def("read",
            [](const PyReader& r, uint64_t offset, uint64_t length) {

@@ -383,6 +383,18 @@ Result<std::unique_ptr<Load>> Load::Start(std::shared_ptr<const Source> source,
   // Verification hashes each piece right after reading it; pieces that fit
   // in L2 are still there when hashed.
   if (po.verify_hash) po.chunk_bytes = std::min<uint64_t>(po.chunk_bytes, 2ull << 20);
+  // A load that will read with O_DIRECT gets an arena laid out so the
+  // file's blocks land on aligned memory, straight from the device. One
+  // whose bytes are mostly in the page cache (auto mode reads it buffered)
+  // keeps the 64-byte slots of a buffered load.
+  auto file = FileReadStatsOf(*source);
+  if (file && file->direct_block_bytes != 0 && !selected.empty()) {
+    const TensorEntry& first = index->entries[selected.front()];
+    const TensorEntry& last = index->entries[selected.back()];
+    if (WouldReadDirect(*source, first.header_offset, last.record_end() - first.header_offset)) {
+      po.direct_block_bytes = file->direct_block_bytes;
+    }
+  }
   auto plan = MakeLoadPlan(*index, selected, po);
   if (!plan.ok()) return plan.status().WithContext("planning load of " + source->uri());
   st->plan = std::move(plan).value();

@@ -14,6 +14,28 @@ bool AlignUp(uint64_t v, uint64_t a, uint64_t* out) {
   return true;
 }
 
+// Moves `end` (the arena's end) to where tensor t's slot starts; false on
+// overflow. For direct reads a large tensor whose file offset is a multiple
+// of its element size goes where arena offset == file offset (mod block): a
+// block-aligned file byte then lands on a block-aligned address, and the
+// slot stays aligned to the element size.
+bool PlaceSlot(const TensorEntry& e, const PlannedTensor& t, const PlanOptions& o, uint64_t* end) {
+  const uint64_t block = o.direct_block_bytes;
+  if (block != 0 && !t.meta && e.data_length >= kDirectPlacementMinBytes) {
+    auto dtype = ParseDtype(e.dtype);
+    if (dtype.ok() && dtype->itemsize > 0 && e.data_offset % dtype->itemsize == 0) {
+      const uint64_t want = e.data_offset % block;
+      uint64_t base;
+      if (!AlignUp(*end, block, &base)) return false;
+      // base + want is the first offset past base congruent to the file's;
+      // the one before it may still be at or after end.
+      if (base >= block && base - block + want >= *end) base -= block;
+      return !__builtin_add_overflow(base, want, end);
+    }
+  }
+  return AlignUp(*end, o.alignment_bytes, end);
+}
+
 // The first multiple of chunk_bytes after `offset` (UINT64_MAX past the
 // last one).
 uint64_t NextBoundary(uint64_t offset, const PlanOptions& o) {
@@ -86,9 +108,11 @@ class PlanBuilder {
 
 Result<LoadPlan> MakeLoadPlan(const Index& index, const std::vector<size_t>& selected,
                               const PlanOptions& options) {
+  const uint64_t block = options.direct_block_bytes;
   if (options.chunk_bytes == 0 || options.alignment_bytes == 0 ||
       (options.alignment_bytes & (options.alignment_bytes - 1)) != 0 ||
-      options.max_segments_per_read < 2) {
+      options.max_segments_per_read < 2 || (block & (block - 1)) != 0 ||
+      (block != 0 && block % options.alignment_bytes != 0)) {
     return Status::InvalidArgument("invalid plan options");
   }
   LoadPlan plan;
@@ -110,7 +134,7 @@ Result<LoadPlan> MakeLoadPlan(const Index& index, const std::vector<size_t>& sel
     } else {
       t.arena_bytes = entry.data_length;
     }
-    if (!AlignUp(plan.arena_bytes, options.alignment_bytes, &plan.arena_bytes) ||
+    if (!PlaceSlot(entry, t, options, &plan.arena_bytes) ||
         (t.arena_offset = plan.arena_bytes,
          __builtin_add_overflow(plan.arena_bytes, t.arena_bytes, &plan.arena_bytes))) {
       return Status::ResourceExhausted("selected tensors exceed the address space");

@@ -195,8 +195,9 @@ class LoadWriteTest : public ::testing::Test {
   };
 
   // Opens the file and starts loading every tensor.
-  Result<Loaded> StartLoad(const std::string& path, const LoadOptions& options) {
-    auto source = OpenFileSource(path);
+  Result<Loaded> StartLoad(const std::string& path, const LoadOptions& options,
+                           const FileOptions& file = FileOptions()) {
+    auto source = OpenFileSource(path, file);
     if (!source.ok()) return source.status();
     Loaded out;
     out.source = std::move(source).value();
@@ -230,7 +231,13 @@ void ExpectSamples(const Load& load, const Index& index, const std::vector<Sampl
     EXPECT_EQ(e.type, s.type);
     EXPECT_EQ(e.data_length, s.meta ? 0 : s.data.size());
     EXPECT_EQ(load.arena_bytes(i), s.data.size());
-    EXPECT_EQ(load.arena_offset(i) % 64, 0u);
+    // 64-aligned, or placed for direct reads: congruent to the file offset
+    // modulo the direct block (512 here) and aligned to the element size.
+    const uint64_t slot = load.arena_offset(i);
+    if (slot % 64 != 0) {
+      EXPECT_EQ(slot % ParseDtype(e.dtype)->itemsize, 0u);
+      EXPECT_EQ((slot - e.data_offset) % 512, 0u);
+    }
     EXPECT_EQ(load.header(i).module_idx, s.module_idx);
     EXPECT_EQ(load.header(i).name, s.name);
     const uint8_t* at = load.arena()->data() + load.arena_offset(i);
@@ -598,6 +605,61 @@ TEST_F(LoadWriteTest, FdSinkWritesInPlace) {
 }
 
 // --- Reading back --------------------------------------------------------
+
+// Direct reads need a file system with O_DIRECT: /var/tmp is on disk where
+// /tmp may be tmpfs.
+TEST_F(LoadWriteTest, DirectAndBufferedLoadsAreBitExact) {
+  std::string tmpl = "/var/tmp/tensorizer_direct_XXXXXX";
+  ASSERT_NE(::mkdtemp(tmpl.data()), nullptr);
+  const std::string path = tmpl + "/m.tensors";
+  std::vector<Sample> samples = PlainSamples();
+  // Large tensors at every offset modulo the element size: some are placed
+  // for direct reads into the arena, the others go through staging.
+  for (int i = 0; i < 5; ++i) {
+    const uint64_t n = 70000 + 3 * i;
+    samples.push_back({"big" + std::to_string(i), "<f4", {n}, RandomBytes(4 * n, 10 + i)});
+    samples.push_back({"odd" + std::to_string(i), "|u1", {n + 1}, RandomBytes(n + 1, 20 + i)});
+  }
+  samples.push_back(OpaqueSample());  // the file ends with a short record: not a block multiple
+  ASSERT_TRUE(WriteFile(path, {samples}).ok());
+  ASSERT_NE(fs::file_size(path) % 512, 0u);
+  for (HashCheck verify : {HashCheck::kNone, HashCheck::kFast}) {
+    for (uint64_t chunk : {uint64_t{16} << 20, uint64_t{65536}, uint64_t{1000}}) {
+      SCOPED_TRACE("verify " + std::to_string(static_cast<int>(verify)) + " chunk " +
+                   std::to_string(chunk));
+      LoadOptions opt;
+      opt.verify = verify;
+      opt.chunk_bytes = chunk;
+      opt.num_threads = 3;
+      for (DirectIo mode : {DirectIo::kOn, DirectIo::kOff}) {
+        FileOptions file;
+        file.direct_io = mode;
+        auto loaded = StartLoad(path, opt, file);
+        ASSERT_TRUE(loaded.ok()) << loaded.status().ToString();
+        Status st = loaded->load->Wait();
+        ASSERT_TRUE(st.ok()) << st.ToString();
+        ExpectSamples(*loaded->load, *loaded->index, samples);
+        auto stats = FileReadStatsOf(*loaded->source);
+        ASSERT_TRUE(stats.has_value());
+        const uint64_t read = loaded->load->bytes_read() + loaded->index->prefix_length();
+        if (mode == DirectIo::kOn) {
+          EXPECT_GE(stats->direct_block_bytes, 512u) << stats->buffered_reason;
+          EXPECT_EQ(stats->direct_bytes, read);
+          // The placed tensors' middles (chunks of 1000 bytes have none).
+          if (chunk > 65536) EXPECT_GT(stats->in_place_bytes, 4 * 70000u);
+          EXPECT_EQ(stats->buffered_bytes, 0u);
+        } else {
+          EXPECT_EQ(stats->direct_block_bytes, 0u);
+          EXPECT_EQ(stats->buffered_reason, "direct I/O off");
+          EXPECT_EQ(stats->direct_bytes, 0u);
+          EXPECT_EQ(stats->buffered_bytes, read);
+        }
+      }
+    }
+  }
+  std::error_code ec;
+  fs::remove_all(tmpl, ec);
+}
 
 std::vector<Sample> EverySample() {
   std::vector<Sample> all = PlainSamples();
