@@ -174,16 +174,22 @@ def _peak_rss_bytes() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
-def child_upload(url: str, size_bytes: str, seed: str) -> dict:
-    """Uploads the seeded model to url; reports the hashes, or the error."""
-    from tensorizer import TensorSerializer
+def child_upload(url: str, size_bytes: str, seed: str, stall_ms: str) -> dict:
+    """Uploads the seeded model to url; reports the hashes, or the error.
+    stall_ms "0": TensorSerializer(url) with our defaults; otherwise through
+    open_stream with HttpOptions(low_speed_timeout_ms=stall_ms, max_retries=2)."""
+    from tensorizer import TensorSerializer, stream_io
 
     state_dict = make_state_dict(int(size_bytes), int(seed))
     hashes = {name: tensor_sha256(t) for name, t in state_dict.items()}
     result = {"bytes": sum(t.nbytes for t in state_dict.values()), "hashes": hashes}
     start = time.monotonic()
     try:
-        serializer = TensorSerializer(url)
+        if stall_ms == "0":
+            serializer = TensorSerializer(url)
+        else:
+            options = stream_io.HttpOptions(low_speed_timeout_ms=int(stall_ms), max_retries=2)
+            serializer = TensorSerializer(stream_io.open_stream(url, "wb", http_options=options))
         serializer.write_state_dict(state_dict)
         serializer.close()
         result["ok"] = True
@@ -195,12 +201,18 @@ def child_upload(url: str, size_bytes: str, seed: str) -> dict:
     return result
 
 
-def _one_loader(url: str, go_fd: int, out_path: str, baseline_rss: int) -> None:
+def _rss_bytes() -> int:
+    status = Path("/proc/self/status").read_text()
+    return int(status.split("VmRSS:")[1].split()[0]) * 1024
+
+
+def _one_loader(url: str, go_fd: int, out_path: str) -> None:
     """In a forked loader: waits for the start byte, loads, hashes, writes
     its result as JSON to out_path."""
     from tensorizer import TensorDeserializer
 
     s3_server._die_with_parent()
+    baseline_rss = _rss_bytes()
     os.read(go_fd, 1)
     start = time.monotonic()
     result: dict = {"start": start, "pid": os.getpid(), "baseline_rss": baseline_rss}
@@ -227,8 +239,6 @@ def child_load_group(url: str, count: str, out_dir: str) -> None:
 
     import tensorizer  # noqa: F401
 
-    status = Path("/proc/self/status").read_text()
-    baseline_rss = int(status.split("VmRSS:")[1].split()[0]) * 1024
     go_r, go_w = os.pipe()
     pids = []
     for i in range(int(count)):
@@ -237,7 +247,7 @@ def child_load_group(url: str, count: str, out_dir: str) -> None:
             code = 0
             try:
                 os.close(go_w)
-                _one_loader(url, go_r, os.path.join(out_dir, f"loader-{i}.json"), baseline_rss)
+                _one_loader(url, go_r, os.path.join(out_dir, f"loader-{i}.json"))
             except BaseException:
                 code = 1
             finally:
@@ -645,7 +655,7 @@ def _child_cmd(*args: str) -> list[str]:
 
 
 def _run_faults(cluster: Cluster, proc: subprocess.Popen, need: int, use_write: bool,
-                faults: list[Fault], t0: float, timeout_s: float) -> list[dict]:
+                faults: list[Fault], t0: float, timeout_s: float, noun: str) -> list[dict]:
     """Polls the gateway's byte counter (sent for loads, received for
     uploads) until proc exits, taking each fault at its threshold; returns
     the timeline."""
@@ -668,7 +678,7 @@ def _run_faults(cluster: Cluster, proc: subprocess.Popen, need: int, use_write: 
             )
             print(
                 f"    {began - t0:6.2f} s  {fault.what} (gateway had moved "
-                f"{100 * moved / need:.0f}% of the round's bytes; done at "
+                f"{100 * moved / need:.0f}% of {noun}; done at "
                 f"{time.monotonic() - t0:.2f} s)",
                 flush=True,
             )
@@ -712,7 +722,8 @@ def load_round(cluster: Cluster, label: str, key: str, loaders: int, object_payl
         proc.stdin.write(b"go\n")
         proc.stdin.flush()
         timeline = _run_faults(
-            cluster, proc, loaders * object_payload, True, list(faults), t0, _ROUND_TIMEOUT_S
+            cluster, proc, loaders * object_payload, True, list(faults), t0, _ROUND_TIMEOUT_S,
+            "the round's bytes",
         )
         wall = time.monotonic() - t0
     finally:
@@ -734,11 +745,12 @@ def load_round(cluster: Cluster, label: str, key: str, loaders: int, object_payl
 
 
 def upload(cluster: Cluster, key: str, size_bytes: int, seed: int,
-           faults: list[Fault] = ()) -> dict:
+           faults: list[Fault] = (), stall_ms: int = 0) -> dict:
     """Our TensorSerializer("s3://BUCKET/key") of the seeded model in a child
-    process; faults at their share of the payload the gateway received."""
+    process (see child_upload for stall_ms); faults at their share of the
+    payload the gateway received."""
     proc = subprocess.Popen(
-        _child_cmd("upload", f"s3://{BUCKET}/{key}", str(size_bytes), str(seed)),
+        _child_cmd("upload", f"s3://{BUCKET}/{key}", str(size_bytes), str(seed), str(stall_ms)),
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         env=cluster.child_env(),
@@ -751,7 +763,7 @@ def upload(cluster: Cluster, key: str, size_bytes: int, seed: int,
     t0 = time.monotonic()
     try:
         timeline = _run_faults(cluster, proc, size_bytes, False, list(faults), t0,
-                               _ROUND_TIMEOUT_S)
+                               _ROUND_TIMEOUT_S, "the upload's bytes")
     finally:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGKILL)
@@ -807,6 +819,7 @@ def summarize_loads(round_: dict, reference: dict[str, str], payload: int) -> di
     seconds = sorted(r["end"] - r["start"] for r in ok)
     mbps = sorted(payload / s / 1e6 for s in seconds)
     peak = [r["peak_rss"] for r in loaders if "peak_rss" in r]
+    base = [r["baseline_rss"] for r in loaders if "baseline_rss" in r]
     span = (max(r["end"] for r in ok) - min(r["start"] for r in ok)) if ok else None
     return {
         "label": round_["label"],
@@ -821,7 +834,8 @@ def summarize_loads(round_: dict, reference: dict[str, str], payload: int) -> di
         "loader_mbps": [mbps[0], statistics.median(mbps), mbps[-1]] if mbps else None,
         "peak_rss": max(peak) if peak else None,
         "peak_rss_median": statistics.median(peak) if peak else None,
-        "baseline_rss": loaders[0].get("baseline_rss") if loaders else None,
+        "baseline_rss": statistics.median(base) if base else None,
+        "added_rss": max(r["peak_rss"] - r["baseline_rss"] for r in ok) if ok else None,
         "timeline": round_["timeline"],
     }
 
@@ -843,7 +857,8 @@ def print_load_summary(s: dict) -> None:
           f"{_triple(s['loader_mbps'], '.0f')} MB/s (min / median / max); aggregate "
           f"{s['aggregate_gbps'] or 0:.2f} GB/s over {s['span_s'] or 0:.1f} s")
     print(f"    peak RSS per loader: {_mib(s['peak_rss'])} (median {_mib(s['peak_rss_median'])}; "
-          f"the forked interpreter had {_mib(s['baseline_rss'])} before loading)")
+          f"{_mib(s['baseline_rss'])} right after the fork, at most {_mib(s['added_rss'])} "
+          "added by the load)")
     for error in s["errors"]:
         print(f"    error: {error}")
 
@@ -965,21 +980,28 @@ def run(args: argparse.Namespace) -> dict:
         cluster.wait_volume_servers(VOLUME_SERVERS)
 
         up_size = args.upload_size_mib * MIB
+        # With two of three servers down nothing can be written (001); the
+        # gateway then holds each UploadPart without answering, and with our
+        # defaults the writer gives up after 7 stalls of 15 s per part. That
+        # case stalls after 3 s and retries twice, to fail in seconds.
         cases = [
-            ("upload-kill1", "SIGKILL of one volume server", [order[0]]),
-            ("upload-kill2", "SIGKILL of two volume servers", [order[0], order[1]]),
+            ("upload-kill1", "SIGKILL of one volume server", [order[0]], 0),
+            ("upload-kill2", "SIGKILL of two volume servers", [order[0], order[1]], 3000),
         ]
         uploads = []
-        for n, (key_base, what, victims) in enumerate(cases):
+        for n, (key_base, what, victims, stall_ms) in enumerate(cases):
             key = f"{key_base}.tensors"
             faults = [
                 Fault(args.upload_kill_at + 0.1 * j, f"SIGKILL volume{v}",
                       lambda v=v: cluster.kill_volume(v))
                 for j, v in enumerate(victims)
             ]
-            print(f"upload during {what}: s3://{BUCKET}/{key}, {args.upload_size_mib} MiB",
+            how = (f"open_stream with HttpOptions(low_speed_timeout_ms={stall_ms}, max_retries=2)"
+                   if stall_ms else "TensorSerializer(url), our defaults")
+            print(f"upload during {what}: s3://{BUCKET}/{key}, {args.upload_size_mib} MiB, {how}",
                   flush=True)
-            result = upload(cluster, key, up_size, seed=100 + n, faults=faults)
+            result = upload(cluster, key, up_size, seed=100 + n, faults=faults,
+                            stall_ms=stall_ms)
             status_during, _ = head_status(cluster, key)
             for v in victims:
                 cluster.start_volume(v)
