@@ -84,9 +84,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
-import urllib.error
 import urllib.request
 from pathlib import Path
 from typing import Callable, Iterator, Optional
@@ -206,10 +204,12 @@ def _rss_bytes() -> int:
     return int(status.split("VmRSS:")[1].split()[0]) * 1024
 
 
-def _one_loader(url: str, go_fd: int, out_path: str) -> None:
+def _one_loader(url: str, num_readers: str, max_retries: str, go_fd: int, out_path: str) -> None:
     """In a forked loader: waits for the start byte, loads, hashes, writes
-    its result as JSON to out_path."""
-    from tensorizer import TensorDeserializer
+    its result as JSON to out_path. max_retries "default":
+    TensorDeserializer(url); otherwise TensorDeserializer(open_stream(url,
+    http_options=HttpOptions(max_retries=...)))."""
+    from tensorizer import TensorDeserializer, stream_io
 
     s3_server._die_with_parent()
     baseline_rss = _rss_bytes()
@@ -217,7 +217,12 @@ def _one_loader(url: str, go_fd: int, out_path: str) -> None:
     start = time.monotonic()
     result: dict = {"start": start, "pid": os.getpid(), "baseline_rss": baseline_rss}
     try:
-        deserializer = TensorDeserializer(url, device="cpu")
+        kwargs = {} if num_readers == "default" else {"num_readers": int(num_readers)}
+        source = url
+        if max_retries != "default":
+            options = stream_io.HttpOptions(max_retries=int(max_retries))
+            source = stream_io.open_stream(url, "rb", http_options=options)
+        deserializer = TensorDeserializer(source, device="cpu", **kwargs)
         result["end"] = time.monotonic()
         tensors = dict(deserializer.items())
         result["hashes"] = {name: tensor_sha256(t) for name, t in tensors.items()}
@@ -231,7 +236,8 @@ def _one_loader(url: str, go_fd: int, out_path: str) -> None:
     Path(out_path).write_text(json.dumps(result))
 
 
-def child_load_group(url: str, count: str, out_dir: str) -> None:
+def child_load_group(url: str, num_readers: str, max_retries: str, count: str,
+                     out_dir: str) -> None:
     """Forks `count` loader processes, prints "ready", starts them all at
     once when a line arrives on stdin, and exits when they have; each writes
     out_dir/loader-<i>.json."""
@@ -247,7 +253,7 @@ def child_load_group(url: str, count: str, out_dir: str) -> None:
             code = 0
             try:
                 os.close(go_w)
-                _one_loader(url, go_r, os.path.join(out_dir, f"loader-{i}.json"))
+                _one_loader(url, num_readers, max_retries, go_r, os.path.join(out_dir, f"loader-{i}.json"))
             except BaseException:
                 code = 1
             finally:
@@ -581,6 +587,28 @@ class Cluster:
     def start_volume(self, i: int) -> None:
         self.volumes[i].start()
 
+    def limit_reads(self, limit: Optional[int]) -> None:
+        """SeaweedFS's S3 circuit breaker: at most `limit` GETs (and HEADs)
+        in flight at the gateway, the rest answered at once with 503
+        (ErrTooManyRequest), as S3 answers 503 SlowDown past a prefix's
+        request rate; None removes the limit. Set through `weed shell`, which
+        stores it in the filer, where the gateway picks it up."""
+        command = (
+            "s3.circuitBreaker -delete -apply"
+            if limit is None
+            else f"s3.circuitBreaker -global -type Count -actions Read -values {limit} -apply"
+        )
+        m_http, m_grpc = self.ports[2:4]
+        subprocess.run(
+            [s3_server.weed_binary(), "shell", f"-master=127.0.0.1:{m_http}.{m_grpc}"],
+            input=(command + "\n").encode(),
+            capture_output=True,
+            timeout=60,
+            check=True,
+            cwd=self.root,
+        )
+        time.sleep(1.0)  # the gateway follows the filer's metadata events
+
     def sample_rss(self) -> None:
         for p in self.processes:
             p.sample_rss()
@@ -695,14 +723,17 @@ def _run_faults(cluster: Cluster, proc: subprocess.Popen, need: int, use_write: 
 
 
 def load_round(cluster: Cluster, label: str, key: str, loaders: int, object_payload: int,
-               faults: list[Fault] = ()) -> dict:
+               faults: list[Fault] = (), num_readers: Optional[int] = None,
+               max_retries: Optional[int] = None) -> dict:
     """`loaders` concurrent loader processes of s3://BUCKET/key, started
     together; faults at their share of the bytes the round moves."""
     out_dir = cluster.root / f"round-{label}"
     out_dir.mkdir()
     log = open(cluster.root / f"round-{label}.log", "wb")
     proc = subprocess.Popen(
-        _child_cmd("load-group", f"s3://{BUCKET}/{key}", str(loaders), str(out_dir)),
+        _child_cmd("load-group", f"s3://{BUCKET}/{key}", str(num_readers or "default"),
+                   str("default" if max_retries is None else max_retries), str(loaders),
+                   str(out_dir)),
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         stderr=log,
@@ -877,6 +908,10 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
                         help="share at which another is restarted")
     parser.add_argument("--upload-kill-at", type=float, default=0.3,
                         help="share of an upload's bytes at which a volume server is killed")
+    parser.add_argument("--slowdown-limit", type=int, default=8,
+                        help="GETs the gateway takes at once in the 503 rounds (8; 0 skips them)")
+    parser.add_argument("--slowdown-retries", type=int, default=30,
+                        help="max_retries of the second 503 round (30)")
     parser.add_argument("--no-baseline", action="store_true", help="skip the round without faults")
     parser.add_argument("--no-limit", action="store_true", help="skip the curl limit rows")
     parser.add_argument("--json", type=Path, help="write the results here")
@@ -1036,9 +1071,35 @@ def run(args: argparse.Namespace) -> dict:
                             for e in result["timeline"]))
             uploads.append(outcome)
         doc["uploads"] = uploads
+
+        if args.slowdown_limit:
+            connections = args.loaders * 4
+            print(f"503s: the gateway takes at most {args.slowdown_limit} GETs at once and "
+                  f"answers the rest 503 at once; {args.loaders} loaders offer about "
+                  f"{connections} connections", flush=True)
+            cluster.limit_reads(args.slowdown_limit)
+            throttled = {}
+            for label, retries in (("503-defaults", None),
+                                   ("503-retries", args.slowdown_retries)):
+                print(f"  {label}: max_retries "
+                      f"{'6 (our default)' if retries is None else retries}", flush=True)
+                throttled[label] = summarize_loads(
+                    load_round(cluster, label, MODEL_KEY, args.loaders, payload,
+                               max_retries=retries), reference, payload)
+                print_load_summary(throttled[label])
+                rounds.append(throttled[label])
+            cluster.limit_reads(None)
+            check("under 503s no loader returns wrong bytes: each is bit-exact or fails",
+                  all(r["ok"] == r["bit_exact"] for r in throttled.values()),
+                  ", ".join(f"{k}: {r['bit_exact']} bit-exact, {r['loaders'] - r['ok']} failed"
+                            for k, r in throttled.items()))
+            check(f"with max_retries={args.slowdown_retries} every loader rides out the 503s",
+                  throttled["503-retries"]["bit_exact"] == args.loaders,
+                  f"{throttled['503-retries']['bit_exact']}/{args.loaders}")
         cluster.sample_rss()
         doc["weed_peak_rss"] = {p.name: p.peak_rss for p in cluster.processes}
         root = cluster.root
+    doc["cluster_root"] = str(root)
     check("nothing left behind: the cluster's directory is gone", not root.exists(), str(root))
     doc["checks"] = checks
     doc["total_s"] = time.monotonic() - started
