@@ -50,6 +50,18 @@ The run:
    Each outcome must be all or nothing: the writer reports success and the
    object loads bit-exact, or it reports an error and HEAD is 404 (checked
    again after the servers are back, so a partial object cannot appear late).
+   The second upload goes through ``open_stream(url, "wb",
+   http_options=HttpOptions(low_speed_timeout_ms=3000, max_retries=2))``: the
+   gateway holds a part it cannot place without answering, and with our
+   defaults the writer needs 7 stalls of 15 s per part to give up.
+6. 503s (``--slowdown-limit``, 0 skips): SeaweedFS's S3 circuit breaker lets
+   at most that many GETs in at once and answers the rest 503 at once, as S3
+   answers 503 SlowDown past a prefix's request rate. The loaders run once
+   with our defaults (max_retries=6) and once with ``open_stream(url,
+   http_options=HttpOptions(max_retries=--slowdown-retries))``. No loader may
+   return wrong bytes; with the higher count every loader must finish.
+   docs/scaling.md models when a fleet hits this, and why the default count
+   is too few for it.
 
 Each loader is a separate process (``os.fork`` of one process that has
 imported torch and tensorizer, so 32 interpreters do not each spend 1.5 CPU
