@@ -902,8 +902,10 @@ def print_load_summary(s: dict) -> None:
     print(f"    peak RSS per loader: {_mib(s['peak_rss'])} (median {_mib(s['peak_rss_median'])}; "
           f"{_mib(s['baseline_rss'])} right after the fork, at most {_mib(s['added_rss'])} "
           "added by the load)")
-    for error in s["errors"]:
+    for error in s["errors"][:3]:
         print(f"    error: {error}")
+    if len(s["errors"]) > 3:
+        print(f"    ... and {len(s['errors']) - 3} more distinct errors")
 
 
 def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
