@@ -8,7 +8,9 @@ replicas gets SIGKILL and another is restarted; every tensor must hash as
 written. Then an upload races the SIGKILL of one volume server, and another
 the SIGKILL of two (one server left, where 001 can write nothing): each must
 end whole (the object loads bit-exact) or leave no object (HEAD 404, also
-once the servers are back). About a minute on 2 cores.
+once the servers are back). Last, loads under 503s from the gateway's
+circuit breaker return right bytes or fail, and with max_retries=30 all
+finish. About 1.5 minutes on 2 cores.
 """
 
 from __future__ import annotations
@@ -81,6 +83,17 @@ def test_an_upload_racing_volume_server_kills_is_whole_or_absent(outcome):
     # One server left of three cannot hold a 001 write: the failure branch
     # is exercised, and it leaves nothing.
     assert not uploads["upload-kill2.tensors"]["ok"]
+
+
+def test_loads_under_503s_return_right_bytes_or_fail(outcome):
+    rounds = {r["label"]: r for r in outcome["rounds"]}
+    for label in ("503-defaults", "503-retries"):
+        r = rounds[label]
+        # A loader that finished has every tensor as written.
+        assert r["ok"] == r["bit_exact"], r["errors"]
+        assert all("503" in e for e in r["errors"]), r["errors"]
+    # Enough retries ride out the gateway's 503s.
+    assert rounds["503-retries"]["bit_exact"] == 32, rounds["503-retries"]["errors"]
 
 
 def test_the_cluster_leaves_nothing_behind(outcome):
