@@ -104,6 +104,11 @@ struct HttpOptions {
   // Backoff before retry k: a random time in [0, min(max, base * 2^k)].
   uint32_t retry_base_delay_ms = 100;
   uint32_t retry_max_delay_ms = 5000;
+  // Throttling answers (503 SlowDown, 429) are retried with backoff for
+  // this long from the first one, apart from max_retries, so a fleet that
+  // meets a store's request rate slows down instead of failing. 0: they
+  // count against max_retries like other failures.
+  uint32_t throttle_retry_ms = 180000;
   // A bound on the whole load: from the source's open, no request starts,
   // no retry waits and no transfer runs past this many milliseconds (the
   // error is ETIMEDOUT, not retried). 0: no deadline. A lazy load's

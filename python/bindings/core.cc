@@ -210,6 +210,7 @@ void ParseRemoteOptions(nb::dict options, HttpOptions* http, S3Options* s3,
   TakeOpt(d, "low_speed_timeout_ms", &http->low_speed_timeout_ms);
   TakeOpt(d, "min_speed_bytes_per_s", &http->min_speed_bytes_per_s);
   TakeOpt(d, "deadline_ms", &http->deadline_ms);
+  TakeOpt(d, "throttle_retry_ms", &http->throttle_retry_ms);
   TakeOpt(d, "ca_file", &http->ca_file);
   TakeOpt(d, "ca_path", &http->ca_path);
   TakeOpt(d, "verify_tls", &http->verify_tls);

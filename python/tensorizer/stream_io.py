@@ -148,6 +148,10 @@ class HttpOptions:
     max_retries: Optional[int] = None
     retry_base_delay_ms: Optional[int] = None
     retry_max_delay_ms: Optional[int] = None
+    # Throttling answers (503 SlowDown, 429) are retried with backoff for
+    # this long (default 180 s) apart from max_retries; 0 counts them as
+    # other failures.
+    throttle_retry_ms: Optional[int] = None
     # A bound on the whole load, from the open: past it nothing is retried or
     # waited for, and the load fails with ETIMEDOUT (TimeoutError). None: no
     # deadline.

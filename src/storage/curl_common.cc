@@ -103,6 +103,13 @@ Status CurlFailure(CURLcode rc, const char* errbuf, int sys_errno, bool in_heade
 
 bool IsRetriableStatus(long status) { return status >= 500 || status == 429 || status == 408; }
 
+bool ThrottleRetries::Retry(long status, const HttpOptions& options) {
+  if ((status != 503 && status != 429) || options.throttle_retry_ms == 0) return false;
+  auto now = std::chrono::steady_clock::now();
+  if (count_++ == 0) first_ = now;
+  return now - first_ < std::chrono::milliseconds(options.throttle_retry_ms);
+}
+
 int ErrnoForStatus(long status) {
   switch (status) {
     case 404:

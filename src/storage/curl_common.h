@@ -5,6 +5,7 @@
 
 #include <curl/curl.h>
 
+#include <chrono>
 #include <cstdint>
 #include <random>
 #include <string>
@@ -49,6 +50,23 @@ Status CurlFailure(CURLcode rc, const char* errbuf, int sys_errno, bool in_heade
 
 // 5xx, 429 (slow down) and 408 (request timeout).
 bool IsRetriableStatus(long status);
+
+// Retries of throttling answers: 503 (S3's SlowDown) and 429. A store that
+// answers them is asking its clients to slow down, not failing, so they are
+// retried with backoff for HttpOptions::throttle_retry_ms from the first
+// one, apart from max_retries: a fleet that meets a prefix's request rate
+// slows down instead of failing (docs/scaling.md).
+class ThrottleRetries {
+ public:
+  // Whether an attempt that got `status` is retried as throttled; counts it.
+  bool Retry(long status, const HttpOptions& options);
+  // Throttled attempts so far, for the backoff's exponent.
+  int count() const { return count_; }
+
+ private:
+  int count_ = 0;
+  std::chrono::steady_clock::time_point first_;
+};
 
 // The errno a failed transfer becomes, so Python raises the OSError
 // subclass a socket would: the connect(2) errno of a failed connection

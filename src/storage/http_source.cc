@@ -378,6 +378,7 @@ class HttpSource final : public internal::ScatterReadSource {
 
   Status Open() {
     Transfer t;
+    internal::ThrottleRetries throttled;
     for (int failures = 0;;) {
       t = Transfer();
       t.probe = true;
@@ -385,6 +386,10 @@ class HttpSource final : public internal::ScatterReadSource {
       t.want = 1;
       Status st = Perform(&t, /*conditional=*/false);
       if (st.ok()) break;
+      if (retriable_ && throttled.Retry(t.response.status, options_)) {
+        Backoff(throttled.count() - 1, t.response);
+        continue;
+      }
       if (!retriable_ || ++failures > options_.max_retries) {
         return st.WithContext("opening " + name_ + " (GET of bytes [0, 1))");
       }
@@ -425,6 +430,7 @@ class HttpSource final : public internal::ScatterReadSource {
 
     uint64_t done = 0;
     int failures = 0;
+    internal::ThrottleRetries throttled;
     while (done < total) {
       Transfer t;
       t.first = offset + done;
@@ -443,6 +449,10 @@ class HttpSource final : public internal::ScatterReadSource {
         retriable_ = true;
       }
       if (!retriable_) return st.WithContext("reading " + name_ + " " + ByteRange(offset, total));
+      if (throttled.Retry(t.response.status, options_)) {
+        Backoff(throttled.count() - 1, t.response);
+        continue;
+      }
       failures = t.got >= std::min(kProgressBytes, t.want) ? 1 : failures + 1;
       if (failures > options_.max_retries) {
         return st.WithContext("reading " + name_ + " " + ByteRange(offset, total) +
@@ -610,6 +620,7 @@ class HttpSource final : public internal::ScatterReadSource {
 
   // Extends prefix_ to `target` bytes with GETs from byte 0.
   Status FetchPrefix(uint64_t target) const TZR_REQUIRES(prefix_mu_) {
+    internal::ThrottleRetries throttled;
     for (int failures = 0;;) {
       Transfer t;
       t.ranged = false;
@@ -625,6 +636,10 @@ class HttpSource final : public internal::ScatterReadSource {
         retriable_ = true;
       }
       if (!retriable_) return st;
+      if (throttled.Retry(t.response.status, options_)) {
+        Backoff(throttled.count() - 1, t.response);
+        continue;
+      }
       // Every retry starts again at byte 0: progress does not reset the count.
       if (++failures > options_.max_retries) {
         return Status(st.code(), st.message() + " (gave up after " + std::to_string(failures) +

@@ -138,9 +138,11 @@ class S3Connection {
                      const std::string& body_data, const std::string& what) {
     if (!handle_) return Status::IoError("curl_easy_init failed");
     std::mt19937_64 rng(std::random_device{}());
-    for (int attempt = 0;; ++attempt) {
+    internal::ThrottleRetries throttled;
+    for (int attempt = 0;;) {
       bool retriable = false;
       Result<Reply> r = SendOnce(method, query, body_data, &retriable);
+      long status = r.ok() ? r->response.status : 0;
       if (r.ok() && r->response.status >= 200 && r->response.status < 300) {
         // CompleteMultipartUpload may fail after a 200 with an Error body.
         if (s3::ParseXml(r->body).root != "Error") return r;
@@ -148,16 +150,20 @@ class S3Connection {
         r = Status::IoError(
             s3::DescribeFailure(config_, location_, r->response.StatusText(), r->body));
       } else if (r.ok()) {
-        long status = r->response.status;
         retriable = internal::IsRetriableStatus(status);
         r = Status::IoError(
             s3::DescribeFailure(config_, location_, r->response.StatusText(), r->body),
             retriable ? EIO : internal::ErrnoForStatus(status));
       }
-      if (!retriable || attempt >= http_.max_retries) {
+      int backoff = 0;
+      if (retriable && throttled.Retry(status, http_)) {
+        backoff = throttled.count() - 1;
+      } else if (!retriable || attempt >= http_.max_retries) {
         return r.status().WithContext(what + " of " + ObjectName());
+      } else {
+        backoff = attempt++;
       }
-      if (!internal::SleepUnlessCancelled(internal::BackoffDelayMs(http_, attempt, rng))) {
+      if (!internal::SleepUnlessCancelled(internal::BackoffDelayMs(http_, backoff, rng))) {
         return CancelledStatus(what + " of " + ObjectName());
       }
     }
