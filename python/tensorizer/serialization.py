@@ -243,21 +243,13 @@ def _hash_check(verify_hash) -> int:
 _MIN_REMOTE_READERS = 4
 
 
-def _available_cpus() -> int:
+def _cpu_count(limit: Optional[int]) -> int:
+    if limit is not None:
+        return limit
     try:
         return len(os.sched_getaffinity(0))
     except AttributeError:
         return os.cpu_count() or 1
-
-
-# The CPUs this process may run on, as tensorizer's serialization.cpu_count:
-# the default for limit_cpu_concurrency and num_readers (read when each
-# serializer or deserializer is made, so it can be changed at run time).
-cpu_count: int = _available_cpus()
-
-
-def _cpu_count(limit: Optional[int]) -> int:
-    return cpu_count if limit is None else limit
 
 
 def _file_name(file_obj) -> str:
