@@ -55,6 +55,8 @@ def ref_python() -> str:
         ],
         capture_output=True,
         text=True,
+        # As run_reference does: PYTHONPATH would put our package first.
+        env={k: v for k, v in os.environ.items() if k != "PYTHONPATH"},
     )
     if probe.stdout.split() != ["2.12.1", "True", "True"]:
         pytest.fail(
