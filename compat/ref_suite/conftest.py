@@ -9,6 +9,8 @@ from its sdist) and runs pytest there. It:
   admissible kind, and fails the run on an entry that names no test;
 - turns every skip into a failure: a test either passes, or it is listed
   with its reason;
+- starts redis-server for test_stream_io with a readiness check of its own
+  (see _start_redis);
 - prints which tensorizer it tested, the number of tests that passed and
   the exclusions with their reasons.
 
@@ -19,6 +21,9 @@ or ``PENDING``. A ``cuda`` exclusion applies only where CUDA is unavailable.
 """
 
 import os
+import subprocess
+import sys
+import time
 from typing import Dict, List, Set, Tuple
 
 import pytest
@@ -114,6 +119,37 @@ def pytest_runtest_makereport(item, call):
             " or list the test in compat/ref_suite/exclusions.txt with an admissible reason"
         )
     return report
+
+
+def _start_redis(port=6381):
+    """test_stream_io.start_redis with the same result (the server process,
+    its stdout a pipe, and a client), ready when it answers PING. The
+    reference's waits for "Ready to accept connections" with select() on
+    the pipe after each readline(), which misses lines already in the
+    reader's buffer: when the server's log arrives in one piece it gives up
+    and leaves the server running, and the next start fails on the port."""
+    import redis
+
+    process = subprocess.Popen(["redis-server", "--port", str(port)], stdout=subprocess.PIPE)
+    client = redis.Redis(host="localhost", port=port, db=0)
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            client.ping()
+            return process, client
+        except redis.ConnectionError:
+            if process.poll() is not None or time.monotonic() > deadline:
+                process.kill()
+                output = process.communicate()[0].decode(errors="replace")
+                raise RuntimeError(f"redis-server --port {port} did not start:\n{output}")
+            time.sleep(0.05)
+
+
+@pytest.fixture(autouse=True)
+def _ready_redis(monkeypatch):
+    module = sys.modules.get("test_stream_io")
+    if module is not None:
+        monkeypatch.setattr(module, "start_redis", _start_redis)
 
 
 def pytest_runtest_logreport(report):
