@@ -125,7 +125,7 @@ int RunBench(const std::vector<std::string>& args) {
   const double limit_gbs = best_limit > 0 ? gb / best_limit : 0;
   const std::string best = "best of " + std::to_string(repeat);
   std::string out;
-  out += "file:       " + DisplayText(file) + ", " + std::to_string(size) + " bytes, " +
+  out += "file:       " + DisplayUri(file) + ", " + std::to_string(size) + " bytes, " +
          Plural(opened->index->entries.size(), "tensor") + ", " + DescribeFormat(*opened->index) +
          "\n";
   out += "page cache: " +

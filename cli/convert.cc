@@ -115,7 +115,7 @@ int RunConvert(const std::vector<std::string>& args) {
     std::fprintf(stderr,
                  "tensorizer convert: note: the %s of %s (%s) has no place in a .tensors file "
                  "and was not carried over\n",
-                 "__metadata__", DisplayText(in).c_str(),
+                 "__metadata__", DisplayUri(in).c_str(),
                  (std::to_string(result->dropped_metadata_entries) +
                   (result->dropped_metadata_entries == 1 ? " entry" : " entries"))
                      .c_str());
@@ -130,7 +130,7 @@ int RunConvert(const std::vector<std::string>& args) {
     to += " data version " + std::to_string(result->output_version);
     if (options.encryption) to += ", encrypted";
   }
-  Print(DisplayText(in) + " -> " + DisplayText(out) + ": " +
+  Print(DisplayUri(in) + " -> " + DisplayUri(out) + ": " +
         Plural(result->tensor_count, "tensor") + ", " + std::to_string(result->data_bytes) +
         " data bytes, " + FormatName(result->input_format) + " to " + to + "\n");
   return kExitOk;

@@ -7,6 +7,7 @@
 #include "command.h"
 #include "remote_options.h"
 #include "tensor_display.h"
+#include "tensorizer/uri.h"
 
 namespace tensorizer::cli {
 namespace {
@@ -71,7 +72,7 @@ std::string TextReport(const std::string& file, uint64_t file_size, const Index&
   const FileHeader& h = index.header;
   std::string out;
   const bool tzr = index.format == FileFormat::kTensorizer;
-  out += "file:          " + DisplayText(file) + "\n";
+  out += "file:          " + DisplayUri(file) + "\n";
   out += std::string("format:        ") + (tzr ? "tensorizer" : "safetensors") + "\n";
   out += "file size:     " + std::to_string(file_size) + " bytes\n";
   if (tzr) {
@@ -145,7 +146,7 @@ std::string JsonReport(const std::string& file, uint64_t file_size, const Index&
   using nlohmann::ordered_json;
   const FileHeader& h = index.header;
   ordered_json doc;
-  doc["file"] = file;
+  doc["file"] = RedactUri(file);
   const bool tzr = index.format == FileFormat::kTensorizer;
   doc["format"] = tzr ? "tensorizer" : "safetensors";
   doc["file_size"] = file_size;
@@ -192,7 +193,7 @@ int RunInspect(const std::vector<std::string>& args) {
   if (!opened.ok()) return Failure(self, opened.status().message());
   const Index& index = *opened->index;
   auto totals = CountTotals(index);
-  if (!totals.ok()) return Failure(self, file + ": " + totals.status().message());
+  if (!totals.ok()) return Failure(self, DisplayUri(file) + ": " + totals.status().message());
   uint64_t size = opened->source->size();
   Print(parsed->has("--json") ? JsonReport(file, size, index, *totals)
                               : TextReport(file, size, index, *totals));

@@ -6,7 +6,7 @@ namespace tensorizer::cli {
 void AddRemoteOptions(OptionSpec* spec) {
   spec->flags.push_back("--insecure");
   for (const char* o : {"--s3-endpoint", "--s3-region", "--s3-profile", "--ca-file", "--ca-path",
-                        "--connect-timeout-ms", "--retries"}) {
+                        "--connect-timeout-ms", "--retries", "--deadline-ms"}) {
     spec->valued.push_back(o);
   }
 }
@@ -44,6 +44,14 @@ std::optional<RemoteOptions> RemoteOptionsFromArgs(const ParsedArgs& args,
       return std::nullopt;
     }
     http.max_retries = static_cast<int>(*n);
+  }
+  if (auto v = args.value("--deadline-ms")) {
+    auto n = ParseCount(*v, 1, 24ull * 3600 * 1000);
+    if (!n) {
+      *usage_error = "--deadline-ms needs a whole number of milliseconds from 1 to 86400000";
+      return std::nullopt;
+    }
+    http.deadline_ms = static_cast<uint32_t>(*n);
   }
   RemoteOptions out;
   out.source.http = http;

@@ -4,7 +4,7 @@
 //
 //   --s3-endpoint URL  --s3-region R  --s3-profile P
 //   --ca-file F  --ca-path D  --insecure
-//   --connect-timeout-ms N  --retries N
+//   --connect-timeout-ms N  --retries N  --deadline-ms N
 //
 // Credentials are never options: a secret on the command line shows in `ps`
 // and shell history. They come from ~/.s3cfg, the AWS environment variables
@@ -23,7 +23,7 @@ namespace tensorizer::cli {
 
 // The --help block every command with remote options prints.
 inline constexpr char kRemoteOptionsHelp[] =
-    "remote options (for s3://, http:// and https:// URIs):\n"
+    "remote options (for s3://, http(s):// and redis:// URIs):\n"
     "  --s3-endpoint URL       S3 endpoint: host[:port] (https) or http(s)://host[:port]\n"
     "                          (default: ~/.s3cfg host_base, AWS_ENDPOINT_URL_S3,\n"
     "                          AWS_ENDPOINT_URL, ~/.aws/config, else AWS)\n"
@@ -36,6 +36,8 @@ inline constexpr char kRemoteOptionsHelp[] =
     "  --insecure              accept any TLS certificate (no verification)\n"
     "  --connect-timeout-ms N  give up connecting after N ms (default 10000; 0: none)\n"
     "  --retries N             retry a failed request up to N times (default 6)\n"
+    "  --deadline-ms N         fail a load still running N ms after it opened\n"
+    "                          (default: none)\n"
     "S3 credentials are never taken from the command line: they come from\n"
     "~/.s3cfg, AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY / AWS_SESSION_TOKEN, or\n"
     "~/.aws/credentials and ~/.aws/config; with none, requests go unsigned.\n";

@@ -3,6 +3,8 @@
 
 #include <cstdio>
 
+#include "tensorizer/uri.h"
+
 namespace tensorizer::cli {
 namespace {
 
@@ -148,5 +150,7 @@ std::string PadLeft(const std::string& s, size_t width) {
   size_t w = DisplayWidth(s);
   return w >= width ? s : std::string(width - w, ' ') + s;
 }
+
+std::string DisplayUri(const std::string& uri) { return DisplayText(RedactUri(uri)); }
 
 }  // namespace tensorizer::cli

@@ -23,6 +23,10 @@ std::string DisplayName(std::string_view raw);
 // Any text (a file name, a message part) escaped the same way.
 std::string DisplayText(std::string_view s);
 
+// A file name or URI as the CLI prints it: passwords and presigned
+// signatures redacted (RedactUri), then escaped as DisplayText.
+std::string DisplayUri(const std::string& uri);
+
 // True when the name is a path: 0x1E followed by its JSON.
 bool IsPathName(std::string_view raw);
 

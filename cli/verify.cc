@@ -80,7 +80,7 @@ int RunVerify(const std::vector<std::string>& args) {
   auto opened = OpenTensorsFile(file, remote->source);
   if (!opened.ok()) return Failure(self, opened.status().message());
   if (opened->index->header.has_crypt_info() && !decryption) {
-    return Failure(self, DisplayText(file) +
+    return Failure(self, DisplayUri(file) +
                              " is encrypted: give --key-file or --passphrase-env to decrypt it "
                              "and check its hashes");
   }
@@ -101,12 +101,12 @@ int RunVerify(const std::vector<std::string>& args) {
     st = (*load)->Wait();
     if (st.ok() && opened->index->format == FileFormat::kSafetensors) {
       // Nothing to compare with; say so rather than claim a check.
-      Print(DisplayText(file) + ": OK: " + Plural(all.size(), "tensor") +
+      Print(DisplayUri(file) + ": OK: " + Plural(all.size(), "tensor") +
             " read; safetensors files store no hashes, so their data was not checked\n");
       return kExitOk;
     }
     if (st.ok()) {
-      Print(DisplayText(file) + ": OK: " + Plural(all.size(), "tensor") + " passed (" +
+      Print(DisplayUri(file) + ": OK: " + Plural(all.size(), "tensor") + " passed (" +
             CheckedHashes(**load, check) + ")\n");
       return kExitOk;
     }
@@ -121,7 +121,7 @@ int RunVerify(const std::vector<std::string>& args) {
     // Every tensor passed on its own: the failure was not one tensor's.
     Print("FAILED: " + st.message() + "\n");
   }
-  Print(DisplayText(file) + ": FAILED: " + std::to_string(failures.size()) + " of " +
+  Print(DisplayUri(file) + ": FAILED: " + std::to_string(failures.size()) + " of " +
         Plural(all.size(), "tensor") + " failed\n");
   return kExitFailed;
 }

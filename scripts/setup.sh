@@ -34,13 +34,19 @@ ref_ok() {
 import os, sys, tensorizer
 inside = os.path.realpath(tensorizer.__file__).startswith(os.path.realpath(".venv-ref"))
 ours = os.path.exists(os.path.join(os.path.dirname(tensorizer.__file__), "_errors.py"))
-sys.exit(0 if inside and not ours and tensorizer.__version__ == "2.12.1" else 1)
+import torch
+same_torch = not os.path.realpath(torch.__file__).startswith(os.path.realpath(".venv-ref"))
+sys.exit(0 if inside and not ours and same_torch and tensorizer.__version__ == "2.12.1" else 1)
 PY
 }
 if [ ! -x .venv-ref/bin/python ] || ! ref_ok; then
   echo "== reference tensorizer 2.12.1 in .venv-ref"
   python3 -m venv --system-site-packages .venv-ref
-  .venv-ref/bin/python -m pip install -q --ignore-installed tensorizer==2.12.1 2>&1 | grep -v -E "^WARNING: (Running pip|Location)" || true
+  # --no-deps: its "torch>=1.9" would otherwise pull the newest CUDA build
+  # (5+ GB) into the venv. The system's pinned CPU torch, numpy, psutil,
+  # boto3 and redis serve it; the rest of its dependencies go in the venv.
+  .venv-ref/bin/python -m pip install -q --ignore-installed --no-deps tensorizer==2.12.1 2>&1 | grep -v -E "^WARNING: (Running pip|Location)" || true
+  .venv-ref/bin/python -m pip install -q "protobuf>=3.19.5" "hiredis>=2.2.0" "libnacl>=2.1.0" 2>&1 | grep -v -E "^WARNING: (Running pip|Location)" || true
   ref_ok || { echo "could not install the reference tensorizer 2.12.1 into .venv-ref" >&2; exit 1; }
 fi
 .venv-ref/bin/python -c "import tensorizer; print('reference tensorizer', tensorizer.__version__, 'at', tensorizer.__file__)"

@@ -554,6 +554,7 @@ REMOTE_OPTIONS = [
     "--insecure",
     "--connect-timeout-ms N",
     "--retries N",
+    "--deadline-ms N",
 ]
 
 
@@ -585,6 +586,7 @@ def test_every_command_takes_the_remote_options(cli, command):
     [
         ["--retries", "many"],
         ["--retries", "101"],
+        ["--deadline-ms", "0"],
         ["--connect-timeout-ms", "-1"],
         ["--s3-endpoint", ""],
         ["--s3-region="],
@@ -825,3 +827,25 @@ def test_convert_between_s3_objects_round_trip(cli, s3_server, env, tmp_path, re
     )
     assert res.returncode == 0, res.stderr
     assert res.stdout.split() == ["ok", "5"]
+
+
+@pytest.mark.parametrize("command", ["inspect", "verify", "bench"])
+def test_url_passwords_and_signatures_never_reach_the_output(cli, small, tmp_path, command):
+    # nginx ignores the credentials and serves the file, so every command
+    # runs to its normal output, which names the file.
+    from nginx_server import run_nginx
+
+    (tmp_path / "www").mkdir()
+    (tmp_path / "www" / "small.tensors").write_bytes(small.read_bytes())
+    with run_nginx(tmp_path) as port:
+        url = (
+            f"http://alice:hunter2-url-password@127.0.0.1:{port}/small.tensors"
+            "?X-Amz-Signature=cafef00dsig&X-Amz-Security-Token=t0kenvalue"
+        )
+        extra = ["--json"] if command == "inspect" else []
+        out = run(cli, command, *extra, url)
+    assert out.returncode == 0, out.stderr
+    shown = out.stdout + out.stderr
+    assert "127.0.0.1" in shown and "small.tensors" in shown
+    for secret in ["hunter2-url-password", "cafef00dsig", "t0kenvalue"]:
+        assert secret not in shown

@@ -325,7 +325,8 @@ def test_server_down_fails_quickly():
     start = time.monotonic()
     with pytest.raises(OSError) as info:
         TensorDeserializer(uri, device="cpu")
-    assert time.monotonic() - start < 6.0
+    # Six retries with the default backoff wait at most 0.1 + 0.2 + ... + 3.2 s.
+    assert time.monotonic() - start < 8.0
     assert info.value.errno == errno.ECONNREFUSED
     assert uri in str(info.value)
 

@@ -61,6 +61,11 @@ struct HttpOptions {
   // Backoff before retry k: a random time in [0, min(max, base * 2^k)].
   uint32_t retry_base_delay_ms = 100;
   uint32_t retry_max_delay_ms = 5000;
+  // A bound on the whole load: from the source's open, no request starts,
+  // no retry waits and no transfer runs past this many milliseconds (the
+  // error is ETIMEDOUT, not retried). 0: no deadline. A lazy load's
+  // tensors read after the deadline fail too.
+  uint32_t deadline_ms = 0;
 };
 
 // Opens an http:// or https:// URL. One small ranged GET learns the size,
@@ -109,8 +114,11 @@ Result<std::unique_ptr<Source>> OpenS3Source(const std::string& uri, const S3Opt
 // metadata). Keys are listed with SCAN and measured once; reads are GETRANGEs
 // over a pool of connections, retried on a new connection when one drops.
 // Bytes in no key are an error, never zeros. AUTH is sent when the URI has a
-// password; error messages show the URI with the password masked.
-Result<std::unique_ptr<Source>> OpenRedisSource(const std::string& uri);
+// password; error messages show the URI with the password masked. Of
+// `options`, the connect timeout, the stall rule, the retries, the backoff
+// and the deadline apply (the TLS settings do not: no rediss://).
+Result<std::unique_ptr<Source>> OpenRedisSource(const std::string& uri,
+                                                const HttpOptions& options = HttpOptions());
 
 // Options for every remote backend, for OpenSource.
 struct SourceOptions {

@@ -21,10 +21,12 @@
 #include <vector>
 
 #include "format/hash.h"
+#include "storage/http_source.h"
 #include "tensorizer/crypto.h"
 #include "tensorizer/format.h"
 #include "tensorizer/load.h"
 #include "tensorizer/source.h"
+#include "tensorizer/uri.h"
 #include "tensorizer/write.h"
 
 namespace nb = nanobind;
@@ -109,6 +111,8 @@ void ParseRemoteOptions(nb::dict options, HttpOptions* http, S3Options* s3,
   nb::dict d = nb::steal<nb::dict>(PyDict_Copy(options.ptr()));
   TakeOpt(d, "connect_timeout_ms", &http->connect_timeout_ms);
   TakeOpt(d, "low_speed_timeout_ms", &http->low_speed_timeout_ms);
+  TakeOpt(d, "min_speed_bytes_per_s", &http->min_speed_bytes_per_s);
+  TakeOpt(d, "deadline_ms", &http->deadline_ms);
   TakeOpt(d, "ca_file", &http->ca_file);
   TakeOpt(d, "ca_path", &http->ca_path);
   TakeOpt(d, "verify_tls", &http->verify_tls);
@@ -408,6 +412,17 @@ NB_MODULE(_core, m) {
           "uri"_a, "options"_a = nb::dict())
       .def_prop_ro("size", [](const PySource& s) { return s.get()->size(); })
       .def_prop_ro("uri", [](const PySource& s) { return s.get()->uri(); })
+      // [(name, value)] of the HTTP response that opened an http(s):// or
+      // s3:// source, as bytes (headers need not be UTF-8); [] for others.
+      .def_prop_ro("response_headers",
+                   [](const PySource& s) {
+                     nb::list out;
+                     for (const auto& [name, value] : internal::OpenResponseHeaders(*s.get())) {
+                       out.append(nb::make_tuple(nb::bytes(name.data(), name.size()),
+                                                 nb::bytes(value.data(), value.size())));
+                     }
+                     return out;
+                   })
       // Fills the whole buffer from `offset` (the caller clips to the size).
       .def("read_into", [](const PySource& s, uint64_t offset, WritableBytes dst) {
         Status st;
@@ -542,6 +557,9 @@ NB_MODULE(_core, m) {
         return nb::bytes(reinterpret_cast<const char*>(k.data()), k.size());
       },
       "passphrase"_a, "opslimit"_a, "memlimit"_a, "salt"_a);
+  // The one redaction rule for URIs (include/tensorizer/uri.h), for the
+  // Python layer's messages and reprs.
+  m.def("redact_uri", [](const std::string& uri) { return RedactUri(uri); }, "uri"_a);
   m.def("random_bytes", [](size_t n) {
     std::string out(n, '\0');
     Check(RandomBytes(reinterpret_cast<uint8_t*>(out.data()), n));

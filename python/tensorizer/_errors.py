@@ -28,7 +28,47 @@ class UnsupportedVersionError(TensorizerFormatError):
 
 
 class TensorizerIOError(OSError):
-    """Reading or writing the underlying storage failed."""
+    """Reading or writing the underlying storage failed.
+
+    Raised as the subclass that also derives from the builtin OSError
+    subclass for its errno (FileNotFoundError for ENOENT, PermissionError for
+    EACCES, ConnectionRefusedError for ECONNREFUSED, ...), so code written
+    for local files and sockets catches it unchanged.
+    """
+
+
+def _io_error_classes() -> dict:
+    """errno -> a TensorizerIOError subclass per builtin OSError subclass.
+
+    Python itself says which builtin an errno selects (OSError(errno, ...)
+    constructs the subclass), so no table of ours can drift from it."""
+    by_builtin = {}
+    classes = {}
+    for number in sorted(_errno.errorcode):
+        builtin = type(OSError(number, ""))
+        if builtin is OSError:
+            continue
+        if builtin not in by_builtin:
+            by_builtin[builtin] = type(
+                f"Tensorizer{builtin.__name__}",
+                (TensorizerIOError, builtin),
+                {
+                    "__module__": __name__,
+                    "__doc__": f"A TensorizerIOError that is a {builtin.__name__}.",
+                },
+            )
+        classes[number] = by_builtin[builtin]
+    return classes
+
+
+_IO_ERROR_CLASSES = _io_error_classes()
+# Module attributes, so the errors pickle (multiprocessing, concurrent.futures).
+globals().update({cls.__name__: cls for cls in _IO_ERROR_CLASSES.values()})
+
+
+def io_error(number: int, message: str) -> TensorizerIOError:
+    """The TensorizerIOError for `number`, as the builtin subclass it selects."""
+    return _IO_ERROR_CLASSES.get(number, TensorizerIOError)(number, message)
 
 
 class TensorNotFoundError(KeyError):
@@ -48,13 +88,13 @@ def _make_error(code: str, message: str, sys_errno: int) -> BaseException:
     if code == "unsupported_version":
         return UnsupportedVersionError(message)
     if code == "io_error":
-        return TensorizerIOError(sys_errno or _errno.EIO, message)
+        return io_error(sys_errno or _errno.EIO, message)
     if code == "not_found":
         return TensorNotFoundError(message)
     if code == "invalid_argument":
         if sys_errno == _errno.ENOENT:
             # A named configuration file that is missing (s3_config_path).
-            return FileNotFoundError(sys_errno, message)
+            return io_error(sys_errno, message)
         return ValueError(message)
     if code == "resource_exhausted":
         # The reference raises RuntimeError("Metadata overflow") here.

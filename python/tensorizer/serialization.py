@@ -243,9 +243,41 @@ def _hash_check(verify_hash) -> int:
 _MIN_REMOTE_READERS = 4
 
 
-def _cpu_count(limit: Optional[int]) -> int:
-    if limit is not None:
-        return limit
+def _effective_cpu_count() -> int:
+    """tensorizer's count of the CPUs a process may use: a CFS quota, rounded
+    up, read where tensorizer reads it (cgroup v1's cpu,cpuacct controller,
+    else cgroup v2's /sys/fs/cgroup/user.slice/cpu.max); os.cpu_count() when
+    none is set or it cannot be read. Kept to tensorizer's places so that
+    serialization.cpu_count has its value on every machine."""
+    root = "/sys/fs/cgroup"
+    v1 = os.path.join(root, "cpu,cpuacct")
+    v2 = os.path.join(root, "user.slice", "cpu.max")
+    try:
+        if os.path.isdir(v1):
+            fields = []
+            for name in ("cpu.cfs_quota_us", "cpu.cfs_period_us"):
+                with open(os.path.join(v1, name)) as f:
+                    fields.append(f.read().strip())
+        elif os.path.isfile(v2):
+            with open(v2) as f:
+                fields = f.read().split()
+        else:
+            fields = []
+        if len(fields) == 2 and fields[0] != "max":
+            quota, period = int(fields[0]), int(fields[1])
+            if quota > 0 and period > 0:
+                return -(-quota // period)
+    except (OSError, ValueError):
+        pass
+    return os.cpu_count() or 1
+
+
+# As in tensorizer: the default number of threads a TensorSerializer uses.
+cpu_count: int = _effective_cpu_count()
+
+
+def _usable_cpus() -> int:
+    """CPUs this process may run on, for the default number of readers."""
     try:
         return len(os.sched_getaffinity(0))
     except AttributeError:
@@ -328,7 +360,7 @@ class TensorSerializer:
                 raise TypeError("limit_cpu_concurrency: expected int or None")
             if limit_cpu_concurrency < 1:
                 raise ValueError("limit_cpu_concurrency must be positive or None")
-        self.cpu_limit = _cpu_count(limit_cpu_concurrency)
+        self.cpu_limit = cpu_count if limit_cpu_concurrency is None else limit_cpu_concurrency
         self.compress_tensors = compress_tensors
         self.total_compressed_tensor_bytes = 0
         self._registry = _paths.PathRegistry()
@@ -353,7 +385,7 @@ class TensorSerializer:
         elif isinstance(file_obj, stream_io._S3WriteStream):
             # A stream from open_stream("s3://...", "wb"): the writer streams
             # the multipart upload itself, with the stream's credentials.
-            uri, options = file_obj._take_for_serializer()
+            uri, options = file_obj._take_for_serializer(self)
             self._writer = _core.Writer.create_uri(
                 uri, options, self.cpu_limit, Secret.reveal(key), kdf
             )
@@ -662,9 +694,14 @@ class TensorDeserializer(collections.abc.Mapping, contextlib.AbstractContextMana
     ):
         self._reader = None
         self._file = None
+        self._stream = None  # an open_stream stream handed over, for its counters
+        self._response_headers = None  # of the HTTP response that opened the file
         self._cache: Dict[tuple, torch.Tensor] = {}
         self._loaded_info: Dict[tuple, tuple] = {}
-        self.total_bytes_read = 0
+        # For total_bytes_read: bytes the engine fetched (header, index and
+        # every load), and where a sequential reader would stand.
+        self._bytes_fetched = 0
+        self._read_position = 0
         self.read_bytes = 0
         self.total_compressed_tensor_bytes = 0
 
@@ -729,7 +766,7 @@ class TensorDeserializer(collections.abc.Mapping, contextlib.AbstractContextMana
                 f"Tensor is encrypted, but decryption was not requested ({self._reader.uri})"
             )
         self.total_file_bytes = self._reader.tensor_size
-        self.total_bytes_read = self._reader.prefix_length
+        self._count_read(self._reader.prefix_length, self._reader.prefix_length)
 
         # Index: decode names and dtypes, then apply the filter.
         # A safetensors file loads through the same engine; its names are
@@ -778,7 +815,7 @@ class TensorDeserializer(collections.abc.Mapping, contextlib.AbstractContextMana
             registry.filter(self._entries.__contains__)
         self._structure = registry.root
         if num_readers is None:
-            num_readers = _cpu_count(None)
+            num_readers = _usable_cpus()
             if self._reader.uri.lower().startswith(stream_io._REMOTE_SCHEMES):
                 # Remote reads wait on the network more than on a core: at
                 # least 4 connections (3.20 vs 3.01 GB/s for 4 vs 2 over
@@ -805,12 +842,19 @@ class TensorDeserializer(collections.abc.Mapping, contextlib.AbstractContextMana
         if isinstance(file_obj, (str, bytes, os.PathLike)):
             path = os.fsdecode(file_obj)
             stream_io.check_local_read(path)
-            return _core.Reader.open_path(path)
+            if isinstance(file_obj, os.PathLike) or not path.lower().startswith(
+                stream_io._REMOTE_SCHEMES
+            ):
+                return _core.Reader.open_path(path)
+            source = _core.Source.open(path)
+            self._response_headers = stream_io._header_message(source.response_headers)
+            return _core.Reader.open_source(source)
         if isinstance(file_obj, int):
             return _core.Reader.open_fd(file_obj, f"<fd {file_obj}>")
         if isinstance(file_obj, stream_io._EngineReadStream):
             # Already-open remote source with its options: load through it.
-            self._file = file_obj
+            self._file = self._stream = file_obj
+            self._response_headers = getattr(file_obj, "response_headers", None)
             return _core.Reader.open_source(file_obj._source)
         if isinstance(file_obj, io.TextIOBase):
             raise ValueError("file_obj must be opened in binary mode")
@@ -826,6 +870,34 @@ class TensorDeserializer(collections.abc.Mapping, contextlib.AbstractContextMana
         if callable(getattr(file_obj, "seekable", None)) and file_obj.seekable():
             file_obj.seek(0)
         return _core.Reader.open_bytes(file_obj.read(), name)
+
+    # --- byte counts, as tensorizer reports them ----------------------------
+
+    def _count_read(self, fetched: int, position: int) -> None:
+        self._bytes_fetched += fetched
+        self._read_position = position
+        if self._stream is not None:
+            # The loads go around the stream's read(); count them in it, as
+            # tensorizer's reads through its stream count there.
+            self._stream.bytes_read += fetched
+            self._stream.read_operations += 1
+
+    @property
+    def total_bytes_read(self) -> int:
+        """tensorizer's count: for a remote source, the bytes fetched so far
+        (through an open_stream stream: that stream's ``bytes_read``, reads
+        made before it was handed over included); for a local file, the
+        position a sequential reader would have reached (the end of the last
+        tensor read, bytes skipped over included) while it is open, and
+        ``total_tensor_bytes`` once it is closed (after an eager load or
+        load_into_module)."""
+        if self._stream is not None:
+            return self._stream.bytes_read
+        if self._uri.lower().startswith(stream_io._REMOTE_SCHEMES):
+            return self._bytes_fetched
+        if self._reader is None:
+            return self.total_tensor_bytes
+        return self._read_position
 
     def _close_source(self):
         self._reader = None
@@ -907,7 +979,10 @@ class TensorDeserializer(collections.abc.Mapping, contextlib.AbstractContextMana
             entry.hashes = [TensorHash(HashType(t), bytes(v)) for t, v in hashes]
             self._loaded_info[path] = (module_idx, hashed_header)
             self._cache[path] = tensor
-        self.total_bytes_read += load.bytes_read
+        self._count_read(
+            load.bytes_read,
+            max(e.data_offset + e.data_length for e in map(self._entries.__getitem__, pending)),
+        )
         self.read_bytes += load.bytes_read
         if _perf_stats:
             # Wall time of the whole load, including the tensors' hand-off.
@@ -1178,5 +1253,10 @@ class TensorDeserializer(collections.abc.Mapping, contextlib.AbstractContextMana
 
     @property
     def cache_status(self) -> Optional[str]:
-        return None
+        """The ``x-cache-status`` header (an HTTP cache's HIT or MISS) of the
+        response that opened the file, as tensorizer reports it; None for
+        sources without one (local files, Redis, a server that sends none)."""
+        if self._response_headers is None:
+            return None
+        return self._response_headers.get("x-cache-status", None)
 

@@ -13,11 +13,17 @@ multipart upload; written to directly, it uploads what is written on
 
 from __future__ import annotations
 
+import configparser
 import contextlib
 import dataclasses
+import http.client
 import io
+import operator
 import os
-from typing import Optional
+import shutil
+import time
+import weakref
+from typing import NamedTuple, Optional
 
 import numpy as np
 
@@ -31,6 +37,20 @@ __all__ = [
     "S3UploadOptions",
     "open_stream",
 ]
+
+# Where the curl program is, as tensorizer exposes it. Nothing here runs it:
+# the engine speaks HTTP through libcurl, so streams work without it.
+curl_path = shutil.which("curl")
+
+# The endpoint s3_download and s3_upload use when none is passed: AWS's own
+# (tensorizer's were CoreWeave's). open_stream and TensorDeserializer resolve
+# theirs from the arguments, ~/.s3cfg, the AWS environment and config files,
+# and AWS's endpoint for the resolved region last (docs/configuration.md).
+default_s3_read_endpoint = "s3.us-east-1.amazonaws.com"
+default_s3_write_endpoint = "s3.us-east-1.amazonaws.com"
+
+# read1(-1) reads at most this much in one request, unless buffer_size says.
+_DEFAULT_BUFFER_SIZE = 16 << 20
 
 _REMOTE_SCHEMES = ("http://", "https://", "s3://", "redis://")
 # Schemes the engine can read from (TensorDeserializer).
@@ -116,13 +136,22 @@ class HttpOptions:
     """
 
     connect_timeout_ms: Optional[int] = None
-    # A transfer that moves no byte for this long is dropped and retried from
-    # where it stopped (libcurl counts whole seconds; rounded up).
+    # A transfer slower than min_speed_bytes_per_s (default 16 KiB/s) for
+    # low_speed_timeout_ms (default 15 s) is a stall: dropped and retried from
+    # where it stopped (libcurl counts whole seconds; rounded up). HTTP(S),
+    # S3 and Redis alike.
     low_speed_timeout_ms: Optional[int] = None
-    # Consecutive failed attempts of one request before giving up.
+    min_speed_bytes_per_s: Optional[int] = None
+    # Consecutive failed attempts of one request before giving up; only an
+    # attempt that made real progress (1 MiB, or the rest of the read) starts
+    # the count afresh.
     max_retries: Optional[int] = None
     retry_base_delay_ms: Optional[int] = None
     retry_max_delay_ms: Optional[int] = None
+    # A bound on the whole load, from the open: past it nothing is retried or
+    # waited for, and the load fails with ETIMEDOUT (TimeoutError). None: no
+    # deadline.
+    deadline_ms: Optional[int] = None
 
     def _options(self) -> dict:
         return {k: v for k, v in dataclasses.asdict(self).items() if v is not None}
@@ -145,24 +174,66 @@ class S3UploadOptions:
         return {f"s3_{k}": v for k, v in dataclasses.asdict(self).items() if v is not None}
 
 
-class _EngineReadStream(io.RawIOBase):
-    """A read-only, seekable stream over an engine source.
+def _header_message(fields) -> http.client.HTTPMessage:
+    """An engine source's response headers, [(name, value)] as bytes, as the
+    case-insensitive mapping http.client gives (ISO-8859-1, as HTTP/1.1
+    headers are decoded there)."""
+    message = http.client.HTTPMessage()
+    for name, value in fields:
+        message[name.decode("latin-1")] = value.decode("latin-1")
+    return message
 
-    TensorDeserializer uses ``_source`` directly (parallel ranged reads);
-    ``read``/``readinto`` issue one ranged read each, so wrap the stream in
-    ``io.BufferedReader`` for many small reads.
+
+class _EngineReadStream(io.BufferedIOBase):
+    """A read-only, seekable stream over an engine source: what CURLStreamFile
+    and RedisStreamFile share.
+
+    TensorDeserializer loads through ``_source`` directly (parallel ranged
+    reads) and counts what it reads in ``bytes_read``. ``read``, ``read1``
+    and ``readinto`` issue one ranged read each, straight into the result, so
+    many tiny reads cost a request each, as tensorizer's streams do.
+    ``begin`` and ``end`` (exclusive) bound the stream like an HTTP range;
+    positions are offsets in the whole object, and reads stop at ``end`` or
+    the object's end.
     """
 
-    def __init__(self, uri: str, options: dict, begin: Optional[int], end: Optional[int]):
-        super().__init__()
-        self._source = _core.Source.open(uri, options)
+    def _open(self, uri: str, options: dict, begin: Optional[int], end: Optional[int]) -> None:
+        self._source = None
+        begin = 0 if begin is None else operator.index(begin)
+        if begin < 0:
+            raise ValueError(f"Invalid begin, must be non-negative (got {begin})")
+        if end is not None:
+            end = operator.index(end)
+            if end <= begin:
+                raise ValueError(
+                    "End marker must come strictly after begin marker"
+                    f" (requested range: {begin} to {end})"
+                )
         self.name = uri
-        size = self._source.size
-        self._end = size if end is None else max(0, min(int(end), size))
-        self._begin = max(0, min(int(begin or 0), self._end))
-        self._pos = self._begin
         self.bytes_read = 0
+        self.bytes_skipped = 0
         self.read_operations = 0
+        self._source = _core.Source.open(uri, options)
+        size = self._source.size
+        self._end = size if end is None else min(end, size)
+        self._pos = begin
+
+    def _note_response(self, seconds: float) -> None:
+        """Called with the duration of every ranged read this stream issues."""
+
+    def _fetch(self, view: memoryview) -> int:
+        """Reads up to len(view) bytes at the position into view."""
+        self._checkClosed()
+        n = max(0, min(len(view), self._end - self._pos))
+        if n == 0:
+            return 0
+        started = time.monotonic()
+        self._source.read_into(self._pos, np.frombuffer(view[:n], dtype=np.uint8))
+        self._note_response(time.monotonic() - started)
+        self._pos += n
+        self.bytes_read += n
+        self.read_operations += 1
+        return n
 
     def readable(self) -> bool:
         return True
@@ -173,11 +244,18 @@ class _EngineReadStream(io.RawIOBase):
     def writable(self) -> bool:
         return False
 
+    def fileno(self) -> int:
+        # tensorizer's streams answer -1 rather than raising: there is no
+        # descriptor behind them.
+        return -1
+
     def tell(self) -> int:
         self._checkClosed()
         return self._pos
 
     def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        """Moves the position without reading (a forward seek counts in
+        ``bytes_skipped``) and returns it, as io streams do."""
         self._checkClosed()
         if whence == io.SEEK_SET:
             pos = offset
@@ -189,31 +267,56 @@ class _EngineReadStream(io.RawIOBase):
             raise ValueError(f"invalid whence ({whence})")
         if pos < 0:
             raise ValueError(f"negative seek position {pos}")
+        if pos > self._pos:
+            self.bytes_skipped += pos - self._pos
         self._pos = pos
         return pos
 
-    def readinto(self, buffer) -> int:
+    def read(self, size: Optional[int] = -1) -> bytes:
         self._checkClosed()
-        view = memoryview(buffer).cast("B")
-        n = max(0, min(len(view), self._end - self._pos))
-        if n == 0:
-            return 0
-        self._source.read_into(self._pos, np.frombuffer(view[:n], dtype=np.uint8))
-        self._pos += n
-        self.bytes_read += n
-        self.read_operations += 1
-        return n
+        remaining = max(0, self._end - self._pos)
+        n = remaining if size is None or size < 0 else min(size, remaining)
+        out = bytearray(n)
+        self._fetch(memoryview(out))
+        return bytes(out)
 
-    def fileno(self) -> int:
-        raise io.UnsupportedOperation("remote streams have no file descriptor")
+    def read1(self, size: int = -1) -> bytes:
+        """One ranged read: up to ``size`` bytes, or up to the buffer size
+        (16 MiB unless ``buffer_size`` was given) when size is negative."""
+        return self.read(self._buffer_size if size is None or size < 0 else size)
+
+    def readinto(self, buffer) -> int:
+        with memoryview(buffer) as view, view.cast("B") as flat:
+            return self._fetch(flat)
+
+    def readinto1(self, buffer) -> int:
+        return self.readinto(buffer)
+
+    def readline(self, size: Optional[int] = -1) -> bytes:
+        # As in tensorizer: a line-oriented read of a model file is a mistake.
+        raise io.UnsupportedOperation("readline")
 
     def close(self) -> None:
         self._source = None
         super().close()
 
+    def __del__(self):
+        # A stream whose open failed has no source; closing it is a no-op.
+        with contextlib.suppress(Exception):
+            self.close()
+
 
 class CURLStreamFile(_EngineReadStream):
-    """An http(s):// (or presigned S3) URL as a readable, seekable stream."""
+    """An http(s):// URL (or an s3:// object) as a readable, seekable stream.
+
+    The name and attributes are tensorizer's: ``response_headers`` (the
+    headers of the response that opened it, an ``http.client.HTTPMessage``),
+    ``http_response_latencies`` (seconds from the request that opened the
+    stream to its response, one entry per open), ``popen_latencies`` (0.0
+    per open: no process is started; the engine speaks HTTP itself),
+    ``bytes_read``, ``bytes_skipped`` and ``read_operations``. ``headers``
+    (extra request headers) is not supported and raises ValueError.
+    """
 
     def __init__(
         self,
@@ -226,19 +329,55 @@ class CURLStreamFile(_EngineReadStream):
         certificate_handling: Optional[CAInfo] = None,
         http_options: Optional[HttpOptions] = None,
     ) -> None:
+        super().__init__()
         if headers:
-            raise ValueError("custom request headers are not supported")
+            raise ValueError(f"{uri}: custom request headers are not supported")
+        if certificate_handling is not None and not isinstance(certificate_handling, CAInfo):
+            raise TypeError(
+                "certificate_handling must either be None (for default certificate"
+                " verification) or a CAInfo object, not"
+                f" {certificate_handling.__class__.__name__}"
+            )
         options = {}
         if certificate_handling is not None:
             options.update(certificate_handling._options)
         if http_options is not None:
             options.update(http_options._options())
-        super().__init__(uri, options, begin, end)
+        self._open_http(uri, options, begin, end, buffer_size)
+
+    def _open_http(self, uri, options, begin, end, buffer_size) -> None:
+        self._buffer_size = buffer_size or _DEFAULT_BUFFER_SIZE
+        self._error_context = []
+        self.popen_latencies = [0.0]
+        self.http_response_latencies = []
+        started = time.monotonic()
+        self._open(uri, options, begin, end)
+        self.http_response_latencies.append(time.monotonic() - started)
+        self.response_headers = _header_message(self._source.response_headers)
+
+    def register_error_context(self, msg: str) -> None:
+        """Adds ``msg`` to the message of any later read error."""
+        self._error_context.append(msg)
+
+    def _fetch(self, view: memoryview) -> int:
+        try:
+            return super()._fetch(view)
+        except OSError as e:
+            if not self._error_context:
+                raise
+            detail = "\n".join([e.strerror or str(e), *self._error_context])
+            raise type(e)(e.errno, detail) from e
 
 
 class RedisStreamFile(_EngineReadStream):
     """A redis://host:port/prefix key set (tensorizer's to_redis layout) as a
-    readable, seekable stream."""
+    readable, seekable stream.
+
+    tensorizer's attributes: ``setup_latency`` (seconds to connect and list
+    the keys), ``response_latencies`` (seconds per read), ``bytes_read``,
+    ``bytes_skipped`` and ``read_operations``. ``end``, which tensorizer
+    ignores here, bounds the stream as it does an HTTP one.
+    """
 
     def __init__(
         self,
@@ -248,18 +387,34 @@ class RedisStreamFile(_EngineReadStream):
         end: Optional[int] = None,
         buffer_size: Optional[int] = None,
     ) -> None:
-        super().__init__(uri, {}, begin, end)
+        super().__init__()
+        self._buffer_size = buffer_size or _DEFAULT_BUFFER_SIZE
+        self.response_latencies = []
+        started = time.monotonic()
+        self._open(uri, {}, begin, end)
+        self.setup_latency = time.monotonic() - started
+
+    def _note_response(self, seconds: float) -> None:
+        self.response_latencies.append(seconds)
 
 
-class _S3ReadStream(_EngineReadStream):
-    pass
+class _S3ReadStream(CURLStreamFile):
+    """An s3:// object opened for reading: a CURLStreamFile, as tensorizer's
+    (a presigned URL's stream), over the engine's signed S3 source."""
+
+    def __init__(self, uri: str, options: dict, begin, end, buffer_size=None):
+        _EngineReadStream.__init__(self)
+        self._open_http(uri, options, begin, end, buffer_size)
 
 
 class _S3WriteStream(io.RawIOBase):
     """An s3:// destination. TensorSerializer takes it over untouched (a
     streamed multipart upload of the file it writes); bytes written here
-    directly are uploaded the same way, completed on close() and aborted if
-    the stream is dropped or closed by an exception in a ``with`` block."""
+    directly are uploaded the same way. Either way the upload completes on
+    close() (closing the stream closes the serializer that took it over, as
+    closing tensorizer's temporary file uploaded what the serializer had
+    written) and is aborted when the stream is dropped unclosed or its
+    ``with`` block ends with an exception: no object appears."""
 
     def __init__(self, uri: str, options: dict):
         super().__init__()
@@ -268,8 +423,9 @@ class _S3WriteStream(io.RawIOBase):
         self._options = options
         self._sink = None
         self._pos = 0
-        self._taken = False
+        self._owner = None  # weakref to the TensorSerializer that took it over
         self._aborted = False
+        self._closing = False
 
     def writable(self) -> bool:
         return True
@@ -283,19 +439,22 @@ class _S3WriteStream(io.RawIOBase):
     def tell(self) -> int:
         return self._pos
 
-    def _take_for_serializer(self):
-        """(uri, options) for TensorSerializer, which then owns the upload."""
+    def _take_for_serializer(self, serializer):
+        """(uri, options) for ``serializer``, which then owns the upload."""
         if self._sink is not None or self._pos:
             raise ValueError(
                 f"{self._uri}: bytes were already written to this stream; open a new one"
                 " for TensorSerializer"
             )
-        self._taken = True
+        self._owner = weakref.ref(serializer)
         return self._uri, self._options
+
+    def _serializer(self):
+        return None if self._owner is None else self._owner()
 
     def write(self, data) -> int:
         self._checkClosed()
-        if self._taken:
+        if self._owner is not None:
             raise ValueError(f"{self._uri}: this stream belongs to a TensorSerializer")
         view = memoryview(data).cast("B")
         if self._sink is None:
@@ -305,10 +464,19 @@ class _S3WriteStream(io.RawIOBase):
         return len(view)
 
     def close(self) -> None:
-        if self.closed:
+        # The serializer's close() closes this stream again: _closing ends
+        # that recursion.
+        if self.closed or self._closing:
             return
+        self._closing = True
         try:
-            if not self._taken and not self._aborted:
+            if self._aborted:
+                pass
+            elif self._owner is not None:
+                serializer = self._serializer()
+                if serializer is not None:
+                    serializer.close()
+            else:
                 if self._sink is None:
                     # An empty object, as closing an empty file would leave.
                     self._sink = _core.Sink.create(self._uri, self._options)
@@ -317,7 +485,7 @@ class _S3WriteStream(io.RawIOBase):
             self._sink = None
             super().close()
 
-    def _abort(self) -> None:
+    def _abort_sink(self) -> None:
         self._aborted = True
         if self._sink is not None:
             self._sink.abort()
@@ -325,24 +493,30 @@ class _S3WriteStream(io.RawIOBase):
 
     def __exit__(self, exc_type, exc, tb):
         if exc_type is not None:
-            self._abort()
+            self._abort_sink()
+            serializer = self._serializer()
+            if serializer is not None:
+                serializer._abort()
         return super().__exit__(exc_type, exc, tb)
 
     def __del__(self):
-        # Dropped without close(): abort rather than publish a partial object.
+        # Dropped without close(): abort rather than publish a partial
+        # object. A serializer that took the stream over holds it, so it is
+        # gone by now and decided for itself.
         with contextlib.suppress(Exception):
-            self._abort()
+            self._abort_sink()
 
 
-def _enforce_endpoint_scheme(endpoint: str, force_http: bool) -> str:
+def _enforce_endpoint_scheme(endpoint: str, force_http: bool, allow_http: bool = False) -> str:
     # The reference's rule for an explicitly passed endpoint: https unless
-    # force_http; an explicit http:// endpoint needs force_http.
+    # force_http; an explicit http:// endpoint needs force_http (or
+    # allow_http: s3_download and s3_upload take http:// as given).
     scheme = _scheme(endpoint)
     if scheme is None:
         return ("http://" if force_http else "https://") + endpoint
     if scheme == "https":
         return "http://" + endpoint[len("https://") :] if force_http else endpoint
-    if scheme == "http" and force_http:
+    if scheme == "http" and (force_http or allow_http):
         return endpoint
     raise ValueError("Non-HTTPS endpoint URLs are not allowed.")
 
@@ -355,6 +529,7 @@ def _s3_options(
     force_http,
     s3_region_name,
     s3_signature_version,
+    allow_http: bool = False,
 ) -> dict:
     if s3_signature_version not in (None, "v4", "s3v4"):
         raise ValueError(
@@ -367,7 +542,9 @@ def _s3_options(
     if s3_secret_access_key is not None:
         options["s3_secret_access_key"] = s3_secret_access_key
     if s3_endpoint:
-        options["s3_endpoint"] = _enforce_endpoint_scheme(s3_endpoint, bool(force_http))
+        options["s3_endpoint"] = _enforce_endpoint_scheme(
+            s3_endpoint, bool(force_http), allow_http
+        )
     elif force_http is not None:
         options["force_http"] = bool(force_http)
     if s3_config_path is not None:
@@ -378,6 +555,133 @@ def _s3_options(
     if s3_region_name is not None:
         options["s3_region"] = s3_region_name
     return options
+
+
+class _ParsedCredentials(NamedTuple):
+    """What _infer_credentials found: the s3cmd config file read (None when
+    none was needed), its host_base, the credential pair, and its use_https
+    (None when absent or neither True nor False)."""
+
+    config_file: Optional[str]
+    s3_endpoint: Optional[str]
+    s3_access_key: Optional[str]
+    s3_secret_key: Optional[str]
+    use_https: Optional[bool]
+
+
+def _infer_credentials(
+    s3_access_key_id: Optional[str],
+    s3_secret_access_key: Optional[str],
+    s3_config_path=None,
+) -> _ParsedCredentials:
+    """Completes a credential pair from the s3cmd config's [default] section
+    (``s3_config_path``, else ~/.s3cfg), as tensorizer's helper of that name
+    does: None means not given, "" is a given (empty) credential.
+
+    Raises FileNotFoundError for a missing explicit ``s3_config_path``, and
+    ValueError when no config file is found, it cannot be parsed or has no
+    [default] section, or it lacks the missing half. open_stream does not
+    call this: the engine resolves credentials itself, from more places
+    (docs/configuration.md).
+    """
+    if s3_access_key_id is not None and s3_secret_access_key is not None:
+        return _ParsedCredentials(None, None, s3_access_key_id, s3_secret_access_key, None)
+    if s3_config_path is not None:
+        path = os.fsdecode(s3_config_path)
+        if not os.path.exists(path):
+            raise FileNotFoundError(f"Explicitly specified s3_config_path does not exist: {path}")
+    else:
+        path = os.path.expanduser("~/.s3cfg")
+        if not os.path.isfile(path):
+            raise ValueError(
+                "Attempted to access an S3 bucket, but credentials were not provided,"
+                f" and no default .s3cfg file could be found ({path})."
+            )
+    # Raw values: a secret may hold '%', which interpolation would reject.
+    config = configparser.ConfigParser(interpolation=None)
+    try:
+        config.read(path)
+    except configparser.Error as e:
+        raise ValueError(f"{path}: not a valid s3cmd config file: {e.message}") from None
+    if not config.has_section("default"):
+        raise ValueError(f"{path}: no [default] section")
+    section = config["default"]
+    access = section.get("access_key") if s3_access_key_id is None else s3_access_key_id
+    secret = section.get("secret_key") if s3_secret_access_key is None else s3_secret_access_key
+    for value, name in ((access, "s3_access_key_id"), (secret, "s3_secret_access_key")):
+        if not value:
+            raise ValueError(
+                f"Attempted to access an S3 bucket, but {name} was not provided,"
+                f" and could not be found in the default config file at {path}."
+            )
+    use_https = {"True": True, "False": False}.get(section.get("use_https"))
+    return _ParsedCredentials(path, section.get("host_base"), access, secret, use_https)
+
+
+def s3_download(
+    path_uri: str,
+    s3_access_key_id: Optional[str],
+    s3_secret_access_key: Optional[str],
+    s3_endpoint: Optional[str] = default_s3_read_endpoint,
+    s3_region_name: Optional[str] = None,
+    s3_signature_version: Optional[str] = None,
+    buffer_size: Optional[int] = None,
+    begin: Optional[int] = None,
+    end: Optional[int] = None,
+    certificate_handling: Optional[CAInfo] = None,
+) -> CURLStreamFile:
+    """Opens s3://bucket/key for reading at ``s3_endpoint`` (https unless it
+    says http://), as a CURLStreamFile. Credentials left None resolve as in
+    open_stream; "" and "" read anonymously."""
+    options = _s3_options(
+        s3_access_key_id,
+        s3_secret_access_key,
+        s3_endpoint,
+        None,
+        None,
+        s3_region_name,
+        s3_signature_version,
+        allow_http=True,
+    )
+    if certificate_handling is not None:
+        options.update(certificate_handling._options)
+    return _S3ReadStream(path_uri, options, begin, end, buffer_size)
+
+
+def s3_upload(
+    path: str,
+    target_uri: str,
+    s3_access_key_id: Optional[str],
+    s3_secret_access_key: Optional[str],
+    s3_endpoint: Optional[str] = default_s3_write_endpoint,
+    s3_region_name: Optional[str] = None,
+    s3_signature_version: Optional[str] = None,
+) -> None:
+    """Uploads the local file ``path`` to s3://bucket/key at ``s3_endpoint``
+    (https unless it says http://), streamed in parts; on any error nothing
+    is published."""
+    options = _s3_options(
+        s3_access_key_id,
+        s3_secret_access_key,
+        s3_endpoint,
+        None,
+        None,
+        s3_region_name,
+        s3_signature_version,
+        allow_http=True,
+    )
+    with open(path, "rb") as source:
+        sink = _core.Sink.create(target_uri, options)
+        try:
+            chunk = bytearray(_DEFAULT_BUFFER_SIZE)
+            offset = 0
+            while n := source.readinto(chunk):
+                sink.write_at(offset, np.frombuffer(chunk, dtype=np.uint8, count=n))
+                offset += n
+        except BaseException:
+            sink.abort()
+            raise
+        sink.commit()
 
 
 def open_stream(
@@ -446,10 +750,19 @@ def open_stream(
                 if s3_upload_options is not None:
                     remote_options.update(s3_upload_options._options())
                 return _S3WriteStream(path, remote_options)
-            return _S3ReadStream(path, remote_options, begin, end)
+            return _S3ReadStream(path, remote_options, begin, end, buffer_size)
         if normalized_mode != "br":
             raise ValueError(f'Only the mode "rb" is valid when opening {scheme}:// streams.')
-        return _EngineReadStream(path, remote_options, begin, end)
+        if scheme == "redis":
+            return RedisStreamFile(path, begin=begin, end=end, buffer_size=buffer_size)
+        return CURLStreamFile(
+            path,
+            begin,
+            end,
+            buffer_size=buffer_size,
+            certificate_handling=certificate_handling,
+            http_options=http_options,
+        )
 
     if "b" not in normalized_mode:
         raise ValueError(

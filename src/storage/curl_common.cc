@@ -64,6 +64,16 @@ bool IsRetriableCurl(CURLcode rc) {
   }
 }
 
+int ErrnoForCurl(CURL* handle, CURLcode rc) {
+  if (rc == CURLE_OPERATION_TIMEDOUT) return ETIMEDOUT;
+  long os_errno = 0;
+  if (rc == CURLE_COULDNT_CONNECT &&
+      curl_easy_getinfo(handle, CURLINFO_OS_ERRNO, &os_errno) == CURLE_OK && os_errno > 0) {
+    return static_cast<int>(os_errno);
+  }
+  return EIO;
+}
+
 bool IsRetriableStatus(long status) { return status >= 500 || status == 429 || status == 408; }
 
 int ErrnoForStatus(long status) {

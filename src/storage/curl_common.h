@@ -38,6 +38,12 @@ bool IsRetriableCurl(CURLcode rc);
 // 5xx, 429 (slow down) and 408 (request timeout).
 bool IsRetriableStatus(long status);
 
+// The errno a failed transfer becomes, so Python raises the OSError
+// subclass a socket would: the connect(2) errno of a failed connection
+// (ECONNREFUSED, ENETUNREACH...), ETIMEDOUT for a timeout, else EIO. Call it
+// before the handle runs another transfer.
+int ErrnoForCurl(CURL* handle, CURLcode rc);
+
 // The errno a final HTTP status becomes, so Python raises the OSError a
 // local open would: 404/410 ENOENT, 401/403 EACCES, anything else EIO.
 int ErrnoForStatus(long status);

@@ -91,10 +91,14 @@ Result<std::unique_ptr<Source>> FromOwnedFd(int fd, const std::string& name) {
     ::close(fd);
     return Status::FromErrno("stat " + name, err);
   }
+  if (S_ISDIR(st.st_mode)) {
+    // As read(2) on it would fail, so Python raises IsADirectoryError.
+    ::close(fd);
+    return Status::FromErrno("opening " + name, EISDIR);
+  }
   if (!S_ISREG(st.st_mode) && !S_ISBLK(st.st_mode)) {
     ::close(fd);
-    const char* kind = S_ISDIR(st.st_mode)    ? "a directory"
-                       : S_ISFIFO(st.st_mode) ? "a FIFO"
+    const char* kind = S_ISFIFO(st.st_mode)   ? "a FIFO"
                        : S_ISCHR(st.st_mode)  ? "a character device"
                        : S_ISSOCK(st.st_mode) ? "a socket"
                                               : "a special file";
@@ -145,7 +149,7 @@ Result<std::unique_ptr<Source>> OpenSource(const std::string& uri, const SourceO
     for (char& c : scheme) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
     if (scheme == "file") return OpenFileSource(uri.substr(scheme_end + 3));
     if (scheme == "http" || scheme == "https") return OpenHttpSource(uri, options.http);
-    if (scheme == "redis") return OpenRedisSource(uri);
+    if (scheme == "redis") return OpenRedisSource(uri, options.http);
     if (scheme == "s3") return OpenS3Source(uri, options.s3, options.http);
     return Status::InvalidArgument("unsupported URI scheme '" + scheme + "' in " + uri);
   }

@@ -98,6 +98,10 @@ void Response::AddLine(const std::string& line) {
   size_t colon = line.find(':');
   if (colon == std::string::npos) return;
   std::string name = Trim(line.substr(0, colon)), value = Trim(line.substr(colon + 1));
+  if (field_bytes + name.size() + value.size() <= kMaxHeaderBytes) {
+    field_bytes += name.size() + value.size();
+    fields.emplace_back(name, value);
+  }
   if (IEquals(name, "etag")) {
     etag = value;
   } else if (IEquals(name, "last-modified")) {

@@ -7,6 +7,8 @@
 
 #include <cstdint>
 #include <string>
+#include <utility>
+#include <vector>
 
 namespace tensorizer::http {
 
@@ -52,6 +54,11 @@ struct Response {
   std::string content_encoding, transfer_encoding, location;
   bool has_length = false;
   uint64_t content_length = 0;
+  // Every header field as sent (name and value trimmed), in order, for
+  // callers that show them (tensorizer's response_headers); fields past
+  // kMaxHeaderBytes of names and values are dropped.
+  std::vector<std::pair<std::string, std::string>> fields;
+  size_t field_bytes = 0;
 
   // One header line as libcurl hands it over (CRLF included or not).
   void AddLine(const std::string& line);

@@ -34,6 +34,7 @@
 #include <algorithm>
 #include <cerrno>
 #include <chrono>
+#include <optional>
 #include <cstring>
 #include <mutex>
 #include <random>
@@ -242,12 +243,19 @@ class HttpSource final : public internal::ScatterReadSource {
         name_(std::move(name)),
         options_(std::move(options)),
         auth_(std::move(auth)),
-        rng_(std::random_device{}()) {}
+        rng_(std::random_device{}()) {
+    if (options_.deadline_ms > 0) {
+      deadline_ = std::chrono::steady_clock::now() + std::chrono::milliseconds(options_.deadline_ms);
+    }
+  }
 
   ~HttpSource() override = default;
 
   uint64_t size() const override { return size_; }
   const std::string& uri() const override { return name_; }
+  const std::vector<std::pair<std::string, std::string>>& open_headers() const {
+    return open_headers_;
+  }
 
   Status Open() {
     Transfer t;
@@ -264,6 +272,7 @@ class HttpSource final : public internal::ScatterReadSource {
       Backoff(failures - 1, t.response);
     }
     const Response& r = t.response;
+    open_headers_ = r.fields;
     etag_ = r.etag;
     last_modified_ = r.last_modified;
     if (r.status == 206 || r.status == 416) {
@@ -331,6 +340,9 @@ class HttpSource final : public internal::ScatterReadSource {
   // Runs one request on a pooled handle. On return, `retriable_` (thread
   // local) says whether a failure is worth another attempt.
   Status Perform(Transfer* t, bool conditional) const {
+    retriable_ = false;
+    int64_t left_ms = DeadlineLeftMs();
+    if (left_ms == 0) return DeadlineError();
     Handle h = Acquire();
     if (!h) return Status::IoError("curl_easy_init failed");
     Slist headers;
@@ -363,15 +375,20 @@ class HttpSource final : public internal::ScatterReadSource {
     curl_easy_setopt(c, CURLOPT_HEADERDATA, t);
     curl_easy_setopt(c, CURLOPT_WRITEFUNCTION, WriteCallback);
     curl_easy_setopt(c, CURLOPT_WRITEDATA, t);
+    // The deadline bounds the whole transfer (0: none); pooled handles are
+    // reset to none after it.
+    curl_easy_setopt(c, CURLOPT_TIMEOUT_MS, static_cast<long>(std::max<int64_t>(left_ms, 0)));
     char errbuf[CURL_ERROR_SIZE] = {0};
     curl_easy_setopt(c, CURLOPT_ERRORBUFFER, errbuf);
     CURLcode rc = curl_easy_perform(c);
+    const int transfer_errno = internal::ErrnoForCurl(c, rc);
     curl_easy_setopt(c, CURLOPT_ERRORBUFFER, nullptr);
     curl_easy_setopt(c, CURLOPT_HTTPHEADER, nullptr);
+    curl_easy_setopt(c, CURLOPT_TIMEOUT_MS, 0L);
     Release(std::move(h));
 
-    retriable_ = false;
     const Response& r = t->response;
+    if (rc != CURLE_OK && DeadlineLeftMs() == 0) return DeadlineError();
     if (rc == CURLE_WRITE_ERROR && t->probe && t->probe_done) rc = CURLE_OK;
     if (rc == CURLE_WRITE_ERROR && !t->abort_reason.empty()) {
       return Status::IoError(t->abort_reason);
@@ -379,7 +396,7 @@ class HttpSource final : public internal::ScatterReadSource {
     if (rc != CURLE_OK) {
       retriable_ = internal::IsRetriableCurl(rc);
       std::string detail = errbuf[0] ? std::string(errbuf) : curl_easy_strerror(rc);
-      return Status::IoError(detail);
+      return Status::IoError(detail, transfer_errno);
     }
     if (r.status == 412) return Status::IoError(ChangedMessage() + " (HTTP 412)", ESTALE);
     if (r.status == 416 && !t->probe) {
@@ -427,7 +444,25 @@ class HttpSource final : public internal::ScatterReadSource {
     if (http::RetryAfterMs(r.retry_after, options_.retry_max_delay_ms, &after_ms)) {
       delay_ms = std::max<uint64_t>(delay_ms, after_ms);
     }
+    int64_t left_ms = DeadlineLeftMs();
+    if (left_ms >= 0) delay_ms = std::min<uint64_t>(delay_ms, static_cast<uint64_t>(left_ms));
     std::this_thread::sleep_for(std::chrono::milliseconds(delay_ms));
+  }
+
+  // Milliseconds to the load's deadline: -1 with none, 0 once it passed.
+  int64_t DeadlineLeftMs() const {
+    if (!deadline_) return -1;
+    auto left = std::chrono::duration_cast<std::chrono::milliseconds>(
+                    *deadline_ - std::chrono::steady_clock::now())
+                    .count();
+    return std::max<int64_t>(left, 0);
+  }
+
+  Status DeadlineError() const {
+    retriable_ = false;
+    return Status::IoError("the deadline of the load (" + std::to_string(options_.deadline_ms) +
+                               " ms from the open) passed",
+                           ETIMEDOUT);
   }
 
   // The whole object in one GET, for servers without range support.
@@ -502,10 +537,12 @@ class HttpSource final : public internal::ScatterReadSource {
   std::string name_;  // uri(): the URL, or s3://bucket/key
   HttpOptions options_;
   std::shared_ptr<const internal::HttpRequestAuth> auth_;
+  std::optional<std::chrono::steady_clock::time_point> deadline_;
   uint64_t size_ = 0;
   bool size_known_ = false;
   bool ranges_ = true;
   std::string etag_, last_modified_;
+  std::vector<std::pair<std::string, std::string>> open_headers_;
 
   mutable std::mutex mu_;  // guards idle_ and rng_
   mutable std::vector<Handle> idle_ TZR_GUARDED_BY(mu_);
@@ -542,6 +579,12 @@ Result<std::unique_ptr<Source>> OpenAuthenticatedHttpSource(
   auto source = std::make_unique<HttpSource>(url, name, options, std::move(auth));
   TZR_RETURN_IF_ERROR(source->Open());
   return std::unique_ptr<Source>(std::move(source));
+}
+
+std::vector<std::pair<std::string, std::string>> OpenResponseHeaders(const Source& source) {
+  const auto* http = dynamic_cast<const HttpSource*>(&source);
+  if (http == nullptr) return {};
+  return http->open_headers();
 }
 
 }  // namespace internal

@@ -4,6 +4,7 @@
 
 #include <memory>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "tensorizer/source.h"
@@ -30,5 +31,10 @@ class HttpRequestAuth {
 Result<std::unique_ptr<Source>> OpenAuthenticatedHttpSource(
     const std::string& url, const std::string& name, const HttpOptions& options,
     std::shared_ptr<const HttpRequestAuth> auth);
+
+// The header fields of the response that opened `source` (the size probe of
+// an http(s):// or s3:// source), in the order the server sent them; empty
+// for every other kind of source.
+std::vector<std::pair<std::string, std::string>> OpenResponseHeaders(const Source& source);
 
 }  // namespace tensorizer::internal

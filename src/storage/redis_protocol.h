@@ -80,6 +80,30 @@ struct Piece {
 Result<std::vector<Piece>> PlanPieces(const std::vector<Extent>& extents, uint64_t offset,
                                       uint64_t length, const std::string& uri);
 
+// The most keys `prefix:*` that one file can justify: the header key
+// `prefix:header:0` and, per tensor, a header key and a data key. `header`
+// is the header key's first kMetadataStart (73) bytes and `header_length`
+// the key's length. The tensor count comes from the file header, and is
+// believed only as far as the metadata block the key holds can carry it
+// (every entry takes at least 29 bytes), so a listing that a hostile server
+// pads with keys, or with pages, is bounded by bytes it had to store. A key
+// too short for a file header, or without the magic, is a FormatError naming
+// `uri`.
+Result<uint64_t> MaxKeysForFile(const std::string& header, uint64_t header_length,
+                                const std::string& uri);
+
+// How to list a database of `dbsize` keys: the SCAN COUNT per page, and the
+// most pages a listing may take. COUNT grows with the database so that the
+// number of round trips stays small, and the page bound leaves room for a
+// hash table that is rehashing (SCAN may then visit buckets twice) and for
+// keys added during the scan. A DBSIZE past 2^32 (Redis's own limit) is
+// believed only up to that.
+struct ScanPlan {
+  uint64_t count = 0;
+  uint64_t max_pages = 0;
+};
+ScanPlan PlanScan(int64_t dbsize);
+
 // A RESP2 reply read whole.
 struct RespValue {
   enum class Type { kSimple, kError, kInteger, kBulk, kNull, kArray };
@@ -109,6 +133,10 @@ class RespReader {
   explicit RespReader(RecvFn recv, size_t buffer_bytes = 16 * 1024);
 
   Status ReadValue(RespValue* out);
+  // As ReadValue, but a reply of more than `max_bytes` on the wire (lines
+  // and payloads together) is a FormatError, found before the excess is
+  // stored: a hostile page of a listing cannot cost more than its budget.
+  Status ReadValue(RespValue* out, uint64_t max_bytes);
 
   // Reads one bulk-string reply that must be exactly `length` bytes into the
   // buffers `iov` (which hold exactly `length` bytes). Only bytes that
@@ -124,6 +152,10 @@ class RespReader {
   Status ReadLine(std::string* line);
   Status ReadExact(char* dst, size_t n);
   Status ReadValueDepth(RespValue* out, int depth);
+  Status Spend(uint64_t n);
+
+  // Bytes the reply being read may still take (ReadValue's budget).
+  uint64_t budget_ = UINT64_MAX;
 
   RecvFn recv_;
   std::vector<char> buf_;

@@ -2,8 +2,11 @@
 // redis://[user:password@]host[:port]/prefix.
 //
 // Steps:
-//  1. Open connects (AUTH when the URI has a password), lists the keys with
-//     SCAN MATCH "<escaped prefix>:*", measures them with pipelined STRLEN and
+//  1. Open connects (AUTH when the URI has a password), reads the file
+//     header from `<prefix>:header:0` and the database's DBSIZE, which bound
+//     the listing (how many keys the file can have, how many pages a SCAN
+//     may take), lists the keys with SCAN MATCH "<escaped prefix>:*",
+//     measures them with pipelined STRLEN and
 //     builds a sorted extent map (src/storage/redis_protocol.h): key
 //     `<prefix>:<name>:<offset>` holds the file's bytes [offset, offset +
 //     STRLEN). Keys that overlap are an error; the size is the end of the
@@ -14,9 +17,11 @@
 //     caller's buffers.
 //  3. A dropped connection, a stall or a server that is briefly loading is
 //     retried on a new connection after a random backoff, resuming at the
-//     first byte not yet received; a retry that follows progress starts the
-//     failure count afresh, and a read gives up after kMaxRetries failures in
-//     a row.
+//     first byte not yet received; a retry that follows real progress (1 MiB
+//     or the rest of the read) starts the failure count afresh, and a read
+//     gives up after HttpOptions::max_retries failures in a row. A reply is
+//     received under the HTTP source's stall rule (a minimum rate over a
+//     window), and nothing runs past the load's deadline.
 //
 // Bytes that no key holds. What tensorizer 2.12.1 writes leaves exactly one
 // range of the file out: `header:0` is the magic, the file header and the
@@ -57,13 +62,16 @@
 #include <cstring>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <random>
 #include <string>
 #include <thread>
+#include <unordered_set>
 #include <vector>
 
 #include "storage/read_range.h"
 #include "storage/redis_protocol.h"
+#include "tensorizer/format.h"
 #include "tensorizer/source.h"
 #include "util/thread_annotations.h"
 
@@ -303,6 +311,25 @@ Result<std::vector<Piece>> PlanPieces(const std::vector<Extent>& extents, uint64
   return pieces;
 }
 
+Result<uint64_t> MaxKeysForFile(const std::string& header, uint64_t header_length,
+                                const std::string& uri) {
+  // The header key holds the whole metadata block, so its length bounds the
+  // block as a file's size would, and with it the tensor count.
+  Result<FileHeader> h = ParseFileHeader(reinterpret_cast<const uint8_t*>(header.data()),
+                                         header.size(), header_length);
+  if (!h.ok()) return h.status().WithContext(uri + ": the header key");
+  return 1 + 2 * h->tensor_count;
+}
+
+ScanPlan PlanScan(int64_t dbsize) {
+  constexpr uint64_t kMinCount = 1000, kMaxCount = 1 << 20, kTargetPages = 64;
+  uint64_t keys = static_cast<uint64_t>(std::clamp<int64_t>(dbsize, 0, int64_t{1} << 32));
+  ScanPlan plan;
+  plan.count = std::clamp<uint64_t>(keys / kTargetPages, kMinCount, kMaxCount);
+  plan.max_pages = 256 + 8 * ((keys + plan.count - 1) / plan.count);
+  return plan;
+}
+
 bool IsRetriable(const Status& st) {
   if (st.code() != StatusCode::kIoError) return false;
   switch (st.sys_errno()) {
@@ -380,12 +407,27 @@ Status RespReader::ReadExact(char* dst, size_t n) {
   return Status::Ok();
 }
 
-Status RespReader::ReadValue(RespValue* out) { return ReadValueDepth(out, 0); }
+Status RespReader::ReadValue(RespValue* out) { return ReadValue(out, UINT64_MAX); }
+
+Status RespReader::ReadValue(RespValue* out, uint64_t max_bytes) {
+  budget_ = max_bytes;
+  Status st = ReadValueDepth(out, 0);
+  budget_ = UINT64_MAX;
+  return st;
+}
+
+Status RespReader::Spend(uint64_t n) {
+  if (budget_ == UINT64_MAX) return Status::Ok();
+  if (n > budget_) return Status::FormatError("a reply larger than the listing allows");
+  budget_ -= n;
+  return Status::Ok();
+}
 
 Status RespReader::ReadValueDepth(RespValue* out, int depth) {
   std::string line;
   TZR_RETURN_IF_ERROR(ReadLine(&line));
   if (line.empty()) return Status::FormatError("an empty reply line");
+  TZR_RETURN_IF_ERROR(Spend(line.size() + 2));
   *out = RespValue();
   std::string body = line.substr(1);
   switch (line[0]) {
@@ -409,6 +451,7 @@ Status RespReader::ReadValueDepth(RespValue* out, int depth) {
         return Status::FormatError("a malformed bulk string length '$" + body + "'");
       }
       if (n == -1) return Status::Ok();  // null
+      TZR_RETURN_IF_ERROR(Spend(static_cast<uint64_t>(n) + 2));
       out->type = RespValue::Type::kBulk;
       // Grown as the bytes arrive, never sized up front from the length the
       // server claims: "$536870912" alone must not cost 512 MiB.
@@ -516,25 +559,49 @@ using redis::RedisUri;
 using redis::RespReader;
 using redis::RespValue;
 
-constexpr uint32_t kConnectTimeoutMs = 5000;
-// A reply that moves no byte for this long is a stall: the connection is
-// dropped and the read retried.
-constexpr uint32_t kStallTimeoutMs = 30000;
-// Consecutive failed attempts of one operation before giving up.
-constexpr int kMaxRetries = 6;
-// Backoff before retry k: a random time in [0, min(max, base * 2^k)].
-constexpr uint32_t kRetryBaseDelayMs = 50;
-constexpr uint32_t kRetryMaxDelayMs = 2000;
+using Clock = std::chrono::steady_clock;
+
 // Commands written before their replies are read: enough to hide the round
 // trip behind many small keys, few enough to bound the server's output
 // buffer for one client.
 constexpr size_t kPipelineDepth = 64;
-constexpr size_t kScanCount = 1000;
+// STRLENs pipelined per round trip while measuring the keys.
+constexpr size_t kStrlenBatch = 1000;
+// What one SCAN page may take on the wire: its cursor and the names of the
+// keys that matched (names are tensor names, which the format bounds at
+// 64 KiB, with the prefix).
+constexpr uint64_t kMaxScanPageBytes = uint64_t{64} << 20;
+// Keys beyond what the file can hold that a listing still takes in, so that
+// a few stray keys under the prefix are named by the checks that follow
+// (overlap, shape) rather than only counted.
+constexpr uint64_t kStrayKeys = 1024;
+// A retry starts the failure count afresh only after an attempt that moved
+// this much (or the rest of the read): a server that drops every connection
+// after a few bytes still runs out of retries.
+constexpr uint64_t kProgressBytes = uint64_t{1} << 20;
 
+// The limits of HttpOptions that mean the same for Redis: the connect
+// timeout, the stall rule, the retry budget and backoff, and the deadline.
+struct Limits {
+  uint32_t connect_timeout_ms;
+  uint32_t low_speed_timeout_ms;
+  uint32_t min_speed_bytes_per_s;
+  int max_retries;
+  uint32_t retry_base_delay_ms;
+  uint32_t retry_max_delay_ms;
+  std::optional<Clock::time_point> deadline;
+};
+
+// One connection. Replies are received under the stall rule: from each
+// command sent, every window of low_speed_timeout_ms must bring at least
+// min_speed_bytes_per_s of the reply per second, so a server that trickles
+// a byte at a time, or accepts and never answers, fails within one window
+// (ETIMEDOUT, retried) however long the reply; past the deadline every wait
+// fails at once.
 class Connection {
  public:
-  explicit Connection(int fd)
-      : fd_(fd), reader_([fd](void* dst, size_t n) { return ::recv(fd, dst, n, 0); }) {}
+  Connection(int fd, const Limits& limits)
+      : fd_(fd), limits_(limits), reader_([this](void* dst, size_t n) { return Recv(dst, n); }) {}
   ~Connection() { ::close(fd_); }
   Connection(const Connection&) = delete;
   Connection& operator=(const Connection&) = delete;
@@ -550,19 +617,63 @@ class Connection {
       }
       done += static_cast<size_t>(n);
     }
+    window_start_ = Clock::now();
+    window_bytes_ = 0;
     return Status::Ok();
   }
 
   RespReader& reader() { return reader_; }
 
  private:
+  ssize_t Recv(void* dst, size_t n) {
+    const auto window = std::chrono::milliseconds(limits_.low_speed_timeout_ms);
+    const uint64_t need = uint64_t{limits_.min_speed_bytes_per_s} *
+                          std::max<uint32_t>(1, limits_.low_speed_timeout_ms / 1000);
+    while (true) {
+      Clock::time_point now = Clock::now();
+      if (limits_.deadline && now >= *limits_.deadline) {
+        errno = ETIMEDOUT;
+        return -1;
+      }
+      Clock::time_point until = Clock::time_point::max();
+      if (limits_.low_speed_timeout_ms > 0) {
+        if (now >= window_start_ + window) {
+          if (window_bytes_ < need) {
+            errno = ETIMEDOUT;
+            return -1;
+          }
+          window_start_ = now;
+          window_bytes_ = 0;
+        }
+        until = window_start_ + window;
+      }
+      if (limits_.deadline) until = std::min(until, *limits_.deadline);
+      int wait_ms = -1;
+      if (until != Clock::time_point::max()) {
+        auto left = std::chrono::duration_cast<std::chrono::milliseconds>(until - now).count();
+        wait_ms = static_cast<int>(std::clamp<int64_t>(left + 1, 1, 60000));
+      }
+      struct pollfd p = {fd_, POLLIN, 0};
+      int ready = ::poll(&p, 1, wait_ms);
+      if (ready < 0 && errno != EINTR) return -1;
+      if (ready <= 0) continue;
+      ssize_t got = ::recv(fd_, dst, n, MSG_DONTWAIT);
+      if (got < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR)) continue;
+      if (got > 0) window_bytes_ += static_cast<uint64_t>(got);
+      return got;
+    }
+  }
+
   int fd_;
+  const Limits& limits_;
+  Clock::time_point window_start_ = Clock::now();
+  uint64_t window_bytes_ = 0;
   RespReader reader_;
 };
 
-// A TCP connection to host:port, within kConnectTimeoutMs, with the stall
-// timeout set on both directions.
-Result<std::unique_ptr<Connection>> Dial(const RedisUri& u) {
+// A TCP connection to host:port, within the connect timeout (and the
+// deadline), with the stall rule's window as the send timeout.
+Result<std::unique_ptr<Connection>> Dial(const RedisUri& u, const Limits& limits) {
   struct addrinfo hints {};
   hints.ai_family = AF_UNSPEC;
   hints.ai_socktype = SOCK_STREAM;
@@ -573,6 +684,13 @@ Result<std::unique_ptr<Connection>> Dial(const RedisUri& u) {
     return Status::IoError("resolving " + u.host + ": " + gai_strerror(rc), ENXIO);
   }
   std::unique_ptr<struct addrinfo, decltype(&::freeaddrinfo)> list(found, ::freeaddrinfo);
+  int64_t connect_ms = limits.connect_timeout_ms > 0 ? limits.connect_timeout_ms : 60000;
+  if (limits.deadline) {
+    auto left = std::chrono::duration_cast<std::chrono::milliseconds>(*limits.deadline -
+                                                                      Clock::now())
+                    .count();
+    connect_ms = std::clamp<int64_t>(left, 0, connect_ms);
+  }
   int last_err = ECONNREFUSED;
   for (struct addrinfo* a = found; a != nullptr; a = a->ai_next) {
     int fd = ::socket(a->ai_family, a->ai_socktype | SOCK_CLOEXEC | SOCK_NONBLOCK, a->ai_protocol);
@@ -587,7 +705,7 @@ Result<std::unique_ptr<Connection>> Dial(const RedisUri& u) {
         struct pollfd p = {fd, POLLOUT, 0};
         int ready;
         do {
-          ready = ::poll(&p, 1, static_cast<int>(kConnectTimeoutMs));
+          ready = ::poll(&p, 1, static_cast<int>(connect_ms));
         } while (ready < 0 && errno == EINTR);
         socklen_t len = sizeof(err);
         if (ready == 0) {
@@ -607,30 +725,44 @@ Result<std::unique_ptr<Connection>> Dial(const RedisUri& u) {
     int one = 1;
     ::setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
     ::setsockopt(fd, SOL_SOCKET, SO_KEEPALIVE, &one, sizeof(one));
-    struct timeval tv = {kStallTimeoutMs / 1000, (kStallTimeoutMs % 1000) * 1000};
-    ::setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
-    ::setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof(tv));
-    return std::make_unique<Connection>(fd);
+    if (limits.low_speed_timeout_ms > 0) {
+      struct timeval tv = {static_cast<time_t>(limits.low_speed_timeout_ms / 1000),
+                           static_cast<suseconds_t>((limits.low_speed_timeout_ms % 1000) * 1000)};
+      ::setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof(tv));
+    }
+    return std::make_unique<Connection>(fd, limits);
   }
   return Status::FromErrno("connecting to " + u.host + ":" + port, last_err);
 }
 
 class RedisSource final : public internal::ScatterReadSource {
  public:
-  explicit RedisSource(RedisUri u) : u_(std::move(u)) {}
+  RedisSource(RedisUri u, const HttpOptions& options)
+      : u_(std::move(u)),
+        limits_{options.connect_timeout_ms,
+                options.low_speed_timeout_ms,
+                options.min_speed_bytes_per_s,
+                std::max(0, options.max_retries),
+                options.retry_base_delay_ms,
+                options.retry_max_delay_ms,
+                std::nullopt} {
+    if (options.deadline_ms > 0) {
+      limits_.deadline = Clock::now() + std::chrono::milliseconds(options.deadline_ms);
+    }
+  }
 
   uint64_t size() const override { return size_; }
   // The URI with its password masked: it goes into error messages.
   const std::string& uri() const override { return u_.redacted; }
 
   Status Open() {
-    std::vector<Extent> extents;
-    Status st = WithRetries([&](Connection& c) { return ListKeys(c, &extents); });
+    uint64_t max_keys = 0;
+    redis::ScanPlan plan;
+    Status st = WithRetries([&](Connection& c) { return Survey(c, &max_keys, &plan); });
     if (!st.ok()) return st.WithContext("opening " + uri());
-    if (extents.empty()) {
-      return Status::IoError(
-          "opening " + uri() + ": no keys match '" + redis::EscapeGlob(u_.prefix) + ":*'", ENOENT);
-    }
+    std::vector<Extent> extents;
+    st = WithRetries([&](Connection& c) { return ListKeys(c, max_keys, plan, &extents); });
+    if (!st.ok()) return st.WithContext("opening " + uri());
     TZR_ASSIGN_OR_RETURN(extents_, redis::BuildExtentMap(std::move(extents), uri()));
     size_ = extents_.empty() ? 0 : extents_.back().offset + extents_.back().length;
     return Status::Ok();
@@ -685,22 +817,63 @@ class RedisSource final : public internal::ScatterReadSource {
           }
           return Status::Ok();
         },
-        [&] { return std::make_pair(next, next_done); });
+        [&] { return next < pieces.size() ? starts[next] + next_done : total; }, total);
     if (!st.ok()) return st.WithContext("reading " + uri() + " " + ByteRange(offset, total));
     return Status::Ok();
   }
 
  private:
-  // SCAN for the prefix's keys, then STRLEN of each, pipelined.
-  Status ListKeys(Connection& c, std::vector<Extent>* out) const {
+  std::string HeaderKey() const { return u_.prefix + ":header:0"; }
+
+  // What the listing may hold, learned before it starts: the header key's
+  // file header bounds the keys (redis::MaxKeysForFile), DBSIZE the pages.
+  Status Survey(Connection& c, uint64_t* max_keys, redis::ScanPlan* plan) const {
+    TZR_RETURN_IF_ERROR(c.Send(
+        redis::EncodeCommand({"GETRANGE", HeaderKey(), "0", std::to_string(kMetadataStart - 1)}) +
+        redis::EncodeCommand({"STRLEN", HeaderKey()}) + redis::EncodeCommand({"DBSIZE"})));
+    RespValue header, length, dbsize;
+    TZR_RETURN_IF_ERROR(c.reader().ReadValue(&header, kMetadataStart + 64));
+    TZR_RETURN_IF_ERROR(c.reader().ReadValue(&length, 64));
+    TZR_RETURN_IF_ERROR(c.reader().ReadValue(&dbsize, 64));
+    for (const RespValue* v : {&header, &length, &dbsize}) {
+      if (v->type == RespValue::Type::kError) return redis::ErrorReply(v->str);
+    }
+    if (header.type != RespValue::Type::kBulk || length.type != RespValue::Type::kInteger ||
+        dbsize.type != RespValue::Type::kInteger || length.integer < 0) {
+      return Status::FormatError("GETRANGE/STRLEN/DBSIZE: an unexpected reply");
+    }
+    if (length.integer == 0) {
+      return Status::IoError("no key '" + HeaderKey() + "': nothing was written to this prefix",
+                             ENOENT);
+    }
+    TZR_ASSIGN_OR_RETURN(*max_keys, redis::MaxKeysForFile(header.str,
+                                                          static_cast<uint64_t>(length.integer),
+                                                          uri()));
+    *plan = redis::PlanScan(dbsize.integer);
+    return Status::Ok();
+  }
+
+  // SCAN for the prefix's keys, then STRLEN of each, pipelined. A listing
+  // that finds more distinct keys than the file can hold, or takes more
+  // pages than the database's size explains, is an error: a server that
+  // never ends its cursor, or invents keys on every page, cannot keep the
+  // open going or grow its memory.
+  Status ListKeys(Connection& c, uint64_t max_keys, const redis::ScanPlan& plan,
+                  std::vector<Extent>* out) const {
     std::vector<std::string> keys;
+    std::unordered_set<std::string> seen;
     std::string pattern = redis::EscapeGlob(u_.prefix) + ":*";
     std::string cursor = "0";
+    uint64_t pages = 0;
     do {
+      if (++pages > plan.max_pages) {
+        return Status::FormatError("SCAN did not finish within " + std::to_string(plan.max_pages) +
+                                   " pages, more than a database of its DBSIZE takes");
+      }
       TZR_RETURN_IF_ERROR(c.Send(redis::EncodeCommand(
-          {"SCAN", cursor, "MATCH", pattern, "COUNT", std::to_string(kScanCount)})));
+          {"SCAN", cursor, "MATCH", pattern, "COUNT", std::to_string(plan.count)})));
       RespValue v;
-      TZR_RETURN_IF_ERROR(c.reader().ReadValue(&v));
+      TZR_RETURN_IF_ERROR(c.reader().ReadValue(&v, kMaxScanPageBytes));
       if (v.type == RespValue::Type::kError) return redis::ErrorReply(v.str).WithContext("SCAN");
       if (v.type != RespValue::Type::kArray || v.elements.size() != 2 ||
           v.elements[0].type != RespValue::Type::kBulk ||
@@ -711,12 +884,17 @@ class RedisSource final : public internal::ScatterReadSource {
       for (RespValue& k : v.elements[1].elements) {
         if (k.type != RespValue::Type::kBulk)
           return Status::FormatError("SCAN: a key not a string");
+        // SCAN may return a key more than once.
+        if (!seen.insert(k.str).second) continue;
+        if (seen.size() > max_keys + kStrayKeys) {
+          return Status::FormatError("more than " + std::to_string(max_keys + kStrayKeys) +
+                                     " keys match '" + pattern + "', where the file's header" +
+                                     " allows " + std::to_string(max_keys));
+        }
         keys.push_back(std::move(k.str));
       }
     } while (cursor != "0");
-    // SCAN may return a key more than once.
     std::sort(keys.begin(), keys.end());
-    keys.erase(std::unique(keys.begin(), keys.end()), keys.end());
 
     std::vector<Extent> extents(keys.size());
     for (size_t i = 0; i < keys.size(); ++i) {
@@ -726,8 +904,8 @@ class RedisSource final : public internal::ScatterReadSource {
       }
       extents[i].key = std::move(keys[i]);
     }
-    for (size_t begin = 0; begin < extents.size(); begin += kScanCount) {
-      size_t end = std::min(extents.size(), begin + kScanCount);
+    for (size_t begin = 0; begin < extents.size(); begin += kStrlenBatch) {
+      size_t end = std::min(extents.size(), begin + kStrlenBatch);
       std::string commands;
       for (size_t i = begin; i < end; ++i) {
         commands += redis::EncodeCommand({"STRLEN", extents[i].key});
@@ -735,7 +913,7 @@ class RedisSource final : public internal::ScatterReadSource {
       TZR_RETURN_IF_ERROR(c.Send(commands));
       for (size_t i = begin; i < end; ++i) {
         RespValue v;
-        TZR_RETURN_IF_ERROR(c.reader().ReadValue(&v));
+        TZR_RETURN_IF_ERROR(c.reader().ReadValue(&v, 1024));
         if (v.type == RespValue::Type::kError) {
           return redis::ErrorReply(v.str).WithContext("STRLEN " + extents[i].key);
         }
@@ -750,15 +928,19 @@ class RedisSource final : public internal::ScatterReadSource {
     return Status::Ok();
   }
 
+  bool DeadlinePassed() const { return limits_.deadline && Clock::now() >= *limits_.deadline; }
+
   // Runs `attempt` on a pooled connection until it succeeds, fails in a way
-  // no retry mends, or fails kMaxRetries times in a row. `progress` returns
-  // a value that changes when an attempt got somewhere; a retry after
-  // progress starts the count afresh.
+  // no retry mends, or fails max_retries + 1 times in a row. `progress`
+  // returns the bytes of a read in place so far (of `total`); an attempt
+  // that added kProgressBytes, or the rest of the read, starts the count
+  // afresh, smaller gains do not, so a trickle cannot retry forever. No
+  // attempt starts past the deadline.
   template <typename Attempt, typename Progress>
-  Status WithRetries(Attempt attempt, Progress progress) const {
+  Status WithRetries(Attempt attempt, Progress progress, uint64_t total) const {
     int failures = 0;
     while (true) {
-      auto before = progress();
+      uint64_t before = progress();
       Result<std::unique_ptr<Connection>> c = Acquire();
       Status st = c.ok() ? attempt(**c) : c.status();
       if (st.ok()) {
@@ -766,9 +948,13 @@ class RedisSource final : public internal::ScatterReadSource {
         return st;
       }
       // A connection that failed mid-exchange is out of step: close it.
+      if (DeadlinePassed()) {
+        return st.WithContext("the deadline of the load passed");
+      }
       if (!redis::IsRetriable(st)) return st;
-      failures = progress() != before ? 1 : failures + 1;
-      if (failures > kMaxRetries) {
+      uint64_t gained = progress() - before;
+      failures = gained >= std::min(kProgressBytes, total - before) && gained > 0 ? 1 : failures + 1;
+      if (failures > limits_.max_retries) {
         return st.WithContext("gave up after " + std::to_string(failures) +
                               " attempts without progress");
       }
@@ -778,15 +964,21 @@ class RedisSource final : public internal::ScatterReadSource {
 
   template <typename Attempt>
   Status WithRetries(Attempt attempt) const {
-    return WithRetries(attempt, [] { return 0; });
+    return WithRetries(attempt, [] { return uint64_t{0}; }, 0);
   }
 
   void Backoff(int attempt) const {
-    uint64_t cap = kRetryBaseDelayMs;
-    for (int i = 0; i < attempt && cap < kRetryMaxDelayMs; ++i) cap *= 2;
-    cap = std::min<uint64_t>(cap, kRetryMaxDelayMs);
+    uint64_t cap = limits_.retry_base_delay_ms;
+    for (int i = 0; i < attempt && cap < limits_.retry_max_delay_ms; ++i) cap *= 2;
+    cap = std::min<uint64_t>(cap, limits_.retry_max_delay_ms);
     thread_local std::minstd_rand rng(std::random_device{}());
     uint64_t delay_ms = std::uniform_int_distribution<uint64_t>(0, cap)(rng);
+    if (limits_.deadline) {
+      auto left = std::chrono::duration_cast<std::chrono::milliseconds>(*limits_.deadline -
+                                                                        Clock::now())
+                      .count();
+      delay_ms = std::min<uint64_t>(delay_ms, static_cast<uint64_t>(std::max<int64_t>(left, 0)));
+    }
     std::this_thread::sleep_for(std::chrono::milliseconds(delay_ms));
   }
 
@@ -799,7 +991,7 @@ class RedisSource final : public internal::ScatterReadSource {
         return c;
       }
     }
-    TZR_ASSIGN_OR_RETURN(std::unique_ptr<Connection> c, Dial(u_));
+    TZR_ASSIGN_OR_RETURN(std::unique_ptr<Connection> c, Dial(u_, limits_));
     if (u_.has_password) {
       std::vector<std::string> auth = {"AUTH"};
       if (!u_.user.empty()) auth.push_back(u_.user);
@@ -841,6 +1033,7 @@ class RedisSource final : public internal::ScatterReadSource {
   }
 
   RedisUri u_;
+  Limits limits_;
   std::vector<Extent> extents_;
   uint64_t size_ = 0;
 
@@ -850,9 +1043,10 @@ class RedisSource final : public internal::ScatterReadSource {
 
 }  // namespace
 
-Result<std::unique_ptr<Source>> OpenRedisSource(const std::string& uri) {
+Result<std::unique_ptr<Source>> OpenRedisSource(const std::string& uri,
+                                                const HttpOptions& options) {
   TZR_ASSIGN_OR_RETURN(RedisUri u, redis::ParseRedisUri(uri));
-  auto source = std::make_unique<RedisSource>(std::move(u));
+  auto source = std::make_unique<RedisSource>(std::move(u), options);
   TZR_RETURN_IF_ERROR(source->Open());
   return std::unique_ptr<Source>(std::move(source));
 }

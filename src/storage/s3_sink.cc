@@ -200,7 +200,8 @@ class S3Connection {
     curl_slist_free_all(headers);
     if (rc != CURLE_OK) {
       *retriable = internal::IsRetriableCurl(rc);
-      return Status::IoError(errbuf[0] ? std::string(errbuf) : curl_easy_strerror(rc));
+      return Status::IoError(errbuf[0] ? std::string(errbuf) : curl_easy_strerror(rc),
+                             internal::ErrnoForCurl(c, rc));
     }
     return reply;
   }

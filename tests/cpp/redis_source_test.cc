@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "storage/redis_protocol.h"
+#include "tensorizer/format.h"
 
 namespace tensorizer::redis {
 namespace {
@@ -339,6 +340,81 @@ TEST(RedisResp, LongLinesGrowTheBuffer) {
   RespValue v;
   ASSERT_TRUE(r.ReadValue(&v).ok());
   EXPECT_EQ(v.str, text);
+}
+
+TEST(RedisResp, BudgetBoundsAWholeReplyBeforeItIsStored) {
+  // A SCAN page of 3 keys of 10 bytes: 49 bytes on the wire.
+  std::string page = "*2\r\n$1\r\n7\r\n*3\r\n";
+  for (int i = 0; i < 3; ++i) page += "$10\r\n" + std::string(10, 'k') + "\r\n";
+  ChoppyStream fits;
+  fits.data = page;
+  RespReader a = ReaderOver(&fits);
+  RespValue v;
+  ASSERT_TRUE(a.ReadValue(&v, page.size()).ok());
+  EXPECT_EQ(v.elements[1].elements.size(), 3u);
+  ChoppyStream over;
+  over.data = page + page;
+  RespReader b = ReaderOver(&over);
+  EXPECT_EQ(b.ReadValue(&v, page.size() - 1).code(), StatusCode::kFormatError);
+  // A huge claimed bulk length is refused by the budget before any byte of
+  // it is awaited.
+  ChoppyStream claim;
+  claim.data = "$500000000\r\n";
+  RespReader c = ReaderOver(&claim);
+  Status st = c.ReadValue(&v, 1 << 20);
+  EXPECT_EQ(st.code(), StatusCode::kFormatError) << st.ToString();
+  // The budget is per call: the next reply has the default bound again.
+  ChoppyStream two;
+  two.data = page + "$20\r\n" + std::string(20, 'z') + "\r\n";
+  RespReader d = ReaderOver(&two);
+  ASSERT_TRUE(d.ReadValue(&v, page.size()).ok());
+  ASSERT_TRUE(d.ReadValue(&v).ok());
+  EXPECT_EQ(v.str.size(), 20u);
+}
+
+std::string HeaderBytes(uint64_t tensor_count, uint64_t metadata_length) {
+  FileHeader h;
+  h.tensor_count = tensor_count;
+  h.metadata_length = metadata_length;
+  return EncodeFileHeader(h);
+}
+
+TEST(RedisListing, KeysAreBoundedByTheHeaderKeysBytes) {
+  // 10 tensors in a 262144-byte metadata block: the header key, and a header
+  // and a data key per tensor.
+  std::string header = HeaderBytes(10, 262144);
+  ASSERT_EQ(header.size(), kMetadataStart);
+  auto max = MaxKeysForFile(header, kMetadataStart + 262144, "redis://h/m");
+  ASSERT_TRUE(max.ok()) << max.status().ToString();
+  EXPECT_EQ(*max, 21u);
+  // A forged count that the stored metadata bytes cannot carry.
+  auto forged = MaxKeysForFile(HeaderBytes(uint64_t{1} << 40, 1000), kMetadataStart + 1000,
+                               "redis://h/m");
+  ASSERT_FALSE(forged.ok());
+  EXPECT_EQ(forged.status().code(), StatusCode::kFormatError);
+  EXPECT_NE(forged.status().message().find("redis://h/m"), std::string::npos);
+  // A metadata length past what the key holds.
+  EXPECT_FALSE(MaxKeysForFile(HeaderBytes(1, 262144), kMetadataStart + 100, "u").ok());
+  // Not a tensorizer header at all.
+  EXPECT_FALSE(MaxKeysForFile(std::string(kMetadataStart, 'x'), 1000, "u").ok());
+  EXPECT_FALSE(MaxKeysForFile("|TZR|", 5, "u").ok());
+}
+
+TEST(RedisListing, PagesAreBoundedByTheDatabasesSize) {
+  ScanPlan small = PlanScan(50);
+  EXPECT_EQ(small.count, 1000u);
+  EXPECT_GE(small.max_pages, 256u);
+  EXPECT_LE(small.max_pages, 300u);
+  // Ten million keys: bigger pages, so the round trips stay few.
+  ScanPlan big = PlanScan(10'000'000);
+  EXPECT_GT(big.count, 100'000u);
+  EXPECT_LE(big.max_pages, 1000u);
+  EXPECT_GE(big.max_pages * big.count, uint64_t{4} * 10'000'000);
+  // A DBSIZE no Redis can have is believed only up to 2^32 keys.
+  ScanPlan lie = PlanScan(INT64_MAX);
+  EXPECT_EQ(lie.count, uint64_t{1} << 20);
+  EXPECT_LE(lie.max_pages, 256u + 8 * 4096);
+  EXPECT_EQ(PlanScan(-5).count, 1000u);
 }
 
 }  // namespace
