@@ -13,7 +13,8 @@
 #      unsanitized), and the pytest files that reach every backend and the
 #      save path through it: local files and the save path (test_api,
 #      test_bad_input, test_safetensors), encryption, HTTP, S3 reads and
-#      uploads, Redis, and the CLI (the build/asan binary).
+#      uploads, Redis, the CLI (the build/asan binary), and cancellation
+#      (Ctrl-C during loads, uploads and key derivations; ~45 s).
 #
 # Cost, measured on the 2-core CI machine (shared, load 1-2): about 8
 # minutes from empty build directories on top of the plain run's ~5 (the
@@ -60,4 +61,5 @@ ASAN_OPTIONS=detect_leaks=0 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
   build/asan-venv/bin/python scripts/asan_pytest.py -q -p no:cacheprovider \
   tests/test_api.py tests/test_bad_input.py tests/test_safetensors.py tests/test_encryption.py \
   tests/test_http.py tests/test_s3.py tests/test_s3_upload.py tests/test_redis.py tests/test_cli.py \
+  tests/test_interrupt.py tests/test_hash_checks.py \
   --deselect tests/test_s3_upload.py::test_s3_upload_memory_is_bounded_by_the_upload_window

@@ -112,7 +112,7 @@ def test_gpt_neo_auto_classes(gpt_neo, tmp_path):
     model, config = gpt_neo
     tensorizer.serialize_model(model, config, tmp_path, "neo")
     loaded = tensorizer.load_model(
-        tmp_path, AutoModelForCausalLM, AutoConfig, "neo", "cpu", "float16"
+        tmp_path, AutoModelForCausalLM, AutoConfig, "neo", "float16", device="cpu"
     )
     assert type(loaded) is type(model)
     for name, tensor in model.state_dict().items():
@@ -266,10 +266,12 @@ def test_stable_diffusion_components(sd_components, tmp_path):
 
     directory = str(tmp_path)
     loaded_encoder = tensorizer.load_model(
-        directory, CLIPTextModel, CLIPTextConfig, "encoder", "cpu"
+        directory, CLIPTextModel, CLIPTextConfig, "encoder", device="cpu"
     ).eval()
-    loaded_vae = tensorizer.load_model(directory, AutoencoderKL, None, "vae", "cpu").eval()
-    loaded_unet = tensorizer.load_model(directory, UNet2DConditionModel, None, "unet", "cpu").eval()
+    loaded_vae = tensorizer.load_model(directory, AutoencoderKL, None, "vae", device="cpu").eval()
+    loaded_unet = tensorizer.load_model(
+        directory, UNet2DConditionModel, None, "unet", device="cpu"
+    ).eval()
 
     assert_state_dicts_equal(encoder, loaded_encoder)
     assert_state_dicts_equal(vae, loaded_vae)
@@ -300,7 +302,7 @@ def test_all_minilm_l6_v2_round_trip(tmp_path):
 
     bert = st_model[0].auto_model
     tensorizer.serialize_model(bert, bert.config, tmp_path, "minilm")
-    loaded = tensorizer.load_model(tmp_path, BertModel, BertConfig, "minilm", "cpu").eval()
+    loaded = tensorizer.load_model(tmp_path, BertModel, BertConfig, "minilm", device="cpu").eval()
     assert_state_dicts_equal(bert, loaded)
 
     st_model[0].auto_model = loaded

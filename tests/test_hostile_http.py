@@ -207,3 +207,28 @@ def test_control_characters_in_s3_settings_are_refused(s3_env, variable):
     finally:
         endpoint.close()
 
+
+
+def test_python_names_and_messages_redact_url_credentials(tensors_bytes):
+    # #2 in the Python layer: a stream's name (which messages and the
+    # deserializer quote) and the write-target refusal hide the password and
+    # the presigned signature.
+    from tensorizer import stream_io
+
+    server = _Server(
+        lambda req: _reply(
+            req, 206, [("Content-Range", f"bytes 0-0/{len(tensors_bytes)}")], tensors_bytes[:1]
+        )
+    )
+    try:
+        url = (f"http://bob:pw-never-shown@127.0.0.1:{server.port}/m.tensors"
+               "?X-Amz-Signature=sig-never-shown")
+        stream = stream_io.open_stream(url)
+        assert "pw-never-shown" not in stream.name and "sig-never-shown" not in stream.name
+        assert f"127.0.0.1:{server.port}/m.tensors" in stream.name
+        stream.close()
+    finally:
+        server.close()
+    with pytest.raises(ValueError) as info:
+        TensorSerializer("http://bob:pw-never-shown@127.0.0.1:1/m.tensors")
+    assert "pw-never-shown" not in str(info.value) and "127.0.0.1:1" in str(info.value)

@@ -214,6 +214,10 @@ Result<std::string> RandomSalt();
 // kInvalidArgument for a salt that is not 16 bytes or limits outside
 // [kMin, kMax]. Takes as long and as much memory as the parameters ask: a
 // caller reading them from an untrusted file may want to cap memlimit first.
+// Argon2id cannot be interrupted: on a thread with a cancel flag
+// (tensorizer/cancel.h) it runs on a helper thread, and cancelling returns
+// kCancelled at once while the helper finishes in the background and then
+// frees its memory.
 Result<CryptKey> DeriveKey(std::string_view passphrase, const PwhashParams& params);
 
 // kCryptography when `params` (read from a file) ask for more work than the

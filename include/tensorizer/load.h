@@ -14,13 +14,23 @@
 // place: WaitTensor(i) returns as soon as tensor i is ready, before the rest
 // of the file has arrived. Encrypted tensors are decrypted chunk by chunk as
 // their bytes arrive (all reads of such a tensor run in one job, after its
-// header), and hashes are checked over the plaintext. The first error stops
+// header), and their SHA-256 is always checked over the plaintext (see
+// HashCheck). The first error stops
 // all workers; every waiter then gets it, and a tensor that failed to
 // decrypt is zeroed, never published.
 //
-// Thread-safety: WaitTensor/Wait/accessors may be called from any thread.
+// Cancellation (tensorizer/cancel.h): the workers run under a flag that is a
+// child of the calling thread's flag at Start, so cancelling that flag, or
+// calling Cancel(), stops the load: reads in flight are abandoned (a remote
+// transfer is aborted), and waiters get kCancelled. WaitTensorFor/WaitFor
+// let a caller wait in slices and do other work between them (the Python
+// binding checks for Ctrl-C).
+//
+// Thread-safety: WaitTensor/Wait/Cancel/accessors may be called from any
+// thread.
 #pragma once
 
+#include <chrono>
 #include <cstdint>
 #include <memory>
 #include <optional>
@@ -57,7 +67,10 @@ class Arena {
 // bytes (what tensorizer files need), a second only for a larger index.
 Result<Index> ReadIndex(const Source& source);
 
-// Which stored hashes a load checks.
+// Which stored hashes a load checks. Encrypted tensors are checked against
+// the SHA-256 of their plaintext whatever this says (the MACs do not bind a
+// chunk to its tensor or prove that none is missing), and one that stores
+// no SHA-256 is refused (kCryptography).
 enum class HashCheck : uint8_t {
   kNone,
   // CRC32 where the file stores one (every unencrypted tensor), else
@@ -108,6 +121,13 @@ class Load {
   Status WaitTensor(size_t i);
   // Blocks until every tensor is in place (or the first error).
   Status Wait();
+  // As WaitTensor and Wait, giving up after `timeout`: nullopt while the
+  // tensor (the load) is still on its way.
+  std::optional<Status> WaitTensorFor(size_t i, std::chrono::milliseconds timeout);
+  std::optional<Status> WaitFor(std::chrono::milliseconds timeout);
+  // Stops the load (see above) and returns at once; Wait() returns once the
+  // workers have stopped. Idempotent; a no-op on a load that has finished.
+  void Cancel();
 
   size_t tensor_count() const;
   const TensorEntry& entry(size_t i) const;

@@ -13,6 +13,11 @@
 // with tensorizer. The data version is the lowest one the content needs
 // (1; 2 for opaque dtypes; 4 for meta tensors; 5 for a dimension >= 2^32).
 //
+// Cancellation (tensorizer/cancel.h): Write() and Close() check the calling
+// thread's cancel flag between pieces of at most chunk_bytes (2 MiB when
+// encrypting), and the sinks check it in their transfers and waits; a
+// cancelled save returns kCancelled and is aborted, as after any error.
+//
 // Thread-safety: one Writer is used by one thread at a time.
 #pragma once
 
@@ -156,6 +161,8 @@ class Writer {
   Status WriteSealed(const Record& r, const uint8_t* data, internal::TensorHasher* hasher,
                      EncodedHeader* h);
   Status WriteTrailer();
+  // kCancelled once the calling thread's cancel flag is set.
+  Status CheckCancel() const;
 
   std::unique_ptr<Sink> sink_;
   WriterOptions options_;

@@ -5,6 +5,15 @@
 // it zero-copy with torch.from_numpy), and raises errors through a factory the
 // Python package installs (tensorizer/_errors.py), so the mapping from status
 // codes to exception types lives in one place, in Python.
+//
+// Ctrl-C: Python runs signal handlers only on the main thread, between
+// bytecodes, so a thread blocked in the engine would hold a KeyboardInterrupt
+// back until the engine returned. Every call that may wait (I/O, key
+// derivation, load waits) therefore waits in slices of kSignalPollMs and
+// calls PyErr_CheckSignals between them. When a handler raises, the work is
+// cancelled (tensorizer/cancel.h), the call waits for the engine to unwind
+// (threads joined, buffers freed, a save aborted) and the exception
+// propagates. Calls without a natural wait run on a helper thread for this.
 #include <nanobind/nanobind.h>
 #include <nanobind/ndarray.h>
 #include <nanobind/stl/optional.h>
@@ -15,13 +24,20 @@
 #include <nanobind/stl/vector.h>
 
 #include <algorithm>
+#include <chrono>
+#include <condition_variable>
 #include <cstring>
+#include <exception>
 #include <memory>
+#include <mutex>
+#include <optional>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "format/hash.h"
 #include "storage/http_source.h"
+#include "tensorizer/cancel.h"
 #include "tensorizer/crypto.h"
 #include "tensorizer/format.h"
 #include "tensorizer/load.h"
@@ -56,6 +72,87 @@ template <typename T>
 T Take(Result<T>&& r) {
   if (!r.ok()) Raise(r.status());
   return std::move(r).value();
+}
+
+constexpr std::chrono::milliseconds kSignalPollMs{50};
+
+// Runs fn() (engine work that touches no Python object) on a helper thread
+// under a fresh cancel flag, with the GIL released, and waits for it in
+// slices, checking for signals (see the file comment). Returns fn()'s value.
+template <typename F>
+auto Interruptible(F fn) -> decltype(fn()) {
+  using R = decltype(fn());
+  auto flag = std::make_shared<CancelFlag>();
+  std::mutex mu;
+  std::condition_variable cv;
+  bool done = false;
+  std::optional<R> result;
+  std::exception_ptr thrown;
+  std::thread worker;
+  {
+    nb::gil_scoped_release release;
+    worker = std::thread([&] {
+      CancelScope scope(flag);
+      std::optional<R> r;
+      std::exception_ptr e;
+      try {
+        r.emplace(fn());
+      } catch (...) {
+        e = std::current_exception();
+      }
+      std::lock_guard<std::mutex> lock(mu);
+      result = std::move(r);
+      thrown = e;
+      done = true;
+      cv.notify_all();
+    });
+  }
+  while (true) {
+    bool finished;
+    {
+      nb::gil_scoped_release release;
+      std::unique_lock<std::mutex> lock(mu);
+      finished = cv.wait_for(lock, kSignalPollMs, [&] { return done; });
+    }
+    if (finished) break;
+    if (PyErr_CheckSignals() != 0) {
+      flag->Cancel();
+      {
+        nb::gil_scoped_release release;
+        worker.join();
+      }
+      throw nb::python_error();
+    }
+  }
+  {
+    nb::gil_scoped_release release;
+    worker.join();
+  }
+  if (thrown) std::rethrow_exception(thrown);
+  return std::move(*result);
+}
+
+// A load wait (`wait(timeout)`: Load::WaitFor or WaitTensorFor) in slices,
+// checking for signals; a signal cancels the load and waits for its workers
+// to stop before the exception propagates.
+template <typename W>
+Status InterruptibleWait(Load& load, W wait) {
+  while (true) {
+    std::optional<Status> st;
+    {
+      nb::gil_scoped_release release;
+      st = wait(kSignalPollMs);
+    }
+    if (st) return *st;
+    if (PyErr_CheckSignals() != 0) {
+      load.Cancel();
+      {
+        nb::gil_scoped_release release;
+        (void)load.Wait();
+      }
+      throw nb::python_error();
+    }
+  }
 }
 
 nb::bytes Bytes(const std::string& s) { return nb::bytes(s.data(), s.size()); }
@@ -174,16 +271,12 @@ class PySink {
   void Finish(bool commit) {
     if (!s_) return;
     std::unique_ptr<Sink> s = std::move(s_);
-    Status st;
-    {
+    if (commit) {
+      Check(Interruptible([&] { return s->Commit(); }));
+    } else {
       nb::gil_scoped_release release;
-      if (commit) {
-        st = s->Commit();
-      } else {
-        s->Abort();
-      }
+      s->Abort();
     }
-    Check(st);
   }
 
  private:
@@ -194,10 +287,7 @@ class PySink {
 class PyReader {
  public:
   explicit PyReader(std::shared_ptr<const Source> source) : source_(std::move(source)) {
-    Result<Index> index = [&] {
-      nb::gil_scoped_release release;
-      return ReadIndex(*source_);
-    }();
+    Result<Index> index = Interruptible([&] { return ReadIndex(*source_); });
     index_ = std::make_shared<const Index>(Take(std::move(index)));
   }
 
@@ -310,22 +400,10 @@ class PyWriter {
       }
       batch.push_back(std::move(w));
     }
-    Status st;
-    {
-      nb::gil_scoped_release release;
-      st = w_->Write(batch);
-    }
-    Check(st);
+    Check(Interruptible([&] { return w_->Write(batch); }));
   }
 
-  void Close() {
-    Status st;
-    {
-      nb::gil_scoped_release release;
-      st = w_->Close();
-    }
-    Check(st);
-  }
+  void Close() { Check(Interruptible([&] { return w_->Close(); })); }
 
   Writer& writer() { return *w_; }
 
@@ -346,10 +424,7 @@ NB_MODULE(_core, m) {
       .def_static(
           "open_path",
           [](const std::string& path) {
-            Result<std::unique_ptr<Source>> s = [&] {
-              nb::gil_scoped_release release;
-              return OpenSource(path);
-            }();
+            Result<std::unique_ptr<Source>> s = Interruptible([&] { return OpenSource(path); });
             return std::make_unique<PyReader>(std::shared_ptr<const Source>(Take(std::move(s))));
           })
       .def_static("open_source",
@@ -384,12 +459,7 @@ NB_MODULE(_core, m) {
       .def("read",
            [](const PyReader& r, uint64_t offset, uint64_t length) {
              std::string out(length, '\0');
-             Status st;
-             {
-               nb::gil_scoped_release release;
-               st = r.source().ReadAt(offset, out.data(), length);
-             }
-             Check(st);
+             Check(Interruptible([&] { return r.source().ReadAt(offset, out.data(), length); }));
              return Bytes(out);
            })
       .def("start_load", &PyReader::StartLoad, "selected"_a, "verify"_a = 0, "num_threads"_a = 0,
@@ -403,10 +473,7 @@ NB_MODULE(_core, m) {
           [](const std::string& uri, nb::dict options) {
             SourceOptions o;
             ParseRemoteOptions(options, &o.http, &o.s3, nullptr);
-            Result<std::unique_ptr<Source>> s = [&] {
-              nb::gil_scoped_release release;
-              return OpenSource(uri, o);
-            }();
+            Result<std::unique_ptr<Source>> s = Interruptible([&] { return OpenSource(uri, o); });
             return std::make_unique<PySource>(std::shared_ptr<const Source>(Take(std::move(s))));
           },
           "uri"_a, "options"_a = nb::dict())
@@ -425,12 +492,7 @@ NB_MODULE(_core, m) {
                    })
       // Fills the whole buffer from `offset` (the caller clips to the size).
       .def("read_into", [](const PySource& s, uint64_t offset, WritableBytes dst) {
-        Status st;
-        {
-          nb::gil_scoped_release release;
-          st = s.get()->ReadAt(offset, dst.data(), dst.shape(0));
-        }
-        Check(st);
+        Check(Interruptible([&] { return s.get()->ReadAt(offset, dst.data(), dst.shape(0)); }));
       });
 
   nb::class_<PySink>(m, "Sink")
@@ -439,22 +501,14 @@ NB_MODULE(_core, m) {
           [](const std::string& uri, nb::dict options) {
             SinkOptions o;
             ParseRemoteOptions(options, &o.http, &o.s3, &o.s3_upload);
-            Result<std::unique_ptr<Sink>> s = [&] {
-              nb::gil_scoped_release release;
-              return CreateSink(uri, o);
-            }();
+            Result<std::unique_ptr<Sink>> s = Interruptible([&] { return CreateSink(uri, o); });
             return std::make_unique<PySink>(Take(std::move(s)));
           },
           "uri"_a, "options"_a = nb::dict())
       .def("write_at",
            [](PySink& s, uint64_t offset, ByteArray data) {
              Sink& sink = s.get();
-             Status st;
-             {
-               nb::gil_scoped_release release;
-               st = sink.WriteAt(offset, data.data(), data.shape(0));
-             }
-             Check(st);
+             Check(Interruptible([&] { return sink.WriteAt(offset, data.data(), data.shape(0)); }));
            })
       .def("commit", [](PySink& s) { s.Finish(true); })
       .def("abort", [](PySink& s) { s.Finish(false); })
@@ -464,21 +518,11 @@ NB_MODULE(_core, m) {
       .def("wait_tensor",
            [](Load& l, size_t i) {
              if (i >= l.tensor_count()) throw nb::index_error();
-             Status st;
-             {
-               nb::gil_scoped_release release;
-               st = l.WaitTensor(i);
-             }
-             Check(st);
+             Check(InterruptibleWait(l, [&](auto slice) { return l.WaitTensorFor(i, slice); }));
            })
       .def("wait",
            [](Load& l) {
-             Status st;
-             {
-               nb::gil_scoped_release release;
-               st = l.Wait();
-             }
-             Check(st);
+             Check(InterruptibleWait(l, [&](auto slice) { return l.WaitFor(slice); }));
            })
       .def("arena", &ArenaView)
       // Where each tensor's bytes will be, known before they arrive, so the
@@ -516,10 +560,7 @@ NB_MODULE(_core, m) {
             WriterOptions o = WriterArgs(num_threads, key, kdf);
             SinkOptions so;
             ParseRemoteOptions(options, &so.http, &so.s3, &so.s3_upload);
-            Result<std::unique_ptr<Sink>> sink = [&] {
-              nb::gil_scoped_release release;
-              return CreateSink(uri, so);
-            }();
+            Result<std::unique_ptr<Sink>> sink = Interruptible([&] { return CreateSink(uri, so); });
             return std::make_unique<PyWriter>(Take(Writer::Create(Take(std::move(sink)), o)));
           },
           "uri"_a, "options"_a, "num_threads"_a = 0, "key"_a = nb::none(), "kdf"_a = nb::none())
@@ -549,10 +590,7 @@ NB_MODULE(_core, m) {
         p.memlimit = memlimit;
         p.salt = std::string(salt.c_str(), salt.size());
         std::string pw(passphrase.c_str(), passphrase.size());
-        Result<CryptKey> key = [&] {
-          nb::gil_scoped_release release;
-          return DeriveKey(pw, p);
-        }();
+        Result<CryptKey> key = Interruptible([&] { return DeriveKey(pw, p); });
         CryptKey k = Take(std::move(key));
         return nb::bytes(reinterpret_cast<const char*>(k.data()), k.size());
       },

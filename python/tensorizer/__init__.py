@@ -7,6 +7,7 @@ from . import (
     _errors,  # installs the engine's error mapping first
     serialization,
     stream_io,
+    torch_compat,
     utils,
 )
 from ._model_io import load_model, serialize_model
@@ -36,6 +37,7 @@ __all__ = [
     "serialization",
     "serialize_model",
     "stream_io",
+    "torch_compat",
     "utils",
 ]
 

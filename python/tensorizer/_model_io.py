@@ -124,7 +124,13 @@ def _config_to_dict(config, model: torch.nn.Module) -> dict:
         return to_dict()
     if isinstance(config, Mapping):
         # diffusers FrozenDict, or a plain dict
-        return {key: value for key, value in config.items() if key not in _TRANSIENT_CONFIG_KEYS}
+        result = {key: value for key, value in config.items() if key not in _TRANSIENT_CONFIG_KEYS}
+        if _is_diffusers_class(type(model)):
+            # As diffusers' own config files (and the seed's, written with
+            # to_json_file) do: load_model() can then tell the class.
+            # diffusers constructors ignore keys starting with "_".
+            result.setdefault("_class_name", type(model).__name__)
+        return result
     raise TypeError(
         "config must be a transformers PretrainedConfig, a diffusers config"
         f" (FrozenDict), a dict, or None; got {type(config).__name__}"
@@ -190,15 +196,60 @@ def serialize_model(
 
 
 def _resolve_dtype(dtype) -> torch.dtype | None:
-    # The example script historically passed dtypes as strings ("float16").
+    # The seed's script passes dtypes as strings ("float16").
     if dtype is None or isinstance(dtype, torch.dtype):
         return dtype
     if isinstance(dtype, str):
-        name = dtype.removeprefix("torch.")
-        resolved = getattr(torch, name, None)
+        resolved = getattr(torch, dtype.removeprefix("torch."), None)
         if isinstance(resolved, torch.dtype):
             return resolved
+    if isinstance(dtype, (str, torch.device)) and _is_device(dtype):
+        raise ValueError(
+            f"load_model: dtype={dtype!r} is a device; pass it as device=... (the fifth"
+            " positional parameter is dtype, as in the seed's tensorizer.py)"
+        )
     raise ValueError(f"Unknown dtype: {dtype!r}")
+
+
+def _is_device(value) -> bool:
+    try:
+        torch.device(value)
+    except (RuntimeError, TypeError):
+        return False
+    return True
+
+
+def _class_from_config(config_dict: dict, config_path: str):
+    # diffusers configs name their class; transformers configs saved by
+    # save_pretrained() list their architectures.
+    class_name = config_dict.get("_class_name")
+    if isinstance(class_name, str):
+        import diffusers
+
+        return _model_class(diffusers, class_name, config_path)
+    architectures = config_dict.get("architectures")
+    if isinstance(architectures, list) and architectures and isinstance(architectures[0], str):
+        import transformers
+
+        return _model_class(transformers, architectures[0], config_path)
+    if "model_type" in config_dict:
+        from transformers import AutoModelForCausalLM
+
+        return AutoModelForCausalLM
+    raise ValueError(
+        f"{config_path} names no model class (no _class_name, architectures or"
+        " model_type): pass modelclass to load_model"
+    )
+
+
+def _model_class(package, name: str, config_path: str):
+    cls = getattr(package, name, None) if name.isidentifier() else None
+    if not (isinstance(cls, type) and issubclass(cls, torch.nn.Module)):
+        raise ValueError(
+            f"{config_path} names model class {name!r}, which {package.__name__}"
+            f" {package.__version__} does not have: pass modelclass to load_model"
+        )
+    return cls
 
 
 def _is_diffusers_class(cls) -> bool:
@@ -275,11 +326,12 @@ def _move_leftovers(model: torch.nn.Module) -> None:
 
 def load_model(
     path_uri: str | os.PathLike,
-    model_class,
-    config_class=None,
+    modelclass=None,
+    configclass=None,
     model_prefix: str | None = "model",
-    device: torch.device | str | None = None,
     dtype: torch.dtype | str | None = None,
+    *,
+    device: torch.device | str | None = None,
 ) -> torch.nn.Module:
     """
     Rebuild a model written by `serialize_model`.
@@ -290,17 +342,24 @@ def load_model(
     ``{path_uri}/{model_prefix}.tensors``
     with ``TensorDeserializer.load_into_module``.
 
+    The positional order and names are those of the seed's
+    ``tensorizer.py``; ``device`` is keyword-only.
+
     Args:
         path_uri: Directory (or URI prefix) holding the serialized files.
-        model_class: Class to build: a transformers model class (including
-            ``Auto*`` classes) or a diffusers model class.
-        config_class: Config class for transformers models; defaults to
-            ``model_class.config_class``, or ``AutoConfig`` for ``Auto*``
+        modelclass: Class to build: a transformers model class (including
+            ``Auto*`` classes) or a diffusers model class. None picks it from
+            the stored config: diffusers' ``_class_name``, else the first of
+            transformers' ``architectures``, else ``AutoModelForCausalLM``
+            (the seed's default) for a config with a ``model_type``.
+        configclass: Config class for transformers models; defaults to
+            ``modelclass.config_class``, or ``AutoConfig`` for ``Auto*``
             classes. Unneeded for diffusers models, which take dicts.
         model_prefix: Prefix of the two file names. Default is "model".
+        dtype: Optional dtype to cast the loaded tensors to: a
+            ``torch.dtype`` or its name (``"float16"``).
         device: Device to load onto; None picks the GPU when there is one,
             else the CPU.
-        dtype: Optional dtype (or its name) to cast the loaded tensors to.
 
     Returns:
         The loaded model. Like a freshly constructed model it is in training
@@ -314,10 +373,17 @@ def load_model(
     begin = time.perf_counter()
 
     config_path, tensors_path = _artifact_paths(path_uri, model_prefix)
-    config_dict = json.loads(_read_bytes(config_path).decode("utf-8"))
-    config = _load_config(config_dict, model_class, config_class)
+    try:
+        config_dict = json.loads(_read_bytes(config_path).decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ValueError(f"{config_path}: not a JSON config: {e}") from None
+    if not isinstance(config_dict, dict):
+        raise ValueError(f"{config_path}: expected a JSON object, got {type(config_dict).__name__}")
+    if modelclass is None:
+        modelclass = _class_from_config(config_dict, config_path)
+    config = _load_config(config_dict, modelclass, configclass)
     with utils.no_init_or_tensor():
-        model = _instantiate(model_class, config)
+        model = _instantiate(modelclass, config)
 
     from .serialization import TensorDeserializer
 

@@ -18,6 +18,7 @@ import sys
 import tempfile
 import threading
 import time
+import warnings
 import weakref
 from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple, Union
 
@@ -237,6 +238,26 @@ def _hash_check(verify_hash) -> int:
             return 2
         raise ValueError(f"verify_hash must be a bool or 'all', got {verify_hash!r}")
     return 1 if verify_hash else 0
+
+
+def _report_unhashed(uri: str, paths: list, check: int, safetensors: bool) -> None:
+    """verify_hash cannot check a tensor that stores no hashes (a .tensors
+    record without any, every tensor of a safetensors file): True warns and
+    "all" refuses it (HashMismatchError), naming the file and the tensors."""
+    if not paths:
+        return
+    if safetensors:
+        what = f"{uri} is a safetensors file, which stores no hashes"
+    else:
+        names = ", ".join(repr(_paths.display(p)) for p in paths[:5])
+        if len(paths) > 5:
+            names += f" and {len(paths) - 5} more"
+        noun = "tensor" if len(paths) == 1 else "tensors"
+        verb = "stores" if len(paths) == 1 else "store"
+        what = f"{noun} {names} in {uri} {verb} no hashes"
+    if check == 2:
+        raise HashMismatchError(f"verify_hash='all': {what}, so the data cannot be verified")
+    warnings.warn(f"verify_hash: {what}; the data was not verified", stacklevel=4)
 
 
 # Connections a remote load uses at least when num_readers is not given.
@@ -675,6 +696,12 @@ class TensorDeserializer(collections.abc.Mapping, contextlib.AbstractContextMana
       stored), which runs at memory speed; verify_hash="all" also checks
       SHA-256, as tensorizer does, at about 2 GB/s per core. The file does not
       authenticate its hashes, so both guard against corruption, not forgery.
+      A tensor that stores no hashes (every tensor of a safetensors file)
+      cannot be checked: True warns, naming the file and the tensors, and
+      "all" raises HashMismatchError.
+    - Encrypted tensors are always checked against the SHA-256 of their
+      plaintext, verify_hash or not: decryption alone does not notice
+      swapped records or a missing last chunk.
     """
 
     def __init__(
@@ -973,8 +1000,17 @@ class TensorDeserializer(collections.abc.Mapping, contextlib.AbstractContextMana
             for i, ((offset, nbytes), path) in enumerate(zip(load.layout(), pending)):
                 load.wait_tensor(i)
                 tensors.append(self._to_tensor(arena, offset, nbytes, path, device))
-        for i, (path, tensor) in enumerate(zip(pending, tensors)):
-            _, _, module_idx, hashes, hashed_header = load.tensor_info(i)
+        infos = [load.tensor_info(i) for i in range(len(pending))]
+        check = _hash_check(verify)
+        if check:
+            _report_unhashed(
+                self._uri,
+                [p for p, info in zip(pending, infos) if not info[3]],
+                check,
+                self._reader.format == "safetensors",
+            )
+        for path, tensor, info in zip(pending, tensors, infos):
+            _, _, module_idx, hashes, hashed_header = info
             entry = self._entries[path]
             entry.hashes = [TensorHash(HashType(t), bytes(v)) for t, v in hashes]
             self._loaded_info[path] = (module_idx, hashed_header)

@@ -73,7 +73,7 @@ def check_local_write(path: str) -> None:
     lowered = path.lower()
     if lowered.startswith(_REMOTE_SCHEMES) and not lowered.startswith(_ENGINE_WRITE_SCHEMES):
         raise ValueError(
-            f"{path}: only local paths and s3:// URIs can be written (got a"
+            f"{_core.redact_uri(path)}: only local paths and s3:// URIs can be written (got a"
             f" {_scheme(path)}:// destination)"
         )
 
@@ -209,7 +209,9 @@ class _EngineReadStream(io.BufferedIOBase):
                     "End marker must come strictly after begin marker"
                     f" (requested range: {begin} to {end})"
                 )
-        self.name = uri
+        # What messages and reprs show of the URI: passwords and presigned
+        # signatures redacted (the engine's one rule, RedactUri).
+        self.name = _core.redact_uri(uri)
         self.bytes_read = 0
         self.bytes_skipped = 0
         self.read_operations = 0
@@ -331,7 +333,7 @@ class CURLStreamFile(_EngineReadStream):
     ) -> None:
         super().__init__()
         if headers:
-            raise ValueError(f"{uri}: custom request headers are not supported")
+            raise ValueError(f"{_core.redact_uri(uri)}: custom request headers are not supported")
         if certificate_handling is not None and not isinstance(certificate_handling, CAInfo):
             raise TypeError(
                 "certificate_handling must either be None (for default certificate"
@@ -386,12 +388,15 @@ class RedisStreamFile(_EngineReadStream):
         begin: Optional[int] = None,
         end: Optional[int] = None,
         buffer_size: Optional[int] = None,
+        http_options: Optional[HttpOptions] = None,
     ) -> None:
         super().__init__()
         self._buffer_size = buffer_size or _DEFAULT_BUFFER_SIZE
         self.response_latencies = []
         started = time.monotonic()
-        self._open(uri, {}, begin, end)
+        # HttpOptions' connect, stall, retry and deadline limits (an
+        # extension of ours) apply to Redis too.
+        self._open(uri, http_options._options() if http_options else {}, begin, end)
         self.setup_latency = time.monotonic() - started
 
     def _note_response(self, seconds: float) -> None:
@@ -771,7 +776,9 @@ def open_stream(
         if normalized_mode != "br":
             raise ValueError(f'Only the mode "rb" is valid when opening {scheme}:// streams.')
         if scheme == "redis":
-            return RedisStreamFile(path, begin=begin, end=end, buffer_size=buffer_size)
+            return RedisStreamFile(
+                path, begin=begin, end=end, buffer_size=buffer_size, http_options=http_options
+            )
         return CURLStreamFile(
             path,
             begin,

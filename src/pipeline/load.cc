@@ -19,6 +19,7 @@
 #include <thread>
 
 #include "format/hash.h"
+#include "tensorizer/cancel.h"
 #include "tensorizer/crypto.h"
 #include "util/thread_annotations.h"
 
@@ -130,6 +131,10 @@ struct Load::State {
   std::vector<TensorState> tensors;
   std::atomic<size_t> next_job{0};
   std::atomic<bool> failed{false};
+  // The workers' cancel flag: a child of the flag current at Start, set by
+  // Cancel() and by the first error, so that the other workers' transfers
+  // in flight stop too.
+  std::shared_ptr<CancelFlag> cancel;
   std::atomic<uint64_t> bytes_read{0};
   std::mutex mu;
   std::condition_variable cv;
@@ -144,6 +149,7 @@ struct Load::State {
     std::lock_guard<std::mutex> lock(mu);
     if (error.ok()) error = st;
     failed = true;
+    cancel->Cancel();
     cv.notify_all();
   }
 
@@ -193,9 +199,24 @@ struct Load::State {
     TensorState& ts = tensors[t];
     ts.header = std::move(h).value();
     if (index->header.has_crypt_info()) TZR_RETURN_IF_ERROR(PrepareDecryption(t, p));
-    if (options.verify != HashCheck::kNone) {
-      bool has_crc = false;
-      for (const StoredHash& sh : ts.header.hashes) has_crc |= sh.type == HashType::kCrc32;
+    bool has_crc = false, has_sha = false;
+    for (const StoredHash& sh : ts.header.hashes) {
+      has_crc |= sh.type == HashType::kCrc32;
+      has_sha |= sh.type == HashType::kSha256;
+    }
+    // Decrypting is verifying. The MACs prove each chunk came from the key's
+    // holder, but not which tensor it belongs to nor that no chunk is
+    // missing: swapped records or a cut last chunk decrypt cleanly. The
+    // SHA-256 of the plaintext (and of the header: name, shape, length),
+    // which an attacker without the key cannot recompute, catches both, so
+    // it is checked whatever `verify` says, while each chunk is in cache.
+    const bool sealed = ts.sealed.has_value();
+    if (sealed && !has_sha) {
+      return Status::Cryptography("tensor '" + DisplayName(e.name) + "' in " + source->uri() +
+                                  " is encrypted but stores no SHA-256 of its plaintext, so "
+                                  "its decrypted data cannot be checked");
+    }
+    if (options.verify != HashCheck::kNone || sealed) {
       ts.hasher =
           std::make_unique<internal::TensorHasher>(options.verify == HashCheck::kAll || !has_crc);
       std::string hashed = HashedHeaderBytes(p, ts.header);
@@ -309,11 +330,13 @@ struct Load::State {
   }
 
   void Work() {
+    CancelScope scope(cancel);
     while (!failed) {
       size_t j = next_job.fetch_add(1);
       if (j >= plan.job_count()) break;
       for (uint32_t r = plan.job_starts[j]; r < plan.job_end(j) && !failed; ++r) {
-        Status st = RunRead(plan.reads[r]);
+        Status st = cancel->cancelled() ? CancelledStatus("loading " + source->uri())
+                                        : RunRead(plan.reads[r]);
         if (!st.ok()) {
           Fail(st);
           break;
@@ -329,8 +352,20 @@ struct Load::State {
 Load::Load(std::unique_ptr<State> state) : state_(std::move(state)) {}
 
 Load::~Load() {
-  state_->failed = true;  // stop taking jobs; in-flight reads finish
+  // Stop taking jobs, and stop the reads in flight.
+  state_->failed = true;
+  state_->cancel->Cancel();
   for (auto& t : state_->workers) t.join();
+}
+
+void Load::Cancel() {
+  State& s = *state_;
+  std::lock_guard<std::mutex> lock(s.mu);
+  if (s.workers_running == 0) return;  // finished, or failed already
+  if (s.error.ok()) s.error = CancelledStatus("loading " + s.source->uri());
+  s.failed = true;
+  s.cancel->Cancel();
+  s.cv.notify_all();
 }
 
 Result<std::unique_ptr<Load>> Load::Start(std::shared_ptr<const Source> source,
@@ -354,6 +389,7 @@ Result<std::unique_ptr<Load>> Load::Start(std::shared_ptr<const Source> source,
   st->source = std::move(source);
   st->index = std::move(index);
   st->options = options;
+  st->cancel = std::make_shared<CancelFlag>(CurrentCancelFlag());
   st->keys = options.decryption && options.decryption->derived_keys
                  ? options.decryption->derived_keys
                  : std::make_shared<DerivedKeyCache>();
@@ -378,26 +414,40 @@ Result<std::unique_ptr<Load>> Load::Start(std::shared_ptr<const Source> source,
   return std::unique_ptr<Load>(new Load(std::move(st)));
 }
 
-Status Load::WaitTensor(size_t i) {
+std::optional<Status> Load::WaitTensorFor(size_t i, std::chrono::milliseconds timeout) {
   State& s = *state_;
   std::unique_lock<std::mutex> lock(s.mu);
-  s.cv.wait(lock, [&] { return s.tensors[i].ready || !s.error.ok() || s.workers_running == 0; });
+  auto done = [&] { return s.tensors[i].ready || !s.error.ok() || s.workers_running == 0; };
+  if (timeout == std::chrono::milliseconds::max()) {
+    s.cv.wait(lock, done);
+  } else if (!s.cv.wait_for(lock, timeout, done)) {
+    return std::nullopt;
+  }
   if (s.tensors[i].ready) return Status::Ok();
   if (!s.error.ok()) return s.error;
   return Status::IoError("load of " + s.source->uri() + " ended before tensor " +
                          std::to_string(i) + " was read");
 }
 
-Status Load::Wait() {
+std::optional<Status> Load::WaitFor(std::chrono::milliseconds timeout) {
   State& s = *state_;
   {
     std::unique_lock<std::mutex> lock(s.mu);
-    s.cv.wait(lock, [&] { return s.workers_running == 0; });
+    auto done = [&] { return s.workers_running == 0; };
+    if (timeout == std::chrono::milliseconds::max()) {
+      s.cv.wait(lock, done);
+    } else if (!s.cv.wait_for(lock, timeout, done)) {
+      return std::nullopt;
+    }
     if (!s.error.ok()) return s.error;
   }
   for (size_t i = 0; i < s.tensors.size(); ++i) TZR_RETURN_IF_ERROR(WaitTensor(i));
   return Status::Ok();
 }
+
+Status Load::WaitTensor(size_t i) { return *WaitTensorFor(i, std::chrono::milliseconds::max()); }
+
+Status Load::Wait() { return *WaitFor(std::chrono::milliseconds::max()); }
 
 size_t Load::tensor_count() const { return state_->plan.tensors.size(); }
 const TensorEntry& Load::entry(size_t i) const {

@@ -13,6 +13,7 @@
 #include <thread>
 
 #include "format/hash.h"
+#include "tensorizer/cancel.h"
 #include "tensorizer/crypto.h"
 
 namespace tensorizer {
@@ -141,7 +142,10 @@ Status Writer::WriteBatch(const std::vector<TensorWrite>& tensors) {
   std::atomic<size_t> next_item{0};
   std::mutex mu;
   Status first_error;
+  // The pool works under the caller's cancel flag.
+  const std::shared_ptr<const CancelFlag> cancel = CurrentCancelFlag();
   auto work = [&] {
+    CancelScope scope(cancel);
     while (true) {
       {
         std::lock_guard<std::mutex> lock(mu);
@@ -216,6 +220,7 @@ Status Writer::WritePlain(const Record& r, const uint8_t* data, internal::Tensor
     std::memcpy(h->bytes.data() + h->crypt_info_offset, empty->data(), empty->size());
   }
   for (uint64_t done = 0; done < r.spec.data_length;) {
+    TZR_RETURN_IF_ERROR(CheckCancel());
     uint64_t n = std::min(options_.chunk_bytes, r.spec.data_length - done);
     hasher->Update(data + done, n);
     TZR_RETURN_IF_ERROR(sink_->WriteAt(r.data_offset + done, data + done, n));
@@ -237,6 +242,7 @@ Status Writer::WriteSealed(const Record& r, const uint8_t* data, internal::Tenso
   cipher.nonce0 = *nonce;
   std::vector<uint8_t> scratch(std::min<uint64_t>(cipher.chunk_bytes, r.spec.data_length));
   for (size_t i = 0; i < cipher.macs.size(); ++i) {
+    TZR_RETURN_IF_ERROR(CheckCancel());
     uint64_t off = i * cipher.chunk_bytes;
     uint64_t n = std::min<uint64_t>(cipher.chunk_bytes, r.spec.data_length - off);
     hasher->Update(data + off, n);
@@ -254,13 +260,18 @@ Status Writer::WriteSealed(const Record& r, const uint8_t* data, internal::Tenso
   return Status::Ok();
 }
 
+Status Writer::CheckCancel() const {
+  return CancelRequested() ? CancelledStatus("saving " + sink_->uri()) : Status::Ok();
+}
+
 Status Writer::Close() {
   if (closed_) return Status::Ok();
   if (broken_) {
     Abort();
     return Status::IoError("an earlier write to " + sink_->uri() + " failed; nothing was saved");
   }
-  Status st = WriteTrailer();
+  Status st = CheckCancel();
+  if (st.ok()) st = WriteTrailer();
   if (st.ok()) st = sink_->Commit();
   if (!st.ok()) {
     Abort();

@@ -4,7 +4,20 @@
 #include <cerrno>
 #include <mutex>
 
+#include "tensorizer/cancel.h"
+
 namespace tensorizer::internal {
+
+namespace {
+
+// Nonzero stops the transfer (CURLE_ABORTED_BY_CALLBACK): the thread that
+// runs it was cancelled. libcurl calls this for every arrival, and about once
+// a second while nothing arrives.
+int AbortIfCancelled(void*, curl_off_t, curl_off_t, curl_off_t, curl_off_t) {
+  return CancelRequested() ? 1 : 0;
+}
+
+}  // namespace
 
 void CurlGlobalInit() {
   static std::once_flag once;
@@ -16,6 +29,8 @@ const char* CurlUserAgent() { return "tensorizer/" TENSORIZER_VERSION " (curl)";
 void ApplyHttpOptions(CURL* c, const HttpOptions& options) {
   curl_easy_setopt(c, CURLOPT_NOSIGNAL, 1L);
   curl_easy_setopt(c, CURLOPT_USERAGENT, CurlUserAgent());
+  curl_easy_setopt(c, CURLOPT_NOPROGRESS, 0L);
+  curl_easy_setopt(c, CURLOPT_XFERINFOFUNCTION, AbortIfCancelled);
   curl_easy_setopt(c, CURLOPT_TCP_KEEPALIVE, 1L);
   curl_easy_setopt(c, CURLOPT_TCP_NODELAY, 1L);
   curl_easy_setopt(c, CURLOPT_CONNECTTIMEOUT_MS, static_cast<long>(options.connect_timeout_ms));
@@ -72,6 +87,11 @@ int ErrnoForCurl(CURL* handle, CURLcode rc) {
     return static_cast<int>(os_errno);
   }
   return EIO;
+}
+
+Status CurlFailure(CURLcode rc, const char* errbuf, int sys_errno) {
+  if (rc == CURLE_ABORTED_BY_CALLBACK && CancelRequested()) return CancelledStatus("the transfer");
+  return Status::IoError(errbuf[0] ? std::string(errbuf) : curl_easy_strerror(rc), sys_errno);
 }
 
 bool IsRetriableStatus(long status) { return status >= 500 || status == 429 || status == 408; }

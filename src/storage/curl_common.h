@@ -19,8 +19,10 @@ void CurlGlobalInit();
 // "tensorizer/<version> (curl)".
 const char* CurlUserAgent();
 
-// Keep-alive, Nagle off, the connect timeout, the stall (low-speed) timeout
-// and TLS trust from `options`. The handle must outlive nothing here: no
+// Cancellation (a progress callback aborts the transfer once the calling
+// thread's cancel flag is set: tensorizer/cancel.h), keep-alive, Nagle off,
+// the connect timeout, the stall (low-speed) timeout and TLS trust from
+// `options`. The handle must outlive nothing here: no
 // pointer into `options` is kept by libcurl (it copies strings).
 void ApplyHttpOptions(CURL* handle, const HttpOptions& options);
 
@@ -34,6 +36,12 @@ void ApplyRedirectPolicy(CURL* handle, const std::string& url, bool follow_redir
 // Failures of the transfer itself that a new attempt may not meet: DNS,
 // connect, timeouts and stalls, dropped or reset connections, TLS setup.
 bool IsRetriableCurl(CURLcode rc);
+
+// The Status of a failed curl_easy_perform: kCancelled when the calling
+// thread's cancel flag stopped it (see ApplyHttpOptions), else an IoError
+// with libcurl's message (`errbuf`, else the code's description) and
+// `sys_errno` (ErrnoForCurl).
+Status CurlFailure(CURLcode rc, const char* errbuf, int sys_errno);
 
 // 5xx, 429 (slow down) and 408 (request timeout).
 bool IsRetriableStatus(long status);

@@ -47,6 +47,7 @@
 #include "storage/read_range.h"
 #include "tensorizer/source.h"
 #include "tensorizer/uri.h"
+#include "util/cancel_wait.h"
 #include "util/thread_annotations.h"
 
 namespace tensorizer {
@@ -341,6 +342,7 @@ class HttpSource final : public internal::ScatterReadSource {
   // local) says whether a failure is worth another attempt.
   Status Perform(Transfer* t, bool conditional) const {
     retriable_ = false;
+    if (CancelRequested()) return CancelledStatus("the request");
     int64_t left_ms = DeadlineLeftMs();
     if (left_ms == 0) return DeadlineError();
     Handle h = Acquire();
@@ -395,8 +397,7 @@ class HttpSource final : public internal::ScatterReadSource {
     }
     if (rc != CURLE_OK) {
       retriable_ = internal::IsRetriableCurl(rc);
-      std::string detail = errbuf[0] ? std::string(errbuf) : curl_easy_strerror(rc);
-      return Status::IoError(detail, transfer_errno);
+      return internal::CurlFailure(rc, errbuf, transfer_errno);
     }
     if (r.status == 412) return Status::IoError(ChangedMessage() + " (HTTP 412)", ESTALE);
     if (r.status == 416 && !t->probe) {
@@ -446,7 +447,8 @@ class HttpSource final : public internal::ScatterReadSource {
     }
     int64_t left_ms = DeadlineLeftMs();
     if (left_ms >= 0) delay_ms = std::min<uint64_t>(delay_ms, static_cast<uint64_t>(left_ms));
-    std::this_thread::sleep_for(std::chrono::milliseconds(delay_ms));
+    // A cancelled sleep ends early; the next attempt then stops at once.
+    internal::SleepUnlessCancelled(delay_ms);
   }
 
   // Milliseconds to the load's deadline: -1 with none, 0 once it passed.

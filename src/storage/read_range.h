@@ -7,6 +7,7 @@
 #include <cstdint>
 #include <string>
 
+#include "tensorizer/cancel.h"
 #include "tensorizer/source.h"
 
 namespace tensorizer::internal {
@@ -34,7 +35,8 @@ inline uint64_t IovBytes(const struct iovec* iov, int iovcnt) {
 
 // A backend whose natural read is one request for one byte range into
 // several buffers (preadv, a ranged GET, GETRANGEs): ReadAt is a scatter read
-// into a single buffer, and the range arrives bounds-checked in ReadRange.
+// into a single buffer, and the range arrives bounds-checked in ReadRange. A
+// read on a cancelled thread (tensorizer/cancel.h) is refused before it starts.
 class ScatterReadSource : public Source {
  public:
   Status ReadAt(uint64_t offset, void* dst, uint64_t length) const final {
@@ -45,6 +47,9 @@ class ScatterReadSource : public Source {
     const uint64_t total = IovBytes(iov, iovcnt);
     TZR_RETURN_IF_ERROR(CheckReadRange(*this, offset, total));
     if (total == 0) return Status::Ok();
+    if (CancelRequested()) {
+      return CancelledStatus("reading " + uri() + " " + ByteRange(offset, total));
+    }
     return ReadRange(offset, total, iov, iovcnt);
   }
 

@@ -73,6 +73,7 @@
 #include "storage/redis_protocol.h"
 #include "tensorizer/format.h"
 #include "tensorizer/source.h"
+#include "util/cancel_wait.h"
 #include "util/thread_annotations.h"
 
 namespace tensorizer {
@@ -571,6 +572,9 @@ constexpr size_t kStrlenBatch = 1000;
 // keys that matched (names are tensor names, which the format bounds at
 // 64 KiB, with the prefix).
 constexpr uint64_t kMaxScanPageBytes = uint64_t{64} << 20;
+// The most keys a listing takes when the prefix holds no .tensors header
+// to bound them (and DBSIZE does not bound them lower).
+constexpr uint64_t kMaxKeysWithoutHeader = uint64_t{1} << 22;
 // Keys beyond what the file can hold that a listing still takes in, so that
 // a few stray keys under the prefix are named by the checks that follow
 // (overlap, shape) rather than only counted.
@@ -579,6 +583,26 @@ constexpr uint64_t kStrayKeys = 1024;
 // this much (or the rest of the read): a server that drops every connection
 // after a few bytes still runs out of retries.
 constexpr uint64_t kProgressBytes = uint64_t{1} << 20;
+
+// poll() for `events` in kCancelPollMs slices: > 0 ready, 0 after
+// `timeout_ms`, -1 with errno on failure (ECANCELED when the calling
+// thread is cancelled).
+int PollUnlessCancelled(int fd, short events, uint32_t timeout_ms) {
+  const auto end = std::chrono::steady_clock::now() + std::chrono::milliseconds(timeout_ms);
+  while (true) {
+    if (CancelRequested()) {
+      errno = ECANCELED;
+      return -1;
+    }
+    auto left = std::chrono::duration_cast<std::chrono::milliseconds>(
+        end - std::chrono::steady_clock::now());
+    if (left.count() <= 0) return 0;
+    struct pollfd p = {fd, events, 0};
+    int slice = static_cast<int>(std::min<int64_t>(left.count(), internal::kCancelPollMs));
+    int ready = ::poll(&p, 1, slice);
+    if (ready != 0 && !(ready < 0 && errno == EINTR)) return ready;
+  }
+}
 
 // The limits of HttpOptions that mean the same for Redis: the connect
 // timeout, the stall rule, the retry budget and backoff, and the deadline.
@@ -648,15 +672,14 @@ class Connection {
         until = window_start_ + window;
       }
       if (limits_.deadline) until = std::min(until, *limits_.deadline);
-      int wait_ms = -1;
+      int64_t wait_ms = 60000;
       if (until != Clock::time_point::max()) {
         auto left = std::chrono::duration_cast<std::chrono::milliseconds>(until - now).count();
-        wait_ms = static_cast<int>(std::clamp<int64_t>(left + 1, 1, 60000));
+        wait_ms = std::clamp<int64_t>(left + 1, 1, wait_ms);
       }
-      struct pollfd p = {fd_, POLLIN, 0};
-      int ready = ::poll(&p, 1, wait_ms);
-      if (ready < 0 && errno != EINTR) return -1;
-      if (ready <= 0) continue;
+      int ready = PollUnlessCancelled(fd_, POLLIN, static_cast<uint32_t>(wait_ms));
+      if (ready < 0) return -1;  // ECANCELED, or poll's own failure
+      if (ready == 0) continue;
       ssize_t got = ::recv(fd_, dst, n, MSG_DONTWAIT);
       if (got < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR)) continue;
       if (got > 0) window_bytes_ += static_cast<uint64_t>(got);
@@ -702,11 +725,7 @@ Result<std::unique_ptr<Connection>> Dial(const RedisUri& u, const Limits& limits
     if (::connect(fd, a->ai_addr, a->ai_addrlen) != 0) {
       err = errno;
       if (err == EINPROGRESS) {
-        struct pollfd p = {fd, POLLOUT, 0};
-        int ready;
-        do {
-          ready = ::poll(&p, 1, static_cast<int>(connect_ms));
-        } while (ready < 0 && errno == EINTR);
+        int ready = PollUnlessCancelled(fd, POLLOUT, static_cast<uint32_t>(connect_ms));
         socklen_t len = sizeof(err);
         if (ready == 0) {
           err = ETIMEDOUT;
@@ -763,6 +782,10 @@ class RedisSource final : public internal::ScatterReadSource {
     std::vector<Extent> extents;
     st = WithRetries([&](Connection& c) { return ListKeys(c, max_keys, plan, &extents); });
     if (!st.ok()) return st.WithContext("opening " + uri());
+    if (extents.empty()) {
+      return Status::IoError(
+          "opening " + uri() + ": no keys match '" + redis::EscapeGlob(u_.prefix) + ":*'", ENOENT);
+    }
     TZR_ASSIGN_OR_RETURN(extents_, redis::BuildExtentMap(std::move(extents), uri()));
     size_ = extents_.empty() ? 0 : extents_.back().offset + extents_.back().length;
     return Status::Ok();
@@ -826,7 +849,8 @@ class RedisSource final : public internal::ScatterReadSource {
   std::string HeaderKey() const { return u_.prefix + ":header:0"; }
 
   // What the listing may hold, learned before it starts: the header key's
-  // file header bounds the keys (redis::MaxKeysForFile), DBSIZE the pages.
+  // file header bounds the keys (redis::MaxKeysForFile; without one,
+  // DBSIZE up to kMaxKeysWithoutHeader), DBSIZE the pages.
   Status Survey(Connection& c, uint64_t* max_keys, redis::ScanPlan* plan) const {
     TZR_RETURN_IF_ERROR(c.Send(
         redis::EncodeCommand({"GETRANGE", HeaderKey(), "0", std::to_string(kMetadataStart - 1)}) +
@@ -842,14 +866,17 @@ class RedisSource final : public internal::ScatterReadSource {
         dbsize.type != RespValue::Type::kInteger || length.integer < 0) {
       return Status::FormatError("GETRANGE/STRLEN/DBSIZE: an unexpected reply");
     }
-    if (length.integer == 0) {
-      return Status::IoError("no key '" + HeaderKey() + "': nothing was written to this prefix",
-                             ENOENT);
-    }
-    TZR_ASSIGN_OR_RETURN(*max_keys, redis::MaxKeysForFile(header.str,
-                                                          static_cast<uint64_t>(length.integer),
-                                                          uri()));
     *plan = redis::PlanScan(dbsize.integer);
+    // Keys that are not a .tensors file (a RedisStreamFile over any blob)
+    // have no header to ask: the database's size bounds them instead.
+    Result<uint64_t> from_header =
+        length.integer == 0 ? Result<uint64_t>(Status::NotFound("no header key"))
+                            : redis::MaxKeysForFile(header.str,
+                                                    static_cast<uint64_t>(length.integer), uri());
+    *max_keys = from_header.ok()
+                    ? *from_header
+                    : std::min<uint64_t>(kMaxKeysWithoutHeader,
+                                         static_cast<uint64_t>(std::max<int64_t>(dbsize.integer, 0)));
     return Status::Ok();
   }
 
@@ -948,6 +975,7 @@ class RedisSource final : public internal::ScatterReadSource {
         return st;
       }
       // A connection that failed mid-exchange is out of step: close it.
+      if (CancelRequested()) return CancelledStatus(uri());
       if (DeadlinePassed()) {
         return st.WithContext("the deadline of the load passed");
       }
@@ -979,7 +1007,7 @@ class RedisSource final : public internal::ScatterReadSource {
                       .count();
       delay_ms = std::min<uint64_t>(delay_ms, static_cast<uint64_t>(std::max<int64_t>(left, 0)));
     }
-    std::this_thread::sleep_for(std::chrono::milliseconds(delay_ms));
+    internal::SleepUnlessCancelled(delay_ms);  // cancelled: the next attempt stops
   }
 
   Result<std::unique_ptr<Connection>> Acquire() const {

@@ -52,6 +52,7 @@
 #include "storage/s3_auth.h"
 #include "storage/s3_config.h"
 #include "tensorizer/write.h"
+#include "util/cancel_wait.h"
 #include "util/thread_annotations.h"
 
 namespace tensorizer {
@@ -150,8 +151,9 @@ class S3Connection {
       if (!retriable || attempt >= http_.max_retries) {
         return r.status().WithContext(what + " of " + ObjectName());
       }
-      std::this_thread::sleep_for(
-          std::chrono::milliseconds(internal::BackoffDelayMs(http_, attempt, rng)));
+      if (!internal::SleepUnlessCancelled(internal::BackoffDelayMs(http_, attempt, rng))) {
+        return CancelledStatus(what + " of " + ObjectName());
+      }
     }
   }
 
@@ -200,8 +202,7 @@ class S3Connection {
     curl_slist_free_all(headers);
     if (rc != CURLE_OK) {
       *retriable = internal::IsRetriableCurl(rc);
-      return Status::IoError(errbuf[0] ? std::string(errbuf) : curl_easy_strerror(rc),
-                             internal::ErrnoForCurl(c, rc));
+      return internal::CurlFailure(rc, errbuf, internal::ErrnoForCurl(c, rc));
     }
     return reply;
   }
@@ -262,9 +263,10 @@ class S3Sink final : public Sink {
                                    ", which was already uploaded");
           }
           // Back-pressure: wait for an upload slot before taking more memory.
-          space_cv_.wait(lock, [&] {
+          bool room = internal::WaitUnlessCancelled(space_cv_, lock, [&] {
             return !error_.ok() || queue_.size() < static_cast<size_t>(upload_.max_queued_parts);
           });
+          if (!room) return CancelledStatus("writing " + uri_);
           if (!error_.ok()) return error_;
           it = parts_.emplace(index, Part()).first;
           it->second.bytes.resize(span.size);
@@ -328,7 +330,12 @@ class S3Sink final : public Sink {
         parts_[0].bytes.resize(std::min<uint64_t>(end_, upload_.part_bytes));
         Enqueue(0);
       }
-      idle_cv_.wait(lock, [&] { return !error_.ok() || (queue_.empty() && in_flight_ == 0); });
+      bool idle = internal::WaitUnlessCancelled(
+          idle_cv_, lock, [&] { return !error_.ok() || (queue_.empty() && in_flight_ == 0); });
+      if (!idle) {
+        error_ = CancelledStatus("the upload of " + uri_);
+        uploads_cancel_->Cancel();
+      }
     }
     StopUploaders();
     Status st = error_;
@@ -350,6 +357,7 @@ class S3Sink final : public Sink {
     }
     space_cv_.notify_all();
     idle_cv_.notify_all();
+    uploads_cancel_->Cancel();  // parts in flight stop mid-transfer
     StopUploaders();
     AbortUpload();
     finished_ = true;
@@ -399,6 +407,7 @@ class S3Sink final : public Sink {
   }
 
   void UploadLoop() {
+    CancelScope scope(uploads_cancel_);
     S3Connection conn(config_, location_, http_);
     while (true) {
       uint64_t index;
@@ -465,6 +474,7 @@ class S3Sink final : public Sink {
 
   void AbortUpload() {
     if (upload_id_.empty()) return;
+    CancelScope shield(nullptr);  // runs to the end, even for a cancelled save
     S3Connection conn(config_, location_, http_);
     // Best effort: if this fails too, the store's lifecycle rules are the
     // only cleanup left; either way no object was created.
@@ -491,6 +501,8 @@ class S3Sink final : public Sink {
   bool stop_ TZR_GUARDED_BY(mu_) = false;
   Status error_ TZR_GUARDED_BY(mu_);
   std::vector<std::thread> uploaders_;
+  // The uploaders' cancel flag: set when the upload is given up.
+  const std::shared_ptr<CancelFlag> uploads_cancel_ = std::make_shared<CancelFlag>();
 };
 
 }  // namespace
