@@ -5,6 +5,7 @@ import ctypes
 import dataclasses
 import json
 import mmap
+import socket
 import os
 import subprocess
 import sys
@@ -141,3 +142,42 @@ def test_prefault_fresh_memory():
         _syscalls.prefault(ctypes.addressof(buf), size)
         assert bytes(buf) == bytes(size)
         del buf
+
+
+def test_stream_open_failure_says_failed_to_open_stream():
+    from tensorizer import stream_io
+
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
+    listener.close()  # nothing listens there now
+    with pytest.raises(ConnectionRefusedError, match="Failed to open stream: opening http://"):
+        stream_io.open_stream(f"http://127.0.0.1:{port}/m.tensors")
+
+
+def test_s3_default_config_paths_are_searched_in_order(tmp_path, monkeypatch):
+    from tensorizer import stream_io
+
+    cfg = tmp_path / "s3cmd.ini"
+    cfg.write_text("[default]\naccess_key = AK\nsecret_key = SK\nhost_base = h.example\n")
+    monkeypatch.setattr(
+        stream_io, "_s3_default_config_paths", (str(tmp_path / "missing"), str(cfg))
+    )
+    assert stream_io._s3_options(None, None, None, None, None, None, None) == {
+        "s3_config_path": str(cfg)
+    }
+    found = stream_io._infer_credentials(None, None)
+    assert (found.config_file, found.s3_access_key, found.s3_endpoint) == (str(cfg), "AK", "h.example")
+    monkeypatch.setattr(stream_io, "_s3_default_config_paths", ())
+    with pytest.raises(ValueError, match="no default .s3cfg file could be found"):
+        stream_io._infer_credentials(None, None)
+
+
+def test_enforce_scheme_is_looked_up_at_each_call(monkeypatch):
+    from tensorizer import stream_io
+
+    with pytest.raises(ValueError, match="Non-HTTPS"):
+        stream_io._s3_options(None, None, "http://127.0.0.1:9", None, None, None, None)
+    monkeypatch.setattr(stream_io, "_enforce_scheme", lambda endpoint, *_: endpoint)
+    options = stream_io._s3_options(None, None, "http://127.0.0.1:9", None, None, None, None)
+    assert options["s3_endpoint"] == "http://127.0.0.1:9"

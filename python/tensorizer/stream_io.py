@@ -215,7 +215,13 @@ class _EngineReadStream(io.BufferedIOBase):
         self.bytes_read = 0
         self.bytes_skipped = 0
         self.read_operations = 0
-        self._source = _core.Source.open(uri, options)
+        try:
+            self._source = _core.Source.open(uri, options)
+        except OSError as e:
+            # tensorizer's streams word a failed first request so, and code
+            # written for them may match on it; the engine's account follows.
+            e.strerror = f"Failed to open stream: {e.strerror}"
+            raise
         size = self._source.size
         self._end = size if end is None else min(end, size)
         self._pos = begin
