@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Sets everything up, then runs all the tests: the C++ unit tests (CTest),
 # a C++ program built against the installed package (find_package), the
-# Python suite (pytest), and then the C++ tests and a pytest subset again
+# Python suite (pytest), the reference tensorizer's own test suite
+# (scripts/ref_suite.sh), and then the C++ tests and a pytest subset again
 # under ASan + UBSan and TSan (scripts/sanitizers.sh; TENSORIZER_SANITIZERS=0
 # leaves them out). Arguments go to the full pytest run.
 set -euo pipefail
@@ -35,6 +36,9 @@ if [ $rc -eq 5 ]; then
   echo "pytest collected no tests: treating that as a failure" >&2
   rc=1
 fi
+
+echo "== The reference tensorizer 2.12.1's own tests, against ours (scripts/ref_suite.sh)"
+bash scripts/ref_suite.sh || rc=1
 
 if [ "${TENSORIZER_SANITIZERS:-1}" != 0 ]; then
   echo "== Sanitizers (scripts/sanitizers.sh)"

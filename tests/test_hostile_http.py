@@ -157,6 +157,30 @@ def test_gzip_content_encoding_is_refused(tensors_bytes):
         server.close()
 
 
+def test_aws_chunked_content_encoding_is_a_plain_body(tensors_bytes):
+    # S3-compatible servers such as moto store the aws-chunked coding a
+    # client uploaded with and send it back on GET, over the plain bytes.
+    def handle(req):
+        first, last = req.headers["Range"].split("=")[1].split("-")
+        part = tensors_bytes[int(first) : int(last) + 1]
+        _reply(
+            req,
+            206,
+            [
+                ("Content-Range", f"bytes {first}-{last}/{len(tensors_bytes)}"),
+                ("Content-Encoding", "aws-chunked"),
+            ],
+            part,
+        )
+
+    server = _Server(handle)
+    try:
+        with TensorDeserializer(f"http://127.0.0.1:{server.port}/m.tensors", device="cpu") as d:
+            assert torch.equal(d["w"], torch.arange(4096, dtype=torch.float32))
+    finally:
+        server.close()
+
+
 @pytest.mark.parametrize(
     ("url_tail", "secret"),
     [

@@ -16,6 +16,8 @@ import logging
 import os
 import sys
 import tempfile
+import threading
+import time
 import warnings
 import weakref
 from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple, Union
@@ -89,14 +91,34 @@ class HashType(enum.IntEnum):
     SHA256 = 1
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(order=True)
 class TensorHash:
+    """A stored hash as tensorizer holds it: the CRC32 as its 4 stored
+    (little-endian) bytes, the SHA-256 as its 32-byte digest."""
+
+    __slots__ = ("type", "hash")
     type: HashType
-    hash: Union[int, bytes]
+    hash: bytes
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(order=True)
 class TensorEntry:
+    """One tensor's index entry, with tensorizer's fields in tensorizer's
+    order. ``hashes`` is filled in once the tensor is loaded."""
+
+    __slots__ = (
+        "metadata_version",
+        "name",
+        "type",
+        "dtype",
+        "shape",
+        "offset",
+        "data_offset",
+        "data_length",
+        "hashes",
+        "header_hashes",
+    )
+    metadata_version: int
     name: Union[str, Tuple[Union[str, int], ...]]
     type: TensorType
     dtype: str
@@ -106,7 +128,56 @@ class TensorEntry:
     data_length: int
     hashes: Optional[List[TensorHash]]
     header_hashes: Optional[Dict[HashType, Any]]
-    metadata_version: int = 1
+
+
+class _FileFeatureFlags(enum.IntFlag):
+    """The header's feature flags (data version 4 and up; zero below)."""
+
+    encrypted = 1
+    versioned_headers = 2
+
+
+@dataclasses.dataclass
+class _FileHeader:
+    """The file header as tensorizer exposes it on a deserializer
+    (``_file_header``). ``tensor_size`` is the stored total, which tensorizer
+    also reports as ``total_file_bytes``."""
+
+    version_number: int
+    feature_flags: _FileFeatureFlags
+    tensor_size: int
+    tensor_count: int
+
+
+@dataclasses.dataclass
+class _PerfStats:
+    file_readinto_ns: int = 0
+    file_readinto_bytes: int = 0
+    tensor_to_device_ns: int = 0
+    tensor_to_device_bytes: int = 0
+    lock: threading.Lock = dataclasses.field(
+        init=False, repr=False, compare=False, default_factory=threading.Lock
+    )
+
+
+# Load timings, as in tensorizer: set TENSORIZER_ENABLE_PERF_STATS before
+# import, then read them with _get_perf_stats(). "file_readinto" is the time
+# the engine's reads took (waiting for the load) and the bytes it read;
+# "tensor_to_device" is the time and bytes of copies to another device.
+_enable_perf_stats: bool = bool(os.environ.get("TENSORIZER_ENABLE_PERF_STATS"))
+_perf_stats: Optional[_PerfStats] = _PerfStats() if _enable_perf_stats else None
+
+
+def _get_perf_stats() -> Dict[str, Union[int, float]]:
+    if _perf_stats is None:
+        raise RuntimeError("Performance stats are not enabled")
+    with _perf_stats.lock:
+        return dict(
+            tensor_to_device_secs=_perf_stats.tensor_to_device_ns * 1e-9,
+            tensor_to_device_bytes=_perf_stats.tensor_to_device_bytes,
+            file_readinto_secs=_perf_stats.file_readinto_ns * 1e-9,
+            file_readinto_bytes=_perf_stats.file_readinto_bytes,
+        )
 
 
 def _checked_dtype(dtype_str: str, shape, data_length: int) -> Tuple[torch.dtype, bool]:
@@ -711,6 +782,12 @@ class TensorDeserializer(collections.abc.Mapping, contextlib.AbstractContextMana
         self._reader = self._open(file_obj)
         self._uri = self._reader.uri  # for messages once the source is closed
         version = self._reader.version
+        self._file_header = _FileHeader(
+            version_number=version,
+            feature_flags=_FileFeatureFlags(self._reader.flags),
+            tensor_size=self._reader.tensor_size,
+            tensor_count=self._reader.tensor_count,
+        )
         has_crypt = self._reader.has_crypt_info
         if encryption is not None:
             if version < ENCRYPTION_TENSORIZER_VERSION:
@@ -763,6 +840,7 @@ class TensorDeserializer(collections.abc.Mapping, contextlib.AbstractContextMana
                     f"reading the index of {self._reader.uri}: entry {i} ({label}): {e}"
                 ) from None
             self._entries[path] = TensorEntry(
+                metadata_version=mver,
                 name=_paths.normalize(path),
                 type=TensorType(ttype),
                 dtype=dtype_str,
@@ -772,7 +850,6 @@ class TensorDeserializer(collections.abc.Mapping, contextlib.AbstractContextMana
                 data_length=dlen,
                 hashes=None,
                 header_hashes=None,
-                metadata_version=mver,
             )
             self._entry_index[path] = i
         if filter_func is not None:
@@ -801,6 +878,10 @@ class TensorDeserializer(collections.abc.Mapping, contextlib.AbstractContextMana
             self._load(self._order, verify_hash)
             self.total_tensor_bytes = sum(e.data_length for e in self._entries.values())
             self._close_source()
+
+    @property
+    def _file_flags(self) -> _FileFeatureFlags:
+        return self._file_header.feature_flags
 
     # --- opening ----------------------------------------------------------
 
@@ -951,6 +1032,7 @@ class TensorDeserializer(collections.abc.Mapping, contextlib.AbstractContextMana
             max_pwhash_opslimit=getattr(self._decryption, "max_opslimit", OPSLIMIT_SENSITIVE),
             max_pwhash_memlimit=getattr(self._decryption, "max_memlimit", MEMLIMIT_SENSITIVE),
         )
+        started = time.perf_counter_ns() if _perf_stats else 0
         arena = load.arena()
         device = self._target_device()
         if device.type == "cpu" and self._dtype is None:
@@ -980,7 +1062,7 @@ class TensorDeserializer(collections.abc.Mapping, contextlib.AbstractContextMana
         for path, tensor, info in zip(pending, tensors, infos):
             _, _, module_idx, hashes, hashed_header = info
             entry = self._entries[path]
-            entry.hashes = [TensorHash(HashType(t), self._hash_value(t, v)) for t, v in hashes]
+            entry.hashes = [TensorHash(HashType(t), bytes(v)) for t, v in hashes]
             self._loaded_info[path] = (module_idx, hashed_header)
             self._cache[path] = tensor
         self._count_read(
@@ -988,12 +1070,11 @@ class TensorDeserializer(collections.abc.Mapping, contextlib.AbstractContextMana
             max(e.data_offset + e.data_length for e in map(self._entries.__getitem__, pending)),
         )
         self.read_bytes += load.bytes_read
-
-    @staticmethod
-    def _hash_value(htype: int, value: bytes):
-        if htype == HashType.CRC32:
-            return int.from_bytes(value, "little")
-        return value
+        if _perf_stats:
+            # Wall time of the whole load, including the tensors' hand-off.
+            with _perf_stats.lock:
+                _perf_stats.file_readinto_ns += time.perf_counter_ns() - started
+                _perf_stats.file_readinto_bytes += load.bytes_read
 
     def _to_tensor(self, arena, offset, nbytes, path, device) -> torch.Tensor:
         entry = self._entries[path]
@@ -1006,7 +1087,12 @@ class TensorDeserializer(collections.abc.Mapping, contextlib.AbstractContextMana
         if cast and (not self._cast_only_floating or t.is_floating_point()):
             t = t.to(device=device, dtype=self._dtype)
         if t.device != device:
+            start = time.perf_counter_ns() if _perf_stats else 0
             t = t.to(device)
+            if _perf_stats:
+                with _perf_stats.lock:
+                    _perf_stats.tensor_to_device_ns += time.perf_counter_ns() - start
+                    _perf_stats.tensor_to_device_bytes += t.untyped_storage().nbytes()
         return torch.nn.Parameter(t, requires_grad=t.dtype.is_floating_point or t.dtype.is_complex)
 
     def _get(self, path, verify_hash=None) -> torch.Tensor:
@@ -1204,7 +1290,7 @@ class TensorDeserializer(collections.abc.Mapping, contextlib.AbstractContextMana
             data = data[:0]
         crc, sha = _core.tensor_hashes(self._loaded_info[path][1], data)
         for h in entry.hashes or ():
-            if h.type == HashType.CRC32 and h.hash != crc:
+            if h.type == HashType.CRC32 and h.hash != crc.to_bytes(4, "little"):
                 return False
             if h.type == HashType.SHA256 and h.hash != sha:
                 return False

@@ -219,7 +219,13 @@ class _EngineReadStream(io.BufferedIOBase):
         self.bytes_read = 0
         self.bytes_skipped = 0
         self.read_operations = 0
-        self._source = _core.Source.open(uri, options)
+        try:
+            self._source = _core.Source.open(uri, options)
+        except OSError as e:
+            # tensorizer's streams word a failed first request so, and code
+            # written for them may match on it; the engine's account follows.
+            e.strerror = f"Failed to open stream: {e.strerror}"
+            raise
         size = self._source.size
         self._end = size if end is None else min(end, size)
         self._pos = begin
@@ -516,10 +522,25 @@ class _S3WriteStream(io.RawIOBase):
             self._abort_sink()
 
 
-def _enforce_endpoint_scheme(endpoint: str, force_http: bool, allow_http: bool = False) -> str:
-    # The reference's rule for an explicitly passed endpoint: https unless
-    # force_http; an explicit http:// endpoint needs force_http (or
-    # allow_http: s3_download and s3_upload take http:// as given).
+# Where s3cmd's config is looked for when s3_config_path is not given, as
+# in tensorizer: open_stream hands the first that exists to the engine, and
+# _infer_credentials reads it. (TensorDeserializer("s3://...") leaves the
+# search to the engine, which looks at ~/.s3cfg.)
+_s3_default_config_paths = (os.path.expanduser("~/.s3cfg"),)
+
+
+def _default_s3_config_path() -> Optional[str]:
+    for candidate in _s3_default_config_paths:
+        if os.path.isfile(candidate):
+            return os.fsdecode(candidate)
+    return None
+
+
+def _enforce_scheme(endpoint: str, allow_http: bool = False, force_http: bool = False) -> str:
+    """tensorizer's rule for an explicitly passed endpoint: https unless
+    force_http; an explicit http:// endpoint needs force_http (or
+    allow_http: s3_download and s3_upload take http:// as given). Looked up
+    by name at each call, as tensorizer's tests rely on when they patch it."""
     scheme = _scheme(endpoint)
     if scheme is None:
         return ("http://" if force_http else "https://") + endpoint
@@ -551,9 +572,7 @@ def _s3_options(
     if s3_secret_access_key is not None:
         options["s3_secret_access_key"] = s3_secret_access_key
     if s3_endpoint:
-        options["s3_endpoint"] = _enforce_endpoint_scheme(
-            s3_endpoint, bool(force_http), allow_http
-        )
+        options["s3_endpoint"] = _enforce_scheme(s3_endpoint, allow_http, bool(force_http))
     elif force_http is not None:
         options["force_http"] = bool(force_http)
     if s3_config_path is not None:
@@ -561,6 +580,8 @@ def _s3_options(
         if not os.path.exists(path):
             raise FileNotFoundError(f"Explicitly specified s3_config_path does not exist: {path}")
         options["s3_config_path"] = path
+    elif (default_path := _default_s3_config_path()) is not None:
+        options["s3_config_path"] = default_path
     if s3_region_name is not None:
         options["s3_region"] = s3_region_name
     return options
@@ -584,7 +605,8 @@ def _infer_credentials(
     s3_config_path=None,
 ) -> _ParsedCredentials:
     """Completes a credential pair from the s3cmd config's [default] section
-    (``s3_config_path``, else ~/.s3cfg), as tensorizer's helper of that name
+    (``s3_config_path``, else the first of _s3_default_config_paths that
+    exists), as tensorizer's helper of that name
     does: None means not given, "" is a given (empty) credential.
 
     Raises FileNotFoundError for a missing explicit ``s3_config_path``, and
@@ -600,11 +622,12 @@ def _infer_credentials(
         if not os.path.exists(path):
             raise FileNotFoundError(f"Explicitly specified s3_config_path does not exist: {path}")
     else:
-        path = os.path.expanduser("~/.s3cfg")
-        if not os.path.isfile(path):
+        path = _default_s3_config_path()
+        if path is None:
+            searched = ", ".join(_s3_default_config_paths) or "no paths"
             raise ValueError(
                 "Attempted to access an S3 bucket, but credentials were not provided,"
-                f" and no default .s3cfg file could be found ({path})."
+                f" and no default .s3cfg file could be found ({searched})."
             )
     # Raw values: a secret may hold '%', which interpolation would reject.
     config = configparser.ConfigParser(interpolation=None)
