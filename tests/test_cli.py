@@ -463,7 +463,7 @@ def test_bench_prints_throughput_beside_limit(cli, small, flags):
     out = run(cli, "bench", "--repeat", "2", *flags, small)
     assert out.returncode == 0, out.stderr
     keys = [line.split(":", 1)[0] for line in out.stdout.splitlines()]
-    assert keys == ["file", "page cache", "load", "limit", "ratio", "machine"]
+    assert keys == ["file", "page cache", "load", "limit", "reads", "ratio", "machine"]
     lines = dict(line.split(":", 1) for line in out.stdout.splitlines())
     gbs = r"\s+\d+\.\d\d GB/s  best of 2 \(\d+\.\d{3} ms\)"
     assert re.match(gbs + r", \d+ threads, hash check: ", lines["load"])

@@ -116,11 +116,15 @@ def test_http_load_matches_local_load(nginx, ours_url):
 
 
 def test_remote_loads_default_to_at_least_four_connections(nginx, ours_url):
-    # Without num_readers, a local load uses one reader per core; a remote
-    # one at least 4, since its readers mostly wait on the network.
+    # Without num_readers, a local load read through the page cache uses
+    # one reader per core; a remote one at least 4, since its readers mostly
+    # wait on the network (as do O_DIRECT reads of a local file: see
+    # test_direct_io.py).
     _, served = nginx
     cores = len(os.sched_getaffinity(0))
-    local = TensorDeserializer(str(served / "ours.tensors"), device="cpu", lazy_load=True)
+    local = TensorDeserializer(
+        str(served / "ours.tensors"), device="cpu", lazy_load=True, direct_io=False
+    )
     remote = TensorDeserializer(ours_url, device="cpu", lazy_load=True)
     assert local._num_threads == min(cores, len(local))
     assert remote._num_threads == min(max(cores, 4), len(remote))

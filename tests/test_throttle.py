@@ -1,4 +1,6 @@
-"""Throttling answers are retried apart from max_retries (503 SlowDown, 429).
+"""Throttling answers are retried apart from max_retries (503 SlowDown, 429),
+and so, for up to 30 s, are server errors (500, 502, 504) such as a store
+failing over.
 
 docs/scaling.md: a fleet that meets a store's request rate gets 503s for as
 long as it asks too fast. bench/cluster_faults.py showed the loads failing
@@ -48,7 +50,7 @@ def _fast(**kw):
     return stream_io.HttpOptions(max_retries=2, retry_base_delay_ms=1, retry_max_delay_ms=5, **kw)
 
 
-@pytest.mark.parametrize("status", [503, 429])
+@pytest.mark.parametrize("status", [503, 429, 500, 502, 504])
 def test_throttling_is_retried_beyond_max_retries(data, status):
     server = _throttling_server(data, throttled=20, status=status)
     try:
@@ -56,6 +58,18 @@ def test_throttling_is_retried_beyond_max_retries(data, status):
         with TensorDeserializer(stream_io.open_stream(url, http_options=_fast())) as d:
             assert torch.equal(d["w"], torch.arange(4096, dtype=torch.float32))
         assert len(server.requests) > 20
+    finally:
+        server.close()
+
+
+def test_other_statuses_use_max_retries(data):
+    # 408 is retried, but as any failure: max_retries bounds it.
+    server = _throttling_server(data, throttled=20, status=408)
+    try:
+        url = f"http://127.0.0.1:{server.port}/m.tensors"
+        with pytest.raises(OSError, match="408"):
+            TensorDeserializer(stream_io.open_stream(url, http_options=_fast()))
+        assert len(server.requests) == 3
     finally:
         server.close()
 
@@ -71,11 +85,12 @@ def test_throttling_counts_as_failure_when_its_window_is_off(data):
         server.close()
 
 
-def test_throttling_ends_with_its_window(data):
-    server = _throttling_server(data, throttled=10**9)
+@pytest.mark.parametrize("status", [503, 500])
+def test_throttling_ends_with_its_window(data, status):
+    server = _throttling_server(data, throttled=10**9, status=status)
     try:
         url = f"http://127.0.0.1:{server.port}/m.tensors"
-        with pytest.raises(OSError, match="503"):
+        with pytest.raises(OSError, match=str(status)):
             TensorDeserializer(
                 stream_io.open_stream(url, http_options=_fast(throttle_retry_ms=300))
             )

@@ -104,10 +104,18 @@ Status CurlFailure(CURLcode rc, const char* errbuf, int sys_errno, bool in_heade
 bool IsRetriableStatus(long status) { return status >= 500 || status == 429 || status == 408; }
 
 bool ThrottleRetries::Retry(long status, const HttpOptions& options) {
-  if ((status != 503 && status != 429) || options.throttle_retry_ms == 0) return false;
+  uint32_t window_ms;
+  if (status == 503 || status == 429) {
+    window_ms = options.throttle_retry_ms;
+  } else if (status == 500 || status == 502 || status == 504) {
+    window_ms = std::min(options.throttle_retry_ms, kServerErrorRetryMs);
+  } else {
+    return false;
+  }
+  if (window_ms == 0) return false;
   auto now = std::chrono::steady_clock::now();
   if (count_++ == 0) first_ = now;
-  return now - first_ < std::chrono::milliseconds(options.throttle_retry_ms);
+  return now - first_ < std::chrono::milliseconds(window_ms);
 }
 
 int ErrnoForStatus(long status) {

@@ -51,11 +51,16 @@ Status CurlFailure(CURLcode rc, const char* errbuf, int sys_errno, bool in_heade
 // 5xx, 429 (slow down) and 408 (request timeout).
 bool IsRetriableStatus(long status);
 
-// Retries of throttling answers: 503 (S3's SlowDown) and 429. A store that
-// answers them is asking its clients to slow down, not failing, so they are
-// retried with backoff for HttpOptions::throttle_retry_ms from the first
-// one, apart from max_retries: a fleet that meets a prefix's request rate
-// slows down instead of failing (docs/scaling.md).
+// Retries of answers that say "not now" rather than "no": throttling (503,
+// S3's SlowDown, and 429) and server errors (500, 502, 504, S3's
+// InternalError "please try again", a store failing over). A store that
+// throttles is asking its clients to slow down, so those are retried with
+// backoff for HttpOptions::throttle_retry_ms from the first one, apart from
+// max_retries: a fleet that meets a prefix's request rate slows down instead
+// of failing (docs/scaling.md). Server errors get the same for at most
+// kServerErrorRetryMs, enough for a storage node's restart or failover
+// (bench/cluster_faults.py) without hiding a broken endpoint for minutes.
+inline constexpr uint32_t kServerErrorRetryMs = 30000;
 class ThrottleRetries {
  public:
   // Whether an attempt that got `status` is retried as throttled; counts it.
