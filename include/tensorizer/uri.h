@@ -17,6 +17,10 @@ namespace tensorizer {
 // control characters escaped as \xNN so a hostile name cannot forge lines).
 std::string RedactUri(const std::string& uri);
 
+// `s` with control characters (C0 and DEL) as \xNN, so that a name from a
+// URI, a setting or a server cannot forge lines in a message.
+std::string EscapeControls(const std::string& s);
+
 // Whether a query parameter of this name (case-insensitive) holds a secret:
 // X-Amz-Signature, X-Amz-Security-Token, X-Goog-Signature, Signature, sig,
 // token, access_token, password, secret...

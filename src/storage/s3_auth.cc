@@ -5,6 +5,7 @@
 #include <cstring>
 
 #include "storage/s3_xml.h"
+#include "tensorizer/uri.h"
 
 namespace tensorizer::s3 {
 
@@ -117,26 +118,6 @@ std::string ServerText(const std::string& text, const ResolvedConfig& config) {
   return escaped;
 }
 
-namespace {
-
-// `s` with control characters as \xNN: names that came from a URI or a
-// setting must not forge lines in a message.
-std::string Printable(const std::string& s) {
-  std::string out;
-  for (unsigned char c : s) {
-    if (c < 0x20 || c == 0x7f) {
-      char buf[5];
-      std::snprintf(buf, sizeof buf, "\\x%02x", c);
-      out += buf;
-    } else {
-      out += static_cast<char>(c);
-    }
-  }
-  return out;
-}
-
-}  // namespace
-
 std::string DescribeFailure(const ResolvedConfig& config, const Location& location,
                             const std::string& status_text, const std::string& body) {
   const XmlDocument doc = ParseXml(body);
@@ -149,11 +130,11 @@ std::string DescribeFailure(const ResolvedConfig& config, const Location& locati
   } else if (!body.empty() && body.find('<') == std::string::npos) {
     out += ": " + ServerText(body, config);
   }
-  out += " (endpoint " + config.scheme + "://" + Printable(config.host) + ", bucket " +
-         Printable(location.bucket);
+  out += " (endpoint " + config.scheme + "://" + EscapeControls(config.host) + ", bucket " +
+         EscapeControls(location.bucket);
   if (config.credentials) {
-    out += ", access key id " + Printable(config.credentials->access_key_id) + " from " +
-           Printable(config.credentials_from);
+    out += ", access key id " + EscapeControls(config.credentials->access_key_id) + " from " +
+           EscapeControls(config.credentials_from);
   } else {
     out += ", anonymous request: no credentials were found";
   }

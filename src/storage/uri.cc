@@ -17,6 +17,8 @@ bool IEq(const std::string& a, const char* b) {
   return i == a.size() && b[i] == '\0';
 }
 
+}  // namespace
+
 std::string EscapeControls(const std::string& s) {
   std::string out;
   out.reserve(s.size());
@@ -31,8 +33,6 @@ std::string EscapeControls(const std::string& s) {
   }
   return out;
 }
-
-}  // namespace
 
 bool IsSecretQueryParameter(const std::string& name) {
   static const char* const kSecret[] = {
