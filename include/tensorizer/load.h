@@ -41,6 +41,7 @@
 #include "tensorizer/format.h"
 #include "tensorizer/plan.h"
 #include "tensorizer/source.h"
+#include "tensorizer/staging.h"
 #include "tensorizer/status.h"
 
 namespace tensorizer {
@@ -106,6 +107,9 @@ struct LoadOptions {
   // Required for files with encrypted tensors. Chunks are decrypted in place
   // as they arrive, before hashes are checked and the tensor is published.
   std::optional<DecryptionOptions> decryption;
+  // Set: a staged load (tensorizer/staging.h) into the destinations given
+  // there, through a bounded ring of pinned buffers; no arena is allocated.
+  std::optional<StagingOptions> staging;
 };
 
 class Load {
@@ -139,6 +143,8 @@ class Load {
   uint64_t arena_bytes(size_t i) const;
   const std::shared_ptr<Arena>& arena() const;
   uint64_t bytes_read() const;
+  // A staged load's ring (zeros for an arena load).
+  StagingStats staging_stats() const;
 
   struct State;
 

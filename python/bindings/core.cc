@@ -42,6 +42,7 @@
 #include "tensorizer/format.h"
 #include "tensorizer/load.h"
 #include "tensorizer/source.h"
+#include "tensorizer/staging.h"
 #include "tensorizer/uri.h"
 #include "tensorizer/write.h"
 
@@ -328,8 +329,19 @@ class PyReader {
                                   uint64_t chunk_bytes, bool huge_pages,
                                   std::optional<nb::bytes> key,
                                   std::optional<nb::bytes> passphrase,
-                                  uint64_t max_pwhash_opslimit, uint64_t max_pwhash_memlimit) {
+                                  uint64_t max_pwhash_opslimit, uint64_t max_pwhash_memlimit,
+                                  std::shared_ptr<CopyDevice> staging_device,
+                                  std::vector<uint64_t> destinations, uint32_t buffer_count,
+                                  uint64_t buffer_bytes) {
     LoadOptions o;
+    if (staging_device) {
+      StagingOptions so;
+      so.device = std::move(staging_device);
+      so.destinations = std::move(destinations);
+      so.buffer_count = buffer_count;
+      so.buffer_bytes = buffer_bytes;
+      o.staging = std::move(so);
+    }
     if (key || passphrase) {
       DecryptionOptions d;
       if (key) d.key = KeyArg(*key);
@@ -499,7 +511,31 @@ NB_MODULE(_core, m) {
       .def("start_load", &PyReader::StartLoad, "selected"_a, "verify"_a = 0, "num_threads"_a = 0,
            "chunk_bytes"_a = 16ull << 20, "huge_pages"_a = true, "key"_a = nb::none(),
            "passphrase"_a = nb::none(), "max_pwhash_opslimit"_a = kDefaultMaxPwhashOpsLimit,
-           "max_pwhash_memlimit"_a = kDefaultMaxPwhashMemLimit);
+           "max_pwhash_memlimit"_a = kDefaultMaxPwhashMemLimit,
+           // A staged load (tensorizer/staging.h): the bytes go through a
+           // ring of buffers to `destinations` (an address per tensor).
+           "staging_device"_a = nb::none(), "destinations"_a = std::vector<uint64_t>(),
+           "buffer_count"_a = 0, "buffer_bytes"_a = 0);
+
+  // Where a staged load's copies go: the GPU runtime the framework loaded
+  // (its path), or the host stand-in (addresses are host memory).
+  nb::class_<CopyDevice>(m, "CopyDevice")
+      .def_static(
+          "gpu",
+          [](const std::string& runtime_path, int device_index, int streams) {
+            return Take(OpenGpuCopyDevice(runtime_path, device_index, streams));
+          },
+          "runtime_path"_a, "device_index"_a, "streams"_a = 2)
+      .def_static(
+          "host",
+          [](int streams, uint64_t bytes_per_second) {
+            HostCopyDeviceOptions o;
+            o.streams = streams;
+            o.bytes_per_second = bytes_per_second;
+            return OpenHostCopyDevice(o);
+          },
+          "streams"_a = 2, "bytes_per_second"_a = 0)
+      .def_prop_ro("name", &CopyDevice::name);
 
   nb::class_<PySource>(m, "Source")
       .def_static(
@@ -558,6 +594,7 @@ NB_MODULE(_core, m) {
            [](Load& l) {
              Check(InterruptibleWait(l, [&](auto slice) { return l.WaitFor(slice); }));
            })
+      .def("cancel", &Load::Cancel)
       .def("arena", &ArenaView)
       // Where each tensor's bytes will be, known before they arrive, so the
       // caller can build its views while the workers read.
@@ -575,7 +612,14 @@ NB_MODULE(_core, m) {
              return TensorInfo(l, i);
            })
       .def_prop_ro("tensor_count", &Load::tensor_count)
-      .def_prop_ro("bytes_read", &Load::bytes_read);
+      .def_prop_ro("bytes_read", &Load::bytes_read)
+      // (buffer_count, buffer_bytes, peak_buffers_in_use, bytes_copied)
+      .def("staging_stats",
+           [](const Load& l) {
+             StagingStats s = l.staging_stats();
+             return nb::make_tuple(s.buffer_count, s.buffer_bytes, s.peak_buffers_in_use,
+                                   s.bytes_copied);
+           });
 
   nb::class_<PyWriter>(m, "Writer")
       .def_static(

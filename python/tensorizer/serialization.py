@@ -25,7 +25,7 @@ from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple, Union
 import numpy as np
 import torch
 
-from . import _core, _paths, stream_io, utils
+from . import _core, _paths, _staging, stream_io, utils
 from ._crypto import (
     MEMLIMIT_SENSITIVE,
     OPSLIMIT_SENSITIVE,
@@ -778,6 +778,15 @@ class TensorDeserializer(collections.abc.Mapping, contextlib.AbstractContextMana
         self._cast_only_floating = cast_only_floating
         self._lazy_load = lazy_load
         self._verify_hash = verify_hash
+        # GPU loads stream through the engine's staging ring (_staging.py);
+        # plaid_mode_buffers, when given, is its buffers per reader.
+        self._plaid_mode_buffers = (
+            plaid_mode_buffers
+            if isinstance(plaid_mode_buffers, int) and plaid_mode_buffers > 0
+            else None
+        )
+        self._copy_device = None  # kept between the loads of a lazy deserializer
+        self._staging_stats = None  # of the last staged load (tests)
 
         self._reader = self._open(file_obj)
         self._uri = self._reader.uri  # for messages once the source is closed
@@ -950,6 +959,7 @@ class TensorDeserializer(collections.abc.Mapping, contextlib.AbstractContextMana
         if self._reader is not None:
             self._read_stats = self._reader.read_stats
         self._reader = None
+        self._copy_device = None
         if self._file is not None:
             with contextlib.suppress(Exception):
                 self._file.close()
@@ -1021,6 +1031,26 @@ class TensorDeserializer(collections.abc.Mapping, contextlib.AbstractContextMana
             return
         if self._reader is None:
             raise RuntimeError("TensorDeserializer is closed; its file is no longer open")
+        device = self._target_device()
+        copy_device = self._copy_device or _staging.copy_device(device)
+        staged = None
+        staging = {}
+        if copy_device is not None:
+            if self._lazy_load:
+                self._copy_device = copy_device
+            entries = [self._entries[p] for p in pending]
+            staged = _staging.destinations(
+                [(e.shape, self._dtypes[p][0]) for p, e in zip(pending, entries)],
+                device,
+                [e.data_length == 0 for e in entries],
+            )
+            count, size = _staging.ring_shape(self._plaid_mode_buffers, self._num_threads)
+            staging = dict(
+                staging_device=copy_device,
+                destinations=[t.data_ptr() for t in staged],
+                buffer_count=count,
+                buffer_bytes=size,
+            )
         load = self._reader.start_load(
             [self._entry_index[p] for p in pending],
             verify=_hash_check(verify),
@@ -1031,11 +1061,27 @@ class TensorDeserializer(collections.abc.Mapping, contextlib.AbstractContextMana
             ),
             max_pwhash_opslimit=getattr(self._decryption, "max_opslimit", OPSLIMIT_SENSITIVE),
             max_pwhash_memlimit=getattr(self._decryption, "max_memlimit", MEMLIMIT_SENSITIVE),
+            **staging,
         )
         started = time.perf_counter_ns() if _perf_stats else 0
         arena = load.arena()
-        device = self._target_device()
-        if device.type == "cpu" and self._dtype is None:
+        if staged is not None:
+            # Each tensor is on its device once its copies landed. On an
+            # error, stop the load and drop its buffers and destinations
+            # before raising (the traceback would keep them alive).
+            tensors = []
+            try:
+                for i in range(len(staged)):
+                    load.wait_tensor(i)
+                    tensors.append(self._finish_tensor(staged[i], device))
+            except BaseException:
+                load.cancel()
+                with contextlib.suppress(Exception):
+                    load.wait()
+                del load, staged, tensors
+                raise
+            self._staging_stats = load.staging_stats()
+        elif device.type == "cpu" and self._dtype is None:
             # Zero-copy views need no data yet: build them while the workers
             # read, then wait once.
             tensors = [
@@ -1083,6 +1129,10 @@ class TensorDeserializer(collections.abc.Mapping, contextlib.AbstractContextMana
             t = torch.from_numpy(arena[offset : offset + nbytes]).view(dtype).reshape(entry.shape)
         else:
             t = torch.empty(entry.shape, dtype=dtype)
+        return self._finish_tensor(t, device)
+
+    def _finish_tensor(self, t: torch.Tensor, device) -> torch.Tensor:
+        """Casts (on the device) and moves `t` as asked; wraps it as a Parameter."""
         cast = self._dtype is not None and t.dtype not in (torch.bool, self._dtype)
         if cast and (not self._cast_only_floating or t.is_floating_point()):
             t = t.to(device=device, dtype=self._dtype)

@@ -7,6 +7,13 @@
 // remaining-read counter drops once per read that touched it; at zero the
 // tensor is published. Invariant: a tensor is published only after its header
 // was checked and, when verifying, its hashes matched.
+//
+// A staged load (tensorizer/staging.h) runs the same steps with each read's
+// data segments packed into a staging buffer instead of the arena
+// (RunStagedRead), and counts a read against its tensors when the copy
+// stage reports its copies landed. An encrypted chunk may straddle two
+// reads: its received part is carried into the next buffer, ahead of the
+// bytes that complete it, so every chunk opens in one piece.
 #include "tensorizer/load.h"
 
 #include <sys/mman.h>
@@ -19,6 +26,7 @@
 #include <thread>
 
 #include "format/hash.h"
+#include "pipeline/staging_ring.h"
 #include "tensorizer/cancel.h"
 #include "tensorizer/crypto.h"
 #include "util/thread_annotations.h"
@@ -119,6 +127,8 @@ struct TensorState {
   CryptKey key{};
   uint64_t data_received = 0;
   size_t chunks_opened = 0;
+  // Staged loads: received bytes of a chunk not yet complete.
+  std::vector<uint8_t> carry;
 };
 
 struct Load::State {
@@ -144,6 +154,8 @@ struct Load::State {
   // Passphrase keys: options.decryption->derived_keys when the caller
   // shares one between loads, else this load's own.
   std::shared_ptr<DerivedKeyCache> keys;
+  // Staged loads only.
+  std::unique_ptr<internal::StagingRing> ring;
 
   void Fail(const Status& st) {
     std::lock_guard<std::mutex> lock(mu);
@@ -264,26 +276,33 @@ struct Load::State {
     if (!layout.ok()) return layout.status().WithContext(what);
     ts.sealed = std::move(layout).value();
     // Nothing to wait for: an empty tensor's lone chunk (if any) opens now.
-    return OpenArrivedChunks(t);
+    return ring ? OpenArrivedChunks(t, arena->data(), 0, 0) : OpenArrivedChunks(t);
+  }
+
+  Status OpenArrivedChunks(uint32_t t) {
+    return OpenArrivedChunks(t, arena->data() + plan.tensors[t].arena_offset, 0,
+                             tensors[t].sealed->data_bytes);
   }
 
   // Decrypts every chunk whose bytes have all arrived, in order, and feeds
-  // the plaintext to the hashers.
-  Status OpenArrivedChunks(uint32_t t) {
+  // the plaintext to the hashers. `window` holds the tensor's data from
+  // byte `window_offset` on, `window_bytes` of it (zeroed on failure).
+  Status OpenArrivedChunks(uint32_t t, uint8_t* window, uint64_t window_offset,
+                           uint64_t window_bytes) {
     TensorState& ts = tensors[t];
     const SealedChunks& sc = *ts.sealed;
-    uint8_t* base = arena->data() + plan.tensors[t].arena_offset;
     while (ts.chunks_opened < sc.count() &&
            sc.offset(ts.chunks_opened) + sc.length(ts.chunks_opened) <= ts.data_received) {
       size_t i = ts.chunks_opened;
-      Status st = DecryptChunk(ts.key, sc.nonce0, i, base + sc.offset(i), sc.length(i), sc.macs[i]);
+      uint8_t* chunk = window + (sc.offset(i) - window_offset);
+      Status st = DecryptChunk(ts.key, sc.nonce0, i, chunk, sc.length(i), sc.macs[i]);
       if (!st.ok()) {
-        std::memset(base, 0, sc.data_bytes);  // never leave partial plaintext
+        std::memset(window, 0, window_bytes);  // never leave partial plaintext
         const TensorEntry& e = index->entries[plan.tensors[t].entry];
         return st.WithContext("tensor '" + DisplayName(e.name) + "' in " + source->uri());
       }
       ++ts.chunks_opened;
-      if (ts.hasher) TZR_RETURN_IF_ERROR(HashData(t, base + sc.offset(i), sc.length(i)));
+      if (ts.hasher) TZR_RETURN_IF_ERROR(HashData(t, chunk, sc.length(i)));
     }
     return Status::Ok();
   }
@@ -329,6 +348,101 @@ struct Load::State {
     return Status::Ok();
   }
 
+  // Fills staging buffer `b` from `op`; the copies and the tensors to
+  // count go to `batch`.
+  Status FillStaged(const ReadOp& op, uint32_t b, internal::StagedBatch* batch) {
+    uint8_t* buf = ring->data(b);
+    std::vector<iovec> v(op.segment_count);
+    std::vector<uint64_t> window_at(op.segment_count);  // where each data window starts
+    uint64_t pos = 0;
+    for (uint32_t s = 0; s < op.segment_count; ++s) {
+      const ReadSegment& seg = plan.segments[op.first_segment + s];
+      if (seg.header) {
+        v[s] = iovec{headers.data() + seg.dst_offset, seg.length};
+        continue;
+      }
+      std::vector<uint8_t>& carry = tensors[seg.tensor].carry;
+      if (pos + carry.size() + seg.length > ring->buffer_bytes()) {
+        const TensorEntry& e = index->entries[plan.tensors[seg.tensor].entry];
+        return Status::InvalidArgument(
+            "tensor '" + DisplayName(e.name) + "' in " + source->uri() + ": " +
+            std::to_string(carry.size() + seg.length) + " bytes (a read" +
+            (carry.empty() ? "" : " and the part of an encrypted chunk before it") +
+            ") do not fit a staging buffer of " + std::to_string(ring->buffer_bytes()) +
+            " bytes; use larger staging buffers");
+      }
+      window_at[s] = pos;
+      std::memcpy(buf + pos, carry.data(), carry.size());
+      pos += carry.size();
+      v[s] = iovec{buf + pos, seg.length};
+      pos += seg.length;
+    }
+    TZR_RETURN_IF_ERROR(source->ReadAtV(op.file_offset, v.data(), static_cast<int>(op.segment_count)));
+    bytes_read += op.length;
+    batch->buffer = b;
+    for (uint32_t s = 0; s < op.segment_count; ++s) {
+      const ReadSegment& seg = plan.segments[op.first_segment + s];
+      const uint32_t t = seg.tensor;
+      TensorState& ts = tensors[t];
+      if (seg.header) {
+        TZR_RETURN_IF_ERROR(OnHeader(t).WithContext("reading " + source->uri()));
+      } else {
+        const uint64_t data_at = seg.dst_offset - plan.tensors[t].arena_offset;
+        const uint64_t dst = options.staging->destinations[t];
+        uint8_t* window = buf + window_at[s];
+        if (ts.sealed) {
+          const uint64_t carried = ts.carry.size();
+          const uint64_t from = data_at - carried;
+          ts.carry.clear();
+          ts.data_received += seg.length;
+          TZR_RETURN_IF_ERROR(OpenArrivedChunks(t, window, from, carried + seg.length));
+          const SealedChunks& sc = *ts.sealed;
+          const uint64_t opened =
+              ts.chunks_opened == sc.count() ? sc.data_bytes : sc.offset(ts.chunks_opened);
+          if (opened > from) {
+            batch->regions.push_back({window_at[s], dst + from, opened - from});
+          }
+          ts.carry.assign(window + (opened - from), window + carried + seg.length);
+        } else {
+          if (ts.hasher) TZR_RETURN_IF_ERROR(HashData(t, window, seg.length));
+          batch->regions.push_back({window_at[s], dst + data_at, seg.length});
+        }
+      }
+      bool last_of_tensor =
+          s + 1 == op.segment_count || plan.segments[op.first_segment + s + 1].tensor != t;
+      if (last_of_tensor && (batch->tensors.empty() || batch->tensors.back() != t)) {
+        batch->tensors.push_back(t);
+      }
+    }
+    return Status::Ok();
+  }
+
+  Status RunStagedRead(const ReadOp& op) {
+    auto b = ring->Acquire(*cancel);
+    if (!b.ok()) return b.status().WithContext("loading " + source->uri());
+    internal::StagedBatch batch;
+    Status st = FillStaged(op, *b, &batch);
+    if (!st.ok()) {
+      ring->Release(*b);
+      return st;
+    }
+    ring->Submit(std::move(batch));
+    return Status::Ok();
+  }
+
+  // The copy stage's thread: counts each landed read against its tensors.
+  void CopyStage() {
+    Status st = ring->RunCopies(*cancel, [this](const std::vector<uint32_t>& landed) {
+      for (uint32_t t : landed) {
+        if (tensors[t].reads_left.fetch_sub(1) == 1) Publish(t);
+      }
+    });
+    if (!st.ok()) Fail(st.WithContext("loading " + source->uri()));
+    std::lock_guard<std::mutex> lock(mu);
+    --workers_running;
+    cv.notify_all();
+  }
+
   void Work() {
     CancelScope scope(cancel);
     while (!failed) {
@@ -336,13 +450,15 @@ struct Load::State {
       if (j >= plan.job_count()) break;
       for (uint32_t r = plan.job_starts[j]; r < plan.job_end(j) && !failed; ++r) {
         Status st = cancel->cancelled() ? CancelledStatus("loading " + source->uri())
-                                        : RunRead(plan.reads[r]);
+                    : ring             ? RunStagedRead(plan.reads[r])
+                                       : RunRead(plan.reads[r]);
         if (!st.ok()) {
           Fail(st);
           break;
         }
       }
     }
+    if (ring) ring->ProducerDone();
     std::lock_guard<std::mutex> lock(mu);
     --workers_running;
     cv.notify_all();
@@ -388,12 +504,30 @@ Result<std::unique_ptr<Load>> Load::Start(std::shared_ptr<const Source> source,
   // whose bytes are mostly in the page cache (auto mode reads it buffered)
   // keeps the 64-byte slots of a buffered load.
   auto file = FileReadStatsOf(*source);
-  if (file && file->direct_block_bytes != 0 && !selected.empty()) {
+  if (file && file->direct_block_bytes != 0 && !selected.empty() && !options.staging) {
     const TensorEntry& first = index->entries[selected.front()];
     const TensorEntry& last = index->entries[selected.back()];
     if (WouldReadDirect(*source, first.header_offset, last.record_end() - first.header_offset)) {
       po.direct_block_bytes = file->direct_block_bytes;
     }
+  }
+  internal::RingShape ring_shape{};
+  if (options.staging) {
+    if (!options.staging->device || options.staging->destinations.size() != selected.size()) {
+      return Status::InvalidArgument("a staged load needs a device and one destination per tensor");
+    }
+    uint64_t load_bytes = 0;
+    for (size_t e : selected) {
+      if (e < index->entries.size()) load_bytes += index->entries[e].data_length;
+    }
+    int workers = options.num_threads > 0 ? options.num_threads
+                                          : static_cast<int>(std::thread::hardware_concurrency());
+    ring_shape = internal::ChooseRingShape(*options.staging, workers, load_bytes);
+    // A read's data fills at most one buffer; an encrypted one leaves room
+    // for the part of a chunk carried over from the read before.
+    uint64_t fits = index->header.has_crypt_info() ? ring_shape.buffer_bytes / 2
+                                                   : ring_shape.buffer_bytes;
+    po.chunk_bytes = std::max<uint64_t>(std::min(po.chunk_bytes, fits), 1);
   }
   auto plan = MakeLoadPlan(*index, selected, po);
   if (!plan.ok()) return plan.status().WithContext("planning load of " + source->uri());
@@ -406,7 +540,7 @@ Result<std::unique_ptr<Load>> Load::Start(std::shared_ptr<const Source> source,
                  ? options.decryption->derived_keys
                  : std::make_shared<DerivedKeyCache>();
   if (st->index->format == FileFormat::kSafetensors) st->options.verify = HashCheck::kNone;
-  auto arena = Arena::Allocate(st->plan.arena_bytes, options.huge_pages);
+  auto arena = Arena::Allocate(options.staging ? 0 : st->plan.arena_bytes, options.huge_pages);
   if (!arena.ok()) return arena.status().WithContext("loading " + st->source->uri());
   st->arena = std::move(arena).value();
   st->headers.resize(st->plan.header_bytes);
@@ -421,8 +555,16 @@ Result<std::unique_ptr<Load>> Load::Start(std::shared_ptr<const Source> source,
   threads = std::max(1, std::min<int>(threads, static_cast<int>(st->plan.job_count())));
   if (st->plan.job_count() == 0) threads = 0;
   State* raw = st.get();
-  raw->workers_running = static_cast<size_t>(threads);
+  if (options.staging) {
+    auto ring = internal::StagingRing::Create(options.staging->device, ring_shape.count,
+                                              ring_shape.buffer_bytes, static_cast<size_t>(threads));
+    if (!ring.ok()) return ring.status().WithContext("loading " + raw->source->uri());
+    raw->ring = std::move(ring).value();
+  }
+  raw->workers_running = static_cast<size_t>(threads) + (raw->ring ? 1 : 0);
   for (int i = 0; i < threads; ++i) raw->workers.emplace_back([raw] { raw->Work(); });
+  // Joined after the workers (the destructor joins in order).
+  if (raw->ring) raw->workers.emplace_back([raw] { raw->CopyStage(); });
   return std::unique_ptr<Load>(new Load(std::move(st)));
 }
 
@@ -474,5 +616,8 @@ uint64_t Load::arena_offset(size_t i) const { return state_->plan.tensors[i].are
 uint64_t Load::arena_bytes(size_t i) const { return state_->plan.tensors[i].arena_bytes; }
 const std::shared_ptr<Arena>& Load::arena() const { return state_->arena; }
 uint64_t Load::bytes_read() const { return state_->bytes_read; }
+StagingStats Load::staging_stats() const {
+  return state_->ring ? state_->ring->stats() : StagingStats{};
+}
 
 }  // namespace tensorizer
