@@ -27,6 +27,26 @@ def pytest_report_header(config):
     return [f"tensorizer under test: {ours}", f"reference interpreter: {ref}"]
 
 
+def _have_gpu() -> bool:
+    try:
+        import torch
+    except ImportError:
+        return False
+    return torch.cuda.is_available()
+
+
+def pytest_collection_modifyitems(config, items):
+    """Tests marked ``gpu`` need a CUDA device: without one they are
+    deselected (reported as such, never as skips); bench/gpu_check.sh runs
+    them on a GPU machine."""
+    if _have_gpu():
+        return
+    gpu = [item for item in items if item.get_closest_marker("gpu") is not None]
+    if gpu:
+        config.hook.pytest_deselected(items=gpu)
+        items[:] = [item for item in items if item.get_closest_marker("gpu") is None]
+
+
 @pytest.fixture(scope="session")
 def ref_python() -> str:
     """The interpreter of the venv holding the reference tensorizer 2.12.1.
