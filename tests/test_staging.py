@@ -39,6 +39,7 @@ from tensorizer import (
     TensorSerializer,
     stream_io,
 )
+from tensorizer.serialization import TensorType
 from tensorizer.utils import no_init_or_tensor
 
 _MiB = 1 << 20
@@ -365,7 +366,7 @@ def test_host_memory_of_a_2_gib_load_is_the_ring(tmp_path):
     count, n = 32 * _MiB, 16
     s = TensorSerializer(str(tmp_path / "big.tensors"))
     for i in range(n):
-        s.write_tensor(i, f"t{i}", torch.arange(count, dtype=torch.int32) + i)
+        s.write_tensor(i, f"t{i}", TensorType.STATE_DICT, torch.arange(count, dtype=torch.int32) + i)
     s.close()
     assert os.path.getsize(tmp_path / "big.tensors") >= 2 << 30
     env = dict(os.environ, TENSORIZER_STAGING="host")
