@@ -1,6 +1,6 @@
 // `tensorizer bench FILE [--threads N] [--repeat N] [--verify]`: time whole
 // loads of a file and print the best beside the machine's read limit,
-// measured in the same run (machine_limits.h), and their ratio.
+// measured in the same run (tensorizer/machine.h), and their ratio.
 //
 // Each repetition measures the limit and then the load, so both see the
 // same page cache state; the first repetition may read from storage while
@@ -16,11 +16,11 @@
 #include <cstdio>
 
 #include "command.h"
-#include "machine_limits.h"
 #include "remote_options.h"
 #include "tensor_display.h"
 #include "tensorizer/convert.h"
 #include "tensorizer/load.h"
+#include "tensorizer/machine.h"
 
 namespace tensorizer::cli {
 namespace {
@@ -42,7 +42,8 @@ const std::string kHelp =
         "threads as the load.\n"
         "\n"
         "options:\n"
-        "  --threads N  load with N threads (default: one per core)\n"
+        "  --threads N  load with N threads (default: one per core, at least 4 for a\n"
+        "               remote file or one read with O_DIRECT)\n"
         "  --repeat N   load N times and keep the best (default: 3)\n"
         "  --verify     check each tensor's CRC32 while loading\n"
         "  -h, --help   show this help\n"
@@ -82,7 +83,7 @@ int RunBench(const std::vector<std::string>& args) {
   auto remote = RemoteOptionsFromArgs(*parsed, &usage_error);
   if (!remote) return UsageError(self, usage_error);
   const int cores = AvailableCores();
-  int threads = cores;
+  int threads = 0;  // the load's own choice (ResolveLoadOptions), known once the file is open
   if (auto v = parsed->value("--threads")) {
     auto n = ParseCount(*v, 1, 4096);
     if (!n) return UsageError(self, "--threads needs a whole number from 1 to 4096");
@@ -105,10 +106,12 @@ int RunBench(const std::vector<std::string>& args) {
   if (!is_remote) {
     cached = PageCacheResidency(file.rfind("file://", 0) == 0 ? file.substr(7) : file);
   }
-  const int limit_threads = is_remote ? threads : cores;
-
   LoadOptions options;
   options.num_threads = threads;
+  if (threads == 0) {
+    threads = ResolveLoadOptions(options, LoadContextOf(*opened->source, *opened->index)).threads;
+  }
+  const int limit_threads = is_remote ? threads : cores;
   options.verify = verify ? HashCheck::kFast : HashCheck::kNone;
   double best_load = 0, best_limit = 0;
   for (uint64_t r = 0; r < repeat; ++r) {

@@ -27,7 +27,8 @@ std::vector<TensorFailure> CheckEachTensor(const OpenedFile& file, const LoadOpt
     }
   };
   // Each worker holds at most one tensor's arena at a time.
-  size_t threads = std::min<size_t>(std::max(1u, std::thread::hardware_concurrency()), count);
+  const int workers = ResolveLoadOptions(LoadOptions(), LoadContextOf(*file.source, *file.index)).threads;
+  size_t threads = std::min<size_t>(static_cast<size_t>(workers), count);
   std::vector<std::thread> pool;
   for (size_t t = 1; t < threads; ++t) pool.emplace_back(work);
   work();

@@ -41,6 +41,7 @@
 #include "tensorizer/crypto.h"
 #include "tensorizer/format.h"
 #include "tensorizer/load.h"
+#include "tensorizer/machine.h"
 #include "tensorizer/source.h"
 #include "tensorizer/uri.h"
 #include "tensorizer/write.h"
@@ -489,6 +490,13 @@ NB_MODULE(_core, m) {
                                            s->direct_bytes, s->buffered_bytes,
                                            s->in_place_bytes);
                    })
+      // Workers a load runs by default (ResolveLoadOptions: one per core,
+      // at least 4 for remote sources and direct reads), before the cap by
+      // the plan's jobs.
+      .def("default_threads",
+           [](const PyReader& r) {
+             return ResolveLoadOptions(LoadOptions(), LoadContextOf(r.source(), r.index())).threads;
+           })
       // Raw bytes of the file (any source), e.g. for to_redis.
       .def("read",
            [](const PyReader& r, uint64_t offset, uint64_t length) {
@@ -631,6 +639,7 @@ NB_MODULE(_core, m) {
       "passphrase"_a, "opslimit"_a, "memlimit"_a, "salt"_a);
   // The one redaction rule for URIs (include/tensorizer/uri.h), for the
   // Python layer's messages and reprs.
+  m.def("available_cores", &AvailableCores);
   m.def("redact_uri", [](const std::string& uri) { return RedactUri(uri); }, "uri"_a);
   m.def("random_bytes", [](size_t n) {
     std::string out(n, '\0');

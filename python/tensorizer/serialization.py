@@ -260,15 +260,6 @@ def _report_unhashed(uri: str, paths: list, check: int, safetensors: bool) -> No
     warnings.warn(f"verify_hash: {what}; the data was not verified", stacklevel=4)
 
 
-# Connections a remote load uses at least when num_readers is not given.
-_MIN_REMOTE_READERS = 4
-# Requests in flight a local file that may be read with O_DIRECT gets at
-# least: a cold disk reads faster with more (2.41 vs 2.13 GB/s for 4 vs 2 on
-# 2 cores, bench/bench_cold.py), and a worker waiting on the device holds no
-# core.
-_MIN_DIRECT_READERS = 4
-
-
 def _effective_cpu_count() -> int:
     """tensorizer's count of the CPUs a process may use: a CFS quota, rounded
     up, read where tensorizer reads it (cgroup v1's cpu,cpuacct controller,
@@ -300,14 +291,6 @@ def _effective_cpu_count() -> int:
 
 # As in tensorizer: the default number of threads a TensorSerializer uses.
 cpu_count: int = _effective_cpu_count()
-
-
-def _usable_cpus() -> int:
-    """CPUs this process may run on, for the default number of readers."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:
-        return os.cpu_count() or 1
 
 
 def _file_name(file_obj) -> str:
@@ -859,15 +842,9 @@ class TensorDeserializer(collections.abc.Mapping, contextlib.AbstractContextMana
             registry.filter(self._entries.__contains__)
         self._structure = registry.root
         if num_readers is None:
-            num_readers = _usable_cpus()
-            if self._reader.uri.lower().startswith(stream_io._REMOTE_SCHEMES):
-                # Remote reads wait on the network more than on a core: at
-                # least 4 connections (3.20 vs 3.01 GB/s for 4 vs 2 over
-                # HTTP on 2 cores, bench/results/http-*).
-                num_readers = max(num_readers, _MIN_REMOTE_READERS)
-            stats = self._reader.read_stats
-            if stats is not None and stats[0]:
-                num_readers = max(num_readers, _MIN_DIRECT_READERS)
+            # The engine's choice for this source: one per usable core, at
+            # least 4 for remote sources and direct reads.
+            num_readers = self._reader.default_threads()
         self._num_threads = min(num_readers, max(1, len(self._entries)))
         self._last_yielded: Optional[int] = None
         self._order = list(self._entries)

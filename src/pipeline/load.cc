@@ -21,6 +21,7 @@
 #include "format/hash.h"
 #include "tensorizer/cancel.h"
 #include "tensorizer/crypto.h"
+#include "tensorizer/machine.h"
 #include "util/thread_annotations.h"
 
 namespace tensorizer {
@@ -368,21 +369,39 @@ void Load::Cancel() {
   s.cv.notify_all();
 }
 
+ResolvedLoadOptions ResolveLoadOptions(const LoadOptions& options, const LoadContext& context) {
+  ResolvedLoadOptions r;
+  r.threads = options.num_threads > 0
+                  ? options.num_threads
+                  : std::max({1, context.available_cores, context.source_concurrency});
+  r.verify = context.format == FileFormat::kSafetensors ? HashCheck::kNone : options.verify;
+  // Encrypted tensors are opened chunk by chunk in order, after their
+  // header (which holds the MACs): like hashing, that needs whole-tensor
+  // jobs.
+  r.whole_tensor_jobs = r.verify != HashCheck::kNone || context.encrypted;
+  r.chunk_bytes = r.whole_tensor_jobs ? std::min(options.chunk_bytes, kHashedChunkBytes)
+                                      : options.chunk_bytes;
+  return r;
+}
+
+LoadContext LoadContextOf(const Source& source, const Index& index) {
+  LoadContext c;
+  c.available_cores = AvailableCores();
+  c.source_concurrency = source.concurrency_hint();
+  c.format = index.format;
+  c.encrypted = index.header.has_crypt_info();
+  return c;
+}
+
 Result<std::unique_ptr<Load>> Load::Start(std::shared_ptr<const Source> source,
                                           std::shared_ptr<const Index> index,
                                           const std::vector<size_t>& selected,
                                           const LoadOptions& options) {
   auto st = std::make_unique<State>();
+  const ResolvedLoadOptions resolved = ResolveLoadOptions(options, LoadContextOf(*source, *index));
   PlanOptions po;
-  po.chunk_bytes = options.chunk_bytes;
-  // Safetensors files store no hashes: there is nothing to verify.
-  po.verify_hash = options.verify != HashCheck::kNone && index->format != FileFormat::kSafetensors;
-  // Encrypted tensors are opened chunk by chunk in order, after their header
-  // (which holds the MACs): like hashing, that needs whole-tensor jobs.
-  po.verify_hash |= index->header.has_crypt_info();
-  // Verification hashes each piece right after reading it; pieces that fit
-  // in L2 are still there when hashed.
-  if (po.verify_hash) po.chunk_bytes = std::min<uint64_t>(po.chunk_bytes, 2ull << 20);
+  po.chunk_bytes = resolved.chunk_bytes;
+  po.whole_tensor_jobs = resolved.whole_tensor_jobs;
   // A load that will read with O_DIRECT gets an arena laid out so the
   // file's blocks land on aligned memory, straight from the device. One
   // whose bytes are mostly in the page cache (auto mode reads it buffered)
@@ -405,7 +424,7 @@ Result<std::unique_ptr<Load>> Load::Start(std::shared_ptr<const Source> source,
   st->keys = options.decryption && options.decryption->derived_keys
                  ? options.decryption->derived_keys
                  : std::make_shared<DerivedKeyCache>();
-  if (st->index->format == FileFormat::kSafetensors) st->options.verify = HashCheck::kNone;
+  st->options.verify = resolved.verify;
   auto arena = Arena::Allocate(st->plan.arena_bytes, options.huge_pages);
   if (!arena.ok()) return arena.status().WithContext("loading " + st->source->uri());
   st->arena = std::move(arena).value();
@@ -416,9 +435,7 @@ Result<std::unique_ptr<Load>> Load::Start(std::shared_ptr<const Source> source,
     // A safetensors tensor with no elements has nothing to read.
     st->tensors[i].ready = st->plan.tensors[i].read_count == 0;
   }
-  int threads = options.num_threads > 0 ? options.num_threads
-                                        : static_cast<int>(std::thread::hardware_concurrency());
-  threads = std::max(1, std::min<int>(threads, static_cast<int>(st->plan.job_count())));
+  int threads = std::max(1, std::min<int>(resolved.threads, static_cast<int>(st->plan.job_count())));
   if (st->plan.job_count() == 0) threads = 0;
   State* raw = st.get();
   raw->workers_running = static_cast<size_t>(threads);

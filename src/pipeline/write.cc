@@ -15,6 +15,7 @@
 #include "format/hash.h"
 #include "tensorizer/cancel.h"
 #include "tensorizer/crypto.h"
+#include "tensorizer/machine.h"
 
 namespace tensorizer {
 
@@ -178,8 +179,7 @@ Status Writer::WriteBatch(const std::vector<TensorWrite>& tensors) {
       }
     }
   };
-  int threads = options_.num_threads > 0 ? options_.num_threads
-                                         : static_cast<int>(std::thread::hardware_concurrency());
+  int threads = options_.num_threads > 0 ? options_.num_threads : AvailableCores();
   threads = std::max(1, std::min<int>(threads, static_cast<int>(order.size())));
   std::vector<std::thread> pool;
   for (int t = 1; t < threads; ++t) pool.emplace_back(work);

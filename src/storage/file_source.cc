@@ -230,6 +230,8 @@ class FileSource final : public ScatterReadSource {
 
   uint64_t size() const override { return size_; }
   const std::string& uri() const override { return uri_; }
+  // A worker waiting on a direct read holds no core.
+  int concurrency_hint() const override { return direct_on_ ? kMinRequestsInFlight : 0; }
 
   FileReadStats stats() const {
     FileReadStats s;

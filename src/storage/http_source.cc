@@ -372,6 +372,7 @@ class HttpSource final : public internal::ScatterReadSource {
 
   uint64_t size() const override { return size_; }
   const std::string& uri() const override { return name_; }
+  int concurrency_hint() const override { return kMinRequestsInFlight; }
   const std::vector<std::pair<std::string, std::string>>& open_headers() const {
     return open_headers_;
   }

@@ -773,6 +773,7 @@ class RedisSource final : public internal::ScatterReadSource {
   uint64_t size() const override { return size_; }
   // The URI with its password masked: it goes into error messages.
   const std::string& uri() const override { return u_.redacted; }
+  int concurrency_hint() const override { return kMinRequestsInFlight; }
 
   Status Open() {
     uint64_t max_keys = 0;
