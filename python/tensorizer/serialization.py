@@ -394,7 +394,7 @@ class TensorSerializer:
         if isinstance(file_obj, (str, bytes, os.PathLike)):
             path = os.fsdecode(file_obj)
             stream_io.check_local_write(path)
-            if path.lower().startswith(stream_io._ENGINE_WRITE_SCHEMES):
+            if stream_io._is_remote(path):
                 self._writer = _core.Writer.create_uri(
                     path, {}, self.cpu_limit, Secret.reveal(key), kdf
                 )
@@ -860,7 +860,7 @@ class TensorDeserializer(collections.abc.Mapping, contextlib.AbstractContextMana
         self._structure = registry.root
         if num_readers is None:
             num_readers = _usable_cpus()
-            if self._reader.uri.lower().startswith(stream_io._REMOTE_SCHEMES):
+            if stream_io._is_remote(self._reader.uri):
                 # Remote reads wait on the network more than on a core: at
                 # least 4 connections (3.20 vs 3.01 GB/s for 4 vs 2 over
                 # HTTP on 2 cores, bench/results/http-*).
@@ -889,9 +889,7 @@ class TensorDeserializer(collections.abc.Mapping, contextlib.AbstractContextMana
         if isinstance(file_obj, (str, bytes, os.PathLike)):
             path = os.fsdecode(file_obj)
             stream_io.check_local_read(path)
-            if isinstance(file_obj, os.PathLike) or not path.lower().startswith(
-                stream_io._REMOTE_SCHEMES
-            ):
+            if isinstance(file_obj, os.PathLike) or not stream_io._is_remote(path):
                 return _core.Reader.open_path(path, direct_io=self._direct_io)
             source = _core.Source.open(path)
             self._response_headers = stream_io._header_message(source.response_headers)
@@ -940,7 +938,7 @@ class TensorDeserializer(collections.abc.Mapping, contextlib.AbstractContextMana
         load_into_module)."""
         if self._stream is not None:
             return self._stream.bytes_read
-        if self._uri.lower().startswith(stream_io._REMOTE_SCHEMES):
+        if stream_io._is_remote(self._uri):
             return self._bytes_fetched
         if self._reader is None:
             return self.total_tensor_bytes
