@@ -37,6 +37,8 @@
 
 #include "format/hash.h"
 #include "storage/http_source.h"
+#include "storage/parsed_uri.h"
+#include "storage/registry.h"
 #include "tensorizer/cancel.h"
 #include "tensorizer/crypto.h"
 #include "tensorizer/format.h"
@@ -426,6 +428,14 @@ class PyWriter {
   std::unique_ptr<Writer> w_;
 };
 
+struct UriSchemeKind {
+  std::string scheme;
+  std::optional<std::string> kind;
+  bool remote = true;
+  bool readable = false;
+  bool writable = false;
+};
+
 }  // namespace
 }  // namespace tensorizer
 
@@ -641,6 +651,38 @@ NB_MODULE(_core, m) {
   // Python layer's messages and reprs.
   m.def("available_cores", &AvailableCores);
   m.def("redact_uri", [](const std::string& uri) { return RedactUri(uri); }, "uri"_a);
+
+  // The scheme registry's answer (src/storage/registry.h), so Python keeps
+  // no scheme list of its own: None for a bare local path, else what the
+  // URI's scheme is and whether a backend reads or writes it.
+  nb::class_<UriSchemeKind>(m, "UriSchemeKind")
+      .def_ro("scheme", &UriSchemeKind::scheme, "the scheme, lowercased")
+      .def_ro("kind", &UriSchemeKind::kind,
+              "the backend: 'file', 'http', 's3', 'redis'; None for an unknown scheme")
+      .def_ro("remote", &UriSchemeKind::remote, "not a local path (file:// is local)")
+      .def_ro("readable", &UriSchemeKind::readable)
+      .def_ro("writable", &UriSchemeKind::writable)
+      .def("__repr__", [](const UriSchemeKind& k) {
+        return "UriSchemeKind(scheme=" + k.scheme + ", kind=" + k.kind.value_or("None") + ")";
+      });
+  m.def(
+      "uri_scheme_kind",
+      [](const std::string& uri) -> std::optional<UriSchemeKind> {
+        std::optional<std::string> scheme = internal::UriScheme(uri);
+        if (!scheme) return std::nullopt;
+        UriSchemeKind k;
+        k.scheme = *scheme;
+        const internal::Backend* b = internal::FindBackend(uri);
+        k.remote = b == nullptr || !b->local;
+        if (b != nullptr) {
+          k.kind = b->kind;
+          k.readable = b->open_source != nullptr;
+          k.writable = b->create_sink != nullptr;
+        }
+        return k;
+      },
+      "uri"_a);
+  m.def("writable_schemes", [] { return internal::WritableSchemes(); });
   m.def("random_bytes", [](size_t n) {
     std::string out(n, '\0');
     Check(RandomBytes(reinterpret_cast<uint8_t*>(out.data()), n));

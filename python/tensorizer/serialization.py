@@ -377,7 +377,7 @@ class TensorSerializer:
         if isinstance(file_obj, (str, bytes, os.PathLike)):
             path = os.fsdecode(file_obj)
             stream_io.check_local_write(path)
-            if path.lower().startswith(stream_io._ENGINE_WRITE_SCHEMES):
+            if stream_io._is_remote(path):
                 self._writer = _core.Writer.create_uri(
                     path, {}, self.cpu_limit, Secret.reveal(key), kdf
                 )
@@ -866,9 +866,7 @@ class TensorDeserializer(collections.abc.Mapping, contextlib.AbstractContextMana
         if isinstance(file_obj, (str, bytes, os.PathLike)):
             path = os.fsdecode(file_obj)
             stream_io.check_local_read(path)
-            if isinstance(file_obj, os.PathLike) or not path.lower().startswith(
-                stream_io._REMOTE_SCHEMES
-            ):
+            if isinstance(file_obj, os.PathLike) or not stream_io._is_remote(path):
                 return _core.Reader.open_path(path, direct_io=self._direct_io)
             source = _core.Source.open(path)
             self._response_headers = stream_io._header_message(source.response_headers)
@@ -917,7 +915,7 @@ class TensorDeserializer(collections.abc.Mapping, contextlib.AbstractContextMana
         load_into_module)."""
         if self._stream is not None:
             return self._stream.bytes_read
-        if self._uri.lower().startswith(stream_io._REMOTE_SCHEMES):
+        if stream_io._is_remote(self._uri):
             return self._bytes_fetched
         if self._reader is None:
             return self.total_tensor_bytes

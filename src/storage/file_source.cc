@@ -33,6 +33,7 @@
 
 #include "storage/direct_read.h"
 #include "storage/read_range.h"
+#include "storage/registry.h"
 #include "tensorizer/source.h"
 #include "util/thread_annotations.h"
 
@@ -449,17 +450,8 @@ std::unique_ptr<Source> MakeMemorySource(std::string bytes, const std::string& n
 }
 
 Result<std::unique_ptr<Source>> OpenSource(const std::string& uri, const SourceOptions& options) {
-  auto scheme_end = uri.find("://");
-  if (scheme_end != std::string::npos) {
-    std::string scheme = uri.substr(0, scheme_end);
-    for (char& c : scheme) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
-    if (scheme == "file") return OpenFileSource(uri.substr(scheme_end + 3), options.file);
-    if (scheme == "http" || scheme == "https") return OpenHttpSource(uri, options.http);
-    if (scheme == "redis") return OpenRedisSource(uri, options.http);
-    if (scheme == "s3") return OpenS3Source(uri, options.s3, options.http);
-    return Status::InvalidArgument("unsupported URI scheme '" + scheme + "' in " + uri);
-  }
-  return OpenFileSource(uri, options.file);
+  TZR_ASSIGN_OR_RETURN(const internal::Backend* backend, internal::BackendFor(uri));
+  return backend->open_source(uri, options);
 }
 
 }  // namespace tensorizer

@@ -57,7 +57,9 @@
 
 #include "storage/curl_common.h"
 #include "storage/http_protocol.h"
+#include "storage/parsed_uri.h"
 #include "storage/read_range.h"
+#include "storage/registry.h"
 #include "tensorizer/format.h"
 #include "tensorizer/source.h"
 #include "tensorizer/uri.h"
@@ -705,7 +707,8 @@ thread_local bool HttpSource::retriable_ = false;
 }  // namespace
 
 Result<std::unique_ptr<Source>> OpenHttpSource(const std::string& url, const HttpOptions& options) {
-  if (url.rfind("http://", 0) != 0 && url.rfind("https://", 0) != 0) {
+  const internal::Backend* backend = internal::FindBackend(url);
+  if (!internal::UriScheme(url) || backend == nullptr || std::strcmp(backend->kind, "http") != 0) {
     return Status::InvalidArgument("not an http:// or https:// URL: " + RedactUri(url));
   }
   internal::CurlGlobalInit();
