@@ -32,6 +32,7 @@
 #include <vector>
 
 #include "storage/direct_read.h"
+#include "storage/local_file.h"
 #include "storage/read_range.h"
 #include "tensorizer/source.h"
 #include "util/thread_annotations.h"
@@ -230,6 +231,7 @@ class FileSource final : public ScatterReadSource {
 
   uint64_t size() const override { return size_; }
   const std::string& uri() const override { return uri_; }
+  int fd() const { return fd_; }
 
   FileReadStats stats() const {
     FileReadStats s;
@@ -434,6 +436,11 @@ Result<std::unique_ptr<Source>> OpenFdSource(int fd, const std::string& name,
 std::optional<FileReadStats> FileReadStatsOf(const Source& source) {
   if (const auto* f = dynamic_cast<const FileSource*>(&source)) return f->stats();
   return std::nullopt;
+}
+
+int internal::LocalFileDescriptor(const Source& source) {
+  const auto* f = dynamic_cast<const FileSource*>(&source);
+  return f != nullptr ? f->fd() : -1;
 }
 
 bool WouldReadDirect(const Source& source, uint64_t offset, uint64_t length) {
