@@ -30,16 +30,6 @@ namespace {
 
 constexpr uint64_t kHugePage = 2ull << 20;
 
-std::string HexBytes(const std::string& s) {
-  static const char* digits = "0123456789abcdef";
-  std::string out;
-  for (unsigned char c : s) {
-    out.push_back(digits[c >> 4]);
-    out.push_back(digits[c & 15]);
-  }
-  return out;
-}
-
 std::string DisplayName(const std::string& name) {
   std::string out;
   for (unsigned char c : name) {
@@ -163,30 +153,10 @@ struct Load::State {
   Status FinishHashes(uint32_t t) {
     TensorState& ts = tensors[t];
     const TensorEntry& e = index->entries[plan.tensors[t].entry];
-    uint32_t crc = ts.hasher->crc32();
-    const bool checked_sha = ts.hasher->with_sha256();
-    std::string sha = checked_sha ? ts.hasher->FinishSha256() : std::string();
+    Status st =
+        internal::CheckStoredHashes(ts.header.hashes, ts.hasher.get(), e.name, source->uri());
     ts.hasher.reset();
-    for (const StoredHash& h : ts.header.hashes) {
-      if (h.type == HashType::kCrc32) {
-        uint32_t stored = 0;
-        std::memcpy(&stored, h.value.data(), 4);
-        if (stored != crc) {
-          char buf[64];
-          snprintf(buf, sizeof buf, "Expected %u, got %u.", stored, crc);
-          return Status::HashMismatch("Tensor '" + DisplayName(e.name) + "' in " + source->uri() +
-                                      " failed CRC32 verification. " + buf);
-        }
-      }
-    }
-    for (const StoredHash& h : ts.header.hashes) {
-      if (checked_sha && h.type == HashType::kSha256 && h.value != sha) {
-        return Status::HashMismatch("Tensor '" + DisplayName(e.name) + "' in " + source->uri() +
-                                    " failed SHA256 verification. Expected " + HexBytes(h.value) +
-                                    ", got " + HexBytes(sha) + ".");
-      }
-    }
-    return Status::Ok();
+    return st;
   }
 
   Status OnHeader(uint32_t t) {

@@ -32,6 +32,7 @@
 #include <vector>
 
 #include "storage/direct_read.h"
+#include "storage/local_file.h"
 #include "storage/read_range.h"
 #include "storage/registry.h"
 #include "tensorizer/source.h"
@@ -233,6 +234,7 @@ class FileSource final : public ScatterReadSource {
   const std::string& uri() const override { return uri_; }
   // A worker waiting on a direct read holds no core.
   int concurrency_hint() const override { return direct_on_ ? kMinRequestsInFlight : 0; }
+  int fd() const { return fd_; }
 
   FileReadStats stats() const {
     FileReadStats s;
@@ -437,6 +439,11 @@ Result<std::unique_ptr<Source>> OpenFdSource(int fd, const std::string& name,
 std::optional<FileReadStats> FileReadStatsOf(const Source& source) {
   if (const auto* f = dynamic_cast<const FileSource*>(&source)) return f->stats();
   return std::nullopt;
+}
+
+int internal::LocalFileDescriptor(const Source& source) {
+  const auto* f = dynamic_cast<const FileSource*>(&source);
+  return f != nullptr ? f->fd() : -1;
 }
 
 bool WouldReadDirect(const Source& source, uint64_t offset, uint64_t length) {
