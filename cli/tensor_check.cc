@@ -8,9 +8,9 @@
 
 namespace tensorizer::cli {
 
-std::vector<TensorFailure> CheckEachTensor(const OpenedFile& file, const LoadOptions& base) {
+TensorChecks CheckEachTensor(const OpenedFile& file, const LoadOptions& base) {
   const size_t count = file.index->entries.size();
-  std::vector<TensorFailure> failures;
+  TensorChecks checks;
   std::mutex mu;
   std::atomic<size_t> next{0};
   auto work = [&] {
@@ -22,7 +22,10 @@ std::vector<TensorFailure> CheckEachTensor(const OpenedFile& file, const LoadOpt
       st = load.ok() ? (*load)->Wait() : load.status();
       if (!st.ok()) {
         std::lock_guard<std::mutex> lock(mu);
-        failures.push_back({i, st});
+        checks.failures.push_back({i, st});
+      } else if ((*load)->header(0).hashes.empty()) {
+        std::lock_guard<std::mutex> lock(mu);
+        checks.unhashed.push_back(i);
       }
     }
   };
@@ -32,9 +35,10 @@ std::vector<TensorFailure> CheckEachTensor(const OpenedFile& file, const LoadOpt
   for (size_t t = 1; t < threads; ++t) pool.emplace_back(work);
   work();
   for (auto& t : pool) t.join();
-  std::sort(failures.begin(), failures.end(),
+  std::sort(checks.failures.begin(), checks.failures.end(),
             [](const TensorFailure& a, const TensorFailure& b) { return a.entry < b.entry; });
-  return failures;
+  std::sort(checks.unhashed.begin(), checks.unhashed.end());
+  return checks;
 }
 
 }  // namespace tensorizer::cli
