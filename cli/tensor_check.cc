@@ -6,6 +6,8 @@
 #include <mutex>
 #include <thread>
 
+#include "tensorizer/cancel.h"
+
 namespace tensorizer::cli {
 
 TensorChecks CheckEachTensor(const OpenedFile& file, const LoadOptions& base) {
@@ -13,7 +15,10 @@ TensorChecks CheckEachTensor(const OpenedFile& file, const LoadOptions& base) {
   TensorChecks checks;
   std::mutex mu;
   std::atomic<size_t> next{0};
+  // The pool's loads stop with the caller's (a Ctrl-C: interrupt.h).
+  const std::shared_ptr<const CancelFlag> cancel = CurrentCancelFlag();
   auto work = [&] {
+    CancelScope scope(cancel);
     LoadOptions options = base;
     options.num_threads = 1;
     for (size_t i = next++; i < count; i = next++) {

@@ -122,6 +122,8 @@ int RunVerify(const std::vector<std::string>& args) {
     auto load = Load::Start(opened->source, opened->index, all, options);
     if (!load.ok()) return Failure(self, load.status().message());
     st = (*load)->Wait();
+    // Interrupted: checking each tensor again would only be cancelled too.
+    if (st.code() == StatusCode::kCancelled) return Failure(self, st.message());
     if (st.ok() && safetensors) {
       // Nothing to compare with; say so rather than claim a check.
       Print(uri + ": OK: " + Plural(all.size(), "tensor") +
