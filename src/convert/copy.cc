@@ -16,6 +16,7 @@
 #include <cctype>
 #include <chrono>
 #include <condition_variable>
+#include <memory>
 #include <mutex>
 #include <string>
 #include <thread>
@@ -23,6 +24,7 @@
 
 #include "storage/parsed_uri.h"
 #include "storage/registry.h"
+#include "tensorizer/cancel.h"
 #include "tensorizer/convert.h"
 #include "tensorizer/source.h"
 #include "tensorizer/write.h"
@@ -95,7 +97,10 @@ Result<uint64_t> CopyFile(const std::string& source_uri, const std::string& dest
   std::condition_variable cv;
   Status first_error;
   size_t running = 0;
+  // The workers are cancelled with the caller (tensorizer/cancel.h).
+  const std::shared_ptr<const CancelFlag> cancel = CurrentCancelFlag();
   auto work = [&] {
+    CancelScope scope(cancel);
     std::vector<uint8_t> buffer(std::min<uint64_t>(options.chunk_bytes, total));
     Status st;
     while (st.ok()) {

@@ -12,12 +12,14 @@
 #include <charconv>
 #include <chrono>
 #include <fstream>
+#include <memory>
 #include <mutex>
 #include <sstream>
 #include <string>
 #include <thread>
 #include <vector>
 
+#include "tensorizer/cancel.h"
 #include "tensorizer/load.h"
 
 namespace tensorizer {
@@ -32,7 +34,10 @@ Result<double> TimeReadIntoArena(const Source& source, int threads, uint64_t chu
   std::atomic<uint64_t> next{0};
   std::mutex mu;
   Status error;
+  // The pool's reads stop with the caller's (a Ctrl-C: interrupt.h).
+  const std::shared_ptr<const CancelFlag> cancel = CurrentCancelFlag();
   auto work = [&] {
+    CancelScope scope(cancel);
     for (uint64_t c = next++; c < chunks; c = next++) {
       uint64_t offset = c * chunk_bytes;
       Status st = source.ReadAt(offset, dst + offset, std::min(chunk_bytes, size - offset));
