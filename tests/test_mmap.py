@@ -28,7 +28,6 @@ import tensorizer as tz
 from tensorizer import TensorDeserializer, TensorSerializer
 from tensorizer._errors import TensorizerFormatError
 
-PYTHON_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "python")
 
 
 @pytest.fixture
@@ -356,7 +355,7 @@ def big_file():
 
 
 def _run_python(code: str, *args, timeout=300) -> str:
-    env = dict(os.environ, PYTHONPATH=PYTHON_DIR + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    env = dict(os.environ)
     run = subprocess.run(
         [sys.executable, "-c", textwrap.dedent(code), *args],
         capture_output=True,
@@ -422,7 +421,7 @@ def _rollup(pid) -> dict:
 
 
 def test_two_processes_share_the_pages(big_file):
-    env = dict(os.environ, PYTHONPATH=PYTHON_DIR + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    env = dict(os.environ)
     procs = [
         subprocess.Popen(
             [sys.executable, "-c", textwrap.dedent(SHARE_SCRIPT), big_file],

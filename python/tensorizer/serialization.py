@@ -698,9 +698,7 @@ atexit.register(_abort_unclosed_after_crash)
 
 def _check_mappable(file_obj, device, dtype, encryption, direct_io) -> None:
     """The TensorDeserializer arguments mmap=True cannot honour."""
-    if isinstance(file_obj, (str, bytes)) and os.fsdecode(file_obj).lower().startswith(
-        stream_io._REMOTE_SCHEMES
-    ):
+    if isinstance(file_obj, (str, bytes)) and stream_io._is_remote(os.fsdecode(file_obj)):
         raise ValueError(
             f"mmap=True needs a local file, not {_core.redact_uri(os.fsdecode(file_obj))}"
         )
