@@ -64,6 +64,8 @@ std::string HexBytes(const std::string& s) {
   return out;
 }
 
+}  // namespace
+
 std::string DisplayName(const std::string& name) {
   std::string out;
   for (unsigned char c : name) {
@@ -71,8 +73,6 @@ std::string DisplayName(const std::string& name) {
   }
   return out;
 }
-
-}  // namespace
 
 Status CheckStoredHashes(const std::vector<StoredHash>& stored, TensorHasher* hasher,
                          const std::string& name, const std::string& uri) {

@@ -51,6 +51,9 @@ class TensorHasher {
   Sha256 sha_;
 };
 
+// A tensor name as messages show it: printable ASCII only.
+std::string DisplayName(const std::string& name);
+
 // Checks a hasher fed a tensor's hashed header and data against the hashes
 // its header stores: every CRC32, then every SHA-256 when the hasher computed
 // it. kHashMismatch in tensorizer's words, naming the tensor (`name`, made

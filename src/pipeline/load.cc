@@ -30,14 +30,6 @@ namespace {
 
 constexpr uint64_t kHugePage = 2ull << 20;
 
-std::string DisplayName(const std::string& name) {
-  std::string out;
-  for (unsigned char c : name) {
-    if (c >= 0x20 && c < 0x7f) out.push_back(static_cast<char>(c));
-  }
-  return out;
-}
-
 }  // namespace
 
 Result<Index> ReadIndex(const Source& source) {
@@ -183,7 +175,7 @@ struct Load::State {
     // it is checked whatever `verify` says, while each chunk is in cache.
     const bool sealed = ts.sealed.has_value();
     if (sealed && !has_sha) {
-      return Status::Cryptography("tensor '" + DisplayName(e.name) + "' in " + source->uri() +
+      return Status::Cryptography("tensor '" + internal::DisplayName(e.name) + "' in " + source->uri() +
                                   " is encrypted but stores no SHA-256 of its plaintext, so "
                                   "its decrypted data cannot be checked");
     }
@@ -201,7 +193,7 @@ struct Load::State {
   Status PrepareDecryption(uint32_t t, const uint8_t* header) {
     TensorState& ts = tensors[t];
     const TensorEntry& e = index->entries[plan.tensors[t].entry];
-    const std::string what = "tensor '" + DisplayName(e.name) + "'";
+    const std::string what = "tensor '" + internal::DisplayName(e.name) + "'";
     auto info = ParseCryptInfo(header + ts.header.crypt_info_offset + 8,
                                ts.header.crypt_info_size - 8);
     if (!info.ok()) return info.status().WithContext(what);
@@ -251,7 +243,7 @@ struct Load::State {
       if (!st.ok()) {
         std::memset(base, 0, sc.data_bytes);  // never leave partial plaintext
         const TensorEntry& e = index->entries[plan.tensors[t].entry];
-        return st.WithContext("tensor '" + DisplayName(e.name) + "' in " + source->uri());
+        return st.WithContext("tensor '" + internal::DisplayName(e.name) + "' in " + source->uri());
       }
       ++ts.chunks_opened;
       if (ts.hasher) TZR_RETURN_IF_ERROR(HashData(t, base + sc.offset(i), sc.length(i)));
