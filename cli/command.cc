@@ -7,6 +7,7 @@
 #include <algorithm>
 #include <cstdio>
 
+#include "interrupt.h"
 #include "tensorizer/load.h"
 
 namespace tensorizer::cli {
@@ -128,6 +129,8 @@ int UsageError(const Command& command, const std::string& message) {
 }
 
 int Failure(const Command& command, const std::string& message) {
+  // After a Ctrl-C the failure is the cancellation, which main reports.
+  if (InterruptSignal() != 0) return kExitFailed;
   std::fprintf(stderr, "tensorizer %s: %s\n", command.name, message.c_str());
   return kExitFailed;
 }

@@ -9,6 +9,8 @@
 #include <vector>
 
 #include "command.h"
+#include "interrupt.h"
+#include "tensorizer/cancel.h"
 
 namespace tensorizer::cli {
 namespace {
@@ -41,7 +43,10 @@ std::string MainHelp() {
       "  0  success\n"
       "  1  the file failed: it cannot be read, is not a valid .tensors file,\n"
       "     a tensor failed its hash check, or the output cannot be written\n"
-      "  2  usage error: unknown command or option, missing or extra argument\n";
+      "  2  usage error: unknown command or option, missing or extra argument\n"
+      "  130, 143  interrupted by SIGINT (Ctrl-C) or SIGTERM: the command was\n"
+      "     cancelled and cleaned up (a save leaves no file); a second signal\n"
+      "     exits at once\n";
   return text;
 }
 
@@ -98,14 +103,22 @@ int main(int argc, char** argv) {
   // and leaves the save's temporary file behind. Ignored, the write fails
   // with EFBIG and the save cleans up and reports it, as Python does.
   std::signal(SIGXFSZ, SIG_IGN);
+  const auto cancel = tensorizer::cli::InstallInterruptHandlers();
   int rc;
   try {
+    tensorizer::CancelScope scope(cancel);
     rc = tensorizer::cli::Main(argc, argv);
   } catch (const std::exception& e) {
     // The library reports errors as values; an exception reaching here is a
     // bug, but it must end in a message and exit status 1, not an abort.
     std::fprintf(stderr, "tensorizer: internal error: %s\n", e.what());
     return tensorizer::cli::kExitFailed;
+  }
+  if (int sig = tensorizer::cli::InterruptSignal()) {
+    // The command stopped and cleaned up; its "cancelled" error is not news.
+    std::fprintf(stderr, "tensorizer: interrupted by %s\n", sig == SIGINT ? "SIGINT" : "SIGTERM");
+    std::fflush(stdout);
+    return 128 + sig;
   }
   // Output that did not reach its destination (a full disk, a closed pipe
   // with SIGPIPE ignored) is a failure, not a success.

@@ -20,8 +20,13 @@ struct TensorFailure {
   Status status;
 };
 
+struct TensorChecks {
+  std::vector<TensorFailure> failures;  // in file order
+  std::vector<size_t> unhashed;         // loaded, but store no hash; in file order
+};
+
 // Loads every tensor of `file` on its own with `options` (its hash check
-// and decryption; one thread per load); the failures, in file order.
-std::vector<TensorFailure> CheckEachTensor(const OpenedFile& file, const LoadOptions& options);
+// and decryption; one thread per load).
+TensorChecks CheckEachTensor(const OpenedFile& file, const LoadOptions& options);
 
 }  // namespace tensorizer::cli

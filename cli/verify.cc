@@ -4,8 +4,10 @@
 // The pipeline stops at the first error, so when it fails the tensors are
 // checked again one by one (tensor_check.h) to name every one that fails,
 // not just the first.
+#include <algorithm>
 #include <cstdio>
 #include <memory>
+#include <utility>
 
 #include "command.h"
 #include "key_options.h"
@@ -26,16 +28,20 @@ const std::string kHelp =
         "default each tensor is checked with its CRC32 (SHA-256 where no CRC32 is\n"
         "stored), which catches the accidental corruption either hash can catch;\n"
         "--all checks every stored hash. Prints one line per tensor that fails,\n"
-        "then a summary. Safetensors files store no hashes: they pass when every\n"
-        "tensor can be read, and the summary says no data was checked. FILE is a\n"
-        "path or a URI: file://, http(s)://, s3://bucket/key or redis://host/prefix.\n"
+        "then a summary. A tensor that stores no hash passes with a warning, but\n"
+        "fails under --all, which promises that every tensor was checked.\n"
+        "Safetensors files store no hashes: they pass when every tensor can be\n"
+        "read, and the summary says no data was checked; under --all they fail.\n"
+        "FILE is a path or a URI: file://, http(s)://, s3://bucket/key or\n"
+        "redis://host/prefix.\n"
         "\n"
         "Encrypted files store SHA-256 hashes of the plaintext: give the key to\n"
         "decrypt each tensor and check them (decryption also authenticates the\n"
         "data). Without a key, an encrypted tensor fails.\n"
         "\n"
         "options:\n"
-        "  --all                 check every stored hash (SHA-256 too; slower)\n"
+        "  --all                 check every stored hash (SHA-256 too; slower); a\n"
+        "                        tensor that stores none fails\n"
         "  --key-file F          decrypt with the 32-byte key in file F\n"
         "  --passphrase-env VAR  decrypt with the passphrase in $VAR\n"
         "  -h, --help            show this help\n"
@@ -61,6 +67,14 @@ std::string CheckedHashes(const Load& load, HashCheck check) {
   std::string out = std::to_string(crc) + " CRC32, " + std::to_string(sha) + " SHA-256";
   if (none > 0) out += "; " + std::to_string(none) + " with no stored hash";
   return out;
+}
+
+// Without --all a tensor that stores no hash passes, named on stderr.
+void WarnUnhashed(const Index& index, const std::vector<size_t>& unhashed) {
+  for (size_t i : unhashed) {
+    std::fprintf(stderr, "tensorizer verify: warning: %s stores no hash; its data was not checked\n",
+                 DisplayName(index.entries[i].name).c_str());
+  }
 }
 
 int RunVerify(const std::vector<std::string>& args) {
@@ -94,25 +108,53 @@ int RunVerify(const std::vector<std::string>& args) {
   if (options.decryption) options.decryption->derived_keys = std::make_shared<DerivedKeyCache>();
   std::vector<size_t> all(opened->index->entries.size());
   for (size_t i = 0; i < all.size(); ++i) all[i] = i;
+  const bool safetensors = opened->index->format == FileFormat::kSafetensors;
+  const std::string uri = DisplayUri(file);
+  if (safetensors && check == HashCheck::kAll) {
+    // --all promises that every tensor was checked: nothing here can be.
+    return Failure(self, uri +
+                             " is a safetensors file, which stores no hashes, so --all cannot "
+                             "check its data");
+  }
   Status st;
+  TensorChecks checks;
   {
     auto load = Load::Start(opened->source, opened->index, all, options);
     if (!load.ok()) return Failure(self, load.status().message());
     st = (*load)->Wait();
-    if (st.ok() && opened->index->format == FileFormat::kSafetensors) {
+    // Interrupted: checking each tensor again would only be cancelled too.
+    if (st.code() == StatusCode::kCancelled) return Failure(self, st.message());
+    if (st.ok() && safetensors) {
       // Nothing to compare with; say so rather than claim a check.
-      Print(DisplayUri(file) + ": OK: " + Plural(all.size(), "tensor") +
+      Print(uri + ": OK: " + Plural(all.size(), "tensor") +
             " read; safetensors files store no hashes, so their data was not checked\n");
       return kExitOk;
     }
     if (st.ok()) {
-      Print(DisplayUri(file) + ": OK: " + Plural(all.size(), "tensor") + " passed (" +
-            CheckedHashes(**load, check) + ")\n");
-      return kExitOk;
+      for (size_t i = 0; i < all.size(); ++i) {
+        if ((*load)->header(i).hashes.empty()) checks.unhashed.push_back(i);
+      }
+      if (checks.unhashed.empty() || check != HashCheck::kAll) {
+        WarnUnhashed(*opened->index, checks.unhashed);
+        Print(uri + ": OK: " + Plural(all.size(), "tensor") + " passed (" +
+              CheckedHashes(**load, check) + ")\n");
+        return kExitOk;
+      }
     }
   }
 
-  std::vector<TensorFailure> failures = CheckEachTensor(*opened, options);
+  if (!st.ok()) checks = CheckEachTensor(*opened, options);
+  std::vector<TensorFailure> failures = std::move(checks.failures);
+  if (check != HashCheck::kAll) {
+    WarnUnhashed(*opened->index, checks.unhashed);
+  } else {
+    // Under --all a tensor that stores no hash fails: its data went unchecked.
+    for (size_t i : checks.unhashed) {
+      failures.push_back({i, Status::FormatError("stores no hash, so --all cannot check its data")});
+    }
+    std::sort(failures.begin(), failures.end(),
+              [](const TensorFailure& a, const TensorFailure& b) { return a.entry < b.entry; });
+  }
   for (const TensorFailure& f : failures) {
     Print("FAILED " + DisplayName(opened->index->entries[f.entry].name) + ": " +
           f.status.message() + "\n");
@@ -121,7 +163,7 @@ int RunVerify(const std::vector<std::string>& args) {
     // Every tensor passed on its own: the failure was not one tensor's.
     Print("FAILED: " + st.message() + "\n");
   }
-  Print(DisplayUri(file) + ": FAILED: " + std::to_string(failures.size()) + " of " +
+  Print(uri + ": FAILED: " + std::to_string(failures.size()) + " of " +
         Plural(all.size(), "tensor") + " failed\n");
   return kExitFailed;
 }

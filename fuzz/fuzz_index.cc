@@ -140,7 +140,7 @@ void CheckPlan(const Index& index, const std::vector<size_t>& selected, const Pl
   CHECK(plan.reads.empty() || (!plan.job_starts.empty() && plan.job_starts[0] == 0));
   for (size_t j = 0; j < plan.job_count(); ++j) {
     CHECK(plan.job_starts[j] < plan.job_end(j));
-    if (opt.verify_hash) {
+    if (opt.whole_tensor_jobs) {
       // A job starts with a tensor's first bytes: its header, or for
       // headerless (safetensors) records the start of its data.
       const ReadOp& op = plan.reads[plan.job_starts[j]];
@@ -149,7 +149,7 @@ void CheckPlan(const Index& index, const std::vector<size_t>& selected, const Pl
                              first.dst_offset == plan.tensors[first.tensor].arena_offset));
     }
   }
-  if (!opt.verify_hash) CHECK(plan.job_count() == plan.reads.size());
+  if (!opt.whole_tensor_jobs) CHECK(plan.job_count() == plan.reads.size());
 }
 
 }  // namespace
@@ -169,7 +169,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   for (bool verify : {false, true}) {
     PlanOptions po;
     po.chunk_bytes = chunk_bytes;
-    po.verify_hash = verify;
+    po.whole_tensor_jobs = verify;
     auto plan = MakeLoadPlan(*index, all, po);
     if (plan.ok()) CheckPlan(*index, all, po, *plan);
   }

@@ -304,6 +304,67 @@ def rehashed(data: bytes) -> bytes:
     return bytes(out)
 
 
+# `verify --all` promises, like verify_hash="all", that every tensor was
+# checked: it passed a tensor that stores no hash, listing it only in the
+# summary. Now it fails, naming the tensor; without --all it warns.
+@pytest.fixture
+def unhashed(tmp_path):
+    """A file whose last tensor, 'last', stores no hashes."""
+    from test_hash_checks import without_hashes
+
+    good = tmp_path / "good.tensors"
+    s = TensorSerializer(str(good))
+    s.write_state_dict({"first": torch.arange(8.0), "last": torch.full((16,), 3.0)})
+    s.close()
+    path = tmp_path / "unhashed.tensors"
+    path.write_bytes(without_hashes(good.read_bytes(), "last"))
+    return path
+
+
+def test_verify_all_fails_a_tensor_without_hashes(cli, unhashed):
+    out = run(cli, "verify", "--all", unhashed)
+    assert out.returncode == 1, out.stdout + out.stderr
+    assert out.stdout == (
+        "FAILED last: stores no hash, so --all cannot check its data\n"
+        f"{unhashed}: FAILED: 1 of 2 tensors failed\n"
+    )
+
+
+def test_verify_all_names_unhashed_and_damaged_tensors_together(cli, unhashed, tmp_path):
+    data = bytearray(unhashed.read_bytes())
+    data[data.index(struct.pack("<8f", *range(8)))] ^= 0x01  # first's data
+    bad = tmp_path / "both.tensors"
+    bad.write_bytes(bytes(data))
+    out = run(cli, "verify", "--all", bad)
+    assert out.returncode == 1, out.stdout + out.stderr
+    lines = out.stdout.splitlines()
+    assert len(lines) == 3, out.stdout
+    assert lines[0].startswith("FAILED first: ") and "hash" in lines[0]
+    assert lines[1] == "FAILED last: stores no hash, so --all cannot check its data"
+    assert lines[2] == f"{bad}: FAILED: 2 of 2 tensors failed"
+
+
+def test_verify_warns_about_a_tensor_without_hashes(cli, unhashed):
+    out = run(cli, "verify", unhashed)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert out.stdout == (
+        f"{unhashed}: OK: 2 tensors passed (1 CRC32, 0 SHA-256; 1 with no stored hash)\n"
+    )
+    assert out.stderr == "tensorizer verify: warning: last stores no hash; its data was not checked\n"
+
+
+def test_verify_all_fails_a_safetensors_file(cli, tmp_path):
+    path = tmp_path / "m.safetensors"
+    save_file({"a": torch.ones(4)}, str(path))
+    out = run(cli, "verify", "--all", path)
+    assert out.returncode == 1, out.stdout + out.stderr
+    assert out.stdout == ""
+    assert out.stderr == (
+        f"tensorizer verify: {path} is a safetensors file, which stores no hashes, so --all"
+        " cannot check its data\n"
+    )
+
+
 # Issue 12 #23: `verify` printed OK for files the Python loader refuses. The
 # rules now live in the core's index parser, which both use.
 @pytest.mark.parametrize(

@@ -280,3 +280,67 @@ def test_ctrl_c_stops_a_stuck_s3_upload_and_aborts_it(tmp_path, megabytes):
     # The upload was aborted, and never completed.
     assert ("DELETE", "/models/m.tensors?uploadId=U1") in server.requests, server.requests
     assert not any(m == "POST" and "uploadId" in p for m, p in server.requests), server.requests
+
+
+# --- The command-line tool ----------------------------------------------------
+#
+# SIGINT used to kill `tensorizer` where it stood: a `cp` left its
+# temporary file of the output's size behind. Now the signal cancels the
+# command through the engine: the save removes its temporary, and the tool
+# exits 128 + the signal with one line on stderr.
+
+
+def run_cli_until_signal(cli, args, sig, ready):
+    """Starts `tensorizer ARGS`, waits until `ready()` (at most 20 s), sends
+    `sig`, and returns (exit status, stdout, stderr, seconds from the
+    signal to the exit)."""
+    child = subprocess.Popen(
+        [cli, *map(str, args)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    try:
+        deadline = time.monotonic() + 20
+        while not ready():
+            assert child.poll() is None, child.communicate()
+            assert time.monotonic() < deadline, "the command never got going"
+            time.sleep(0.02)
+        time.sleep(0.2)
+        assert child.poll() is None, "the command ended before the signal"
+        sent = time.monotonic()
+        child.send_signal(sig)
+        out, err = child.communicate(timeout=20)
+        return child.returncode, out, err, time.monotonic() - sent
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.wait()
+
+
+@pytest.mark.parametrize("sig, status, name", [(signal.SIGINT, 130, "SIGINT"),
+                                               (signal.SIGTERM, 143, "SIGTERM")])
+def test_cli_cp_interrupted_exits_promptly_and_leaves_no_temporary(cli, tmp_path, sig, status,
+                                                                   name):
+    # 24 MiB: the copy's first 16 MiB chunk comes at once, the rest trickles.
+    server = TrickleServer(os.urandom(24 << 20))
+    out_dir = tmp_path / "out"
+    out_dir.mkdir()
+    try:
+        rc, out, err, took = run_cli_until_signal(
+            cli, ["cp", server.url, out_dir / "m.tensors"], sig,
+            lambda: server.trickled > 0 and any(out_dir.iterdir()),
+        )
+    finally:
+        server.close()
+    assert rc == status, (rc, out, err)
+    assert err == f"tensorizer: interrupted by {name}\n"
+    assert out == ""
+    assert took < PROMPT_S, took
+    assert list(out_dir.iterdir()) == [], "the copy's temporary file was left behind"
+
+
+def test_cli_verify_of_a_remote_file_stops_on_sigint(cli, trickle):
+    rc, out, err, took = run_cli_until_signal(
+        cli, ["verify", trickle.url], signal.SIGINT, lambda: trickle.trickled > 0
+    )
+    assert rc == 130, (rc, out, err)
+    assert (out, err) == ("", "tensorizer: interrupted by SIGINT\n")
+    assert took < PROMPT_S, took

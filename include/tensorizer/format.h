@@ -249,6 +249,10 @@ struct TensorRecordSpec {
   // Files with crypt info reserve this many bytes (the u64 length included)
   // for the crypt-info block in every header; 0 in other files.
   uint64_t crypt_info_bytes = 0;
+  // Zero bytes before the trailing data_length, which readers (ours and
+  // tensorizer's) skip and hash: they move the data to an aligned offset
+  // (WriterOptions::data_alignment_bytes). 0 in the files tensorizer writes.
+  uint64_t padding_bytes = 0;
 };
 
 // An encoded tensor header whose hash values are still zero.

@@ -100,7 +100,7 @@ struct DecryptionOptions {
 };
 
 struct LoadOptions {
-  int num_threads = 0;  // 0: one per available core
+  int num_threads = 0;  // 0: decided by ResolveLoadOptions
   HashCheck verify = HashCheck::kNone;
   uint64_t chunk_bytes = 16ull << 20;
   bool huge_pages = true;
@@ -111,6 +111,36 @@ struct LoadOptions {
   // there, through a bounded ring of pinned buffers; no arena is allocated.
   std::optional<StagingOptions> staging;
 };
+
+// What a load's options come to for one source and file, decided here once
+// for every caller (Python, the CLI, C++): a pure function of its inputs.
+struct LoadContext {
+  int available_cores = 1;     // AvailableCores() (tensorizer/machine.h)
+  int source_concurrency = 0;  // Source::concurrency_hint()
+  FileFormat format = FileFormat::kTensorizer;
+  bool encrypted = false;  // the file stores crypt info
+};
+
+struct ResolvedLoadOptions {
+  // Workers: LoadOptions::num_threads when positive, else one per available
+  // core raised to the source's concurrency hint. Load::Start then runs no
+  // more than the plan has jobs.
+  int threads = 1;
+  // Safetensors files store no hashes, so nothing is checked.
+  HashCheck verify = HashCheck::kNone;
+  // Hash checks and decryption need each tensor's reads in one job, in
+  // order (PlanOptions::whole_tensor_jobs); they then use pieces of at most
+  // kHashedChunkBytes, which are still in L2 when hashed.
+  bool whole_tensor_jobs = false;
+  uint64_t chunk_bytes = 16ull << 20;
+};
+
+constexpr uint64_t kHashedChunkBytes = 2ull << 20;
+
+ResolvedLoadOptions ResolveLoadOptions(const LoadOptions& options, const LoadContext& context);
+
+// The context of a load of `index` from `source` on this machine.
+LoadContext LoadContextOf(const Source& source, const Index& index);
 
 class Load {
  public:

@@ -12,9 +12,10 @@
 // and arena.
 //
 // Jobs: a job is a run of consecutive reads that one worker performs in
-// order. Without hash verification every read is its own job. With it, all
-// reads of one tensor stay in one job, so the worker can hash each piece right
-// after reading it, while it is still in cache, in the order the hash needs.
+// order. Normally every read is its own job. With whole_tensor_jobs (hash
+// checks, decryption), all reads of one tensor stay in one job, so the worker
+// can hash each piece right after reading it, while it is still in cache, in
+// the order the hash needs.
 #pragma once
 
 #include <cstdint>
@@ -36,7 +37,9 @@ struct PlanOptions {
   // arena; such a slot is aligned to the tensor's element size rather than
   // to alignment_bytes. Other tensors keep alignment_bytes. 0: off.
   uint64_t direct_block_bytes = 0;
-  bool verify_hash = false;
+  // Every read of one tensor in one job, in file order: hash checks and
+  // decryption consume a tensor's bytes in order as they arrive.
+  bool whole_tensor_jobs = false;
   uint32_t max_segments_per_read = 256;
 };
 

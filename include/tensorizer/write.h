@@ -9,7 +9,8 @@
 // after the current end, pre-allocates the space, then hashes and writes the
 // records in parallel (each worker hashes a piece and writes it while it is
 // still in cache), and finally rewrites the metadata block, the terminator and
-// the file header. The file is a valid .tensors file after every Write(), as
+// the file header. With data_alignment_bytes, each header is padded so its
+// data starts aligned. The file is a valid .tensors file after every Write(), as
 // with tensorizer. The data version is the lowest one the content needs
 // (1; 2 for opaque dtypes; 4 for meta tensors; 5 for a dimension >= 2^32).
 //
@@ -126,7 +127,16 @@ struct WriterOptions {
   int num_threads = 0;  // 0: one per available core
   uint64_t chunk_bytes = 8ull << 20;
   std::optional<WriterEncryption> encryption;
+  // When > 1 (a power of two, at most kMaxDataAlignment): pad each tensor
+  // header with zero bytes so that its data starts at a file offset that is
+  // a multiple of this, and a mapped load (tensorizer/mapped.h) can use
+  // every tensor in place. Readers skip the padding (docs/format.md §7.1):
+  // tensorizer 2.12.1 loads such files. 0 or 1: no padding, the bytes
+  // tensorizer writes.
+  uint64_t data_alignment_bytes = 0;
 };
+
+inline constexpr uint64_t kMaxDataAlignment = 4096;
 
 class Writer {
  public:

@@ -37,10 +37,14 @@
 
 #include "format/hash.h"
 #include "storage/http_source.h"
+#include "storage/parsed_uri.h"
+#include "storage/registry.h"
 #include "tensorizer/cancel.h"
 #include "tensorizer/crypto.h"
 #include "tensorizer/format.h"
 #include "tensorizer/load.h"
+#include "tensorizer/machine.h"
+#include "tensorizer/mapped.h"
 #include "tensorizer/source.h"
 #include "tensorizer/staging.h"
 #include "tensorizer/uri.h"
@@ -165,11 +169,13 @@ CryptKey KeyArg(const nb::bytes& b) {
   return key;
 }
 
-// Writer options from (num_threads, key or None, (opslimit, memlimit, salt) or None).
+// Writer options from (num_threads, key or None, (opslimit, memlimit, salt) or
+// None, data alignment in bytes).
 WriterOptions WriterArgs(int num_threads, std::optional<nb::bytes> key,
-                         std::optional<nb::tuple> kdf) {
+                         std::optional<nb::tuple> kdf, uint64_t align) {
   WriterOptions o;
   o.num_threads = num_threads;
+  o.data_alignment_bytes = align;
   if (!key) return o;
   WriterEncryption e;
   e.key = KeyArg(*key);
@@ -362,30 +368,61 @@ class PyReader {
     return Take(std::move(load));
   }
 
+  // The file's copy-on-write mapping, made on first use and shared by every
+  // mapped load of this reader (a lazy load maps the file once).
+  const std::shared_ptr<FileMapping>& Map() {
+    if (!mapping_) {
+      Result<std::shared_ptr<FileMapping>> m = [&] {
+        nb::gil_scoped_release release;
+        return FileMapping::Map(*source_);
+      }();
+      mapping_ = Take(std::move(m));
+    }
+    return mapping_;
+  }
+
+  MappedLoad StartMappedLoad(const std::vector<size_t>& selected, int verify, int num_threads,
+                             bool huge_pages) {
+    MappedLoadOptions o;
+    o.verify = static_cast<HashCheck>(std::clamp(verify, 0, 2));
+    o.num_threads = num_threads;
+    o.huge_pages = huge_pages;
+    std::shared_ptr<FileMapping> mapping = Map();
+    Result<MappedLoad> load = Interruptible(
+        [&] { return MappedLoad::Run(*source_, *index_, mapping, selected, o); });
+    return Take(std::move(load));
+  }
+
  private:
   std::shared_ptr<const Source> source_;
   std::shared_ptr<const Index> index_;
+  std::shared_ptr<FileMapping> mapping_;
   std::shared_ptr<DerivedKeyCache> derived_keys_ = std::make_shared<DerivedKeyCache>();
 };
 
 using ArenaArray = nb::ndarray<nb::numpy, uint8_t, nb::ndim<1>>;
 
-ArenaArray ArenaView(const Load& load) {
-  // The capsule owns a shared_ptr to the arena: NumPy arrays (and the torch
-  // tensors made from them) keep the memory alive, whatever happens to Load.
-  auto* keep = new std::shared_ptr<Arena>(load.arena());
-  nb::capsule owner(keep, [](void* p) noexcept { delete static_cast<std::shared_ptr<Arena>*>(p); });
-  size_t shape[1] = {static_cast<size_t>((*keep)->size())};
-  return ArenaArray((*keep)->data(), 1, shape, owner);
+// A NumPy uint8 array over memory whose owner keeps `keep` (an arena or a
+// file mapping) alive.
+template <typename T>
+ArenaArray OwnedView(const std::shared_ptr<T>& memory) {
+  auto* keep = new std::shared_ptr<T>(memory);
+  nb::capsule owner(keep, [](void* p) noexcept { delete static_cast<std::shared_ptr<T>*>(p); });
+  size_t shape[1] = {static_cast<size_t>(memory->size())};
+  return ArenaArray(memory->data(), 1, shape, owner);
 }
 
-nb::tuple TensorInfo(const Load& load, size_t i) {
-  const TensorHeader& h = load.header(i);
+nb::list HashList(const TensorHeader& h) {
   nb::list hashes;
   for (const StoredHash& sh : h.hashes) {
     hashes.append(nb::make_tuple(static_cast<int>(sh.type), Bytes(sh.value)));
   }
-  return nb::make_tuple(load.arena_offset(i), load.arena_bytes(i), h.module_idx, hashes,
+  return hashes;
+}
+
+nb::tuple TensorInfo(const Load& load, size_t i) {
+  const TensorHeader& h = load.header(i);
+  return nb::make_tuple(load.arena_offset(i), load.arena_bytes(i), h.module_idx, HashList(h),
                         Bytes(load.hashed_header(i)));
 }
 
@@ -435,6 +472,14 @@ class PyWriter {
 
  private:
   std::unique_ptr<Writer> w_;
+};
+
+struct UriSchemeKind {
+  std::string scheme;
+  std::optional<std::string> kind;
+  bool remote = true;
+  bool readable = false;
+  bool writable = false;
 };
 
 }  // namespace
@@ -501,6 +546,13 @@ NB_MODULE(_core, m) {
                                            s->direct_bytes, s->buffered_bytes,
                                            s->in_place_bytes);
                    })
+      // Workers a load runs by default (ResolveLoadOptions: one per core,
+      // at least 4 for remote sources and direct reads), before the cap by
+      // the plan's jobs.
+      .def("default_threads",
+           [](const PyReader& r) {
+             return ResolveLoadOptions(LoadOptions(), LoadContextOf(r.source(), r.index())).threads;
+           })
       // Raw bytes of the file (any source), e.g. for to_redis.
       .def("read",
            [](const PyReader& r, uint64_t offset, uint64_t length) {
@@ -508,6 +560,11 @@ NB_MODULE(_core, m) {
              Check(Interruptible([&] { return r.source().ReadAt(offset, out.data(), length); }));
              return Bytes(out);
            })
+      // Maps the file (idempotent); ValueError for sources that are not
+      // local files.
+      .def("map", [](PyReader& r) { (void)r.Map(); })
+      .def("start_mapped_load", &PyReader::StartMappedLoad, "selected"_a, "verify"_a = 0,
+           "num_threads"_a = 0, "huge_pages"_a = true)
       .def("start_load", &PyReader::StartLoad, "selected"_a, "verify"_a = 0, "num_threads"_a = 0,
            "chunk_bytes"_a = 16ull << 20, "huge_pages"_a = true, "key"_a = nb::none(),
            "passphrase"_a = nb::none(), "max_pwhash_opslimit"_a = kDefaultMaxPwhashOpsLimit,
@@ -595,7 +652,10 @@ NB_MODULE(_core, m) {
              Check(InterruptibleWait(l, [&](auto slice) { return l.WaitFor(slice); }));
            })
       .def("cancel", &Load::Cancel)
-      .def("arena", &ArenaView)
+      // The capsule owns a shared_ptr to the arena: NumPy arrays (and the
+      // torch tensors made from them) keep the memory alive, whatever
+      // happens to Load.
+      .def("arena", [](const Load& l) { return OwnedView(l.arena()); })
       // Where each tensor's bytes will be, known before they arrive, so the
       // caller can build its views while the workers read.
       .def("layout",
@@ -621,36 +681,70 @@ NB_MODULE(_core, m) {
                                    s.bytes_copied);
            });
 
+  // A finished mapped load: tensors are views on mapping() (the whole file,
+  // at their file offsets) or on arena() (copies), as layout() says.
+  nb::class_<MappedLoad>(m, "MappedLoad")
+      .def("mapping", [](const MappedLoad& l) { return OwnedView(l.mapping()); })
+      .def("arena",
+           [](const MappedLoad& l) -> std::optional<ArenaArray> {
+             if (!l.arena()) return std::nullopt;
+             return OwnedView(l.arena());
+           })
+      // [(mapped, offset, bytes)] per tensor: offset in the mapping (the
+      // file) when mapped, else in the arena.
+      .def("layout",
+           [](const MappedLoad& l) {
+             nb::list out;
+             for (const MappedTensor& t : l.tensors()) {
+               out.append(nb::make_tuple(t.mapped, t.offset, t.bytes));
+             }
+             return out;
+           })
+      .def("tensor_info",
+           [](const MappedLoad& l, size_t i) {
+             if (i >= l.tensors().size()) throw nb::index_error();
+             const MappedTensor& t = l.tensors()[i];
+             return nb::make_tuple(t.offset, t.bytes, t.header.module_idx, HashList(t.header),
+                                   Bytes(t.hashed_header));
+           })
+      .def_prop_ro("tensor_count", [](const MappedLoad& l) { return l.tensors().size(); })
+      .def_prop_ro("copied_count", &MappedLoad::copied_count)
+      .def_prop_ro("copied_bytes", &MappedLoad::copied_bytes)
+      .def_prop_ro("mapped_bytes", &MappedLoad::mapped_bytes);
+
   nb::class_<PyWriter>(m, "Writer")
       .def_static(
           "create",
           [](const std::string& path, int num_threads, std::optional<nb::bytes> key,
-             std::optional<nb::tuple> kdf) {
-            WriterOptions o = WriterArgs(num_threads, key, kdf);
+             std::optional<nb::tuple> kdf, uint64_t align) {
+            WriterOptions o = WriterArgs(num_threads, key, kdf, align);
             auto sink = Take(CreateFileSink(path));
             return std::make_unique<PyWriter>(Take(Writer::Create(std::move(sink), o)));
           },
-          "path"_a, "num_threads"_a = 0, "key"_a = nb::none(), "kdf"_a = nb::none())
+          "path"_a, "num_threads"_a = 0, "key"_a = nb::none(), "kdf"_a = nb::none(),
+          "align"_a = 0)
       .def_static(
           "create_uri",
           [](const std::string& uri, nb::dict options, int num_threads,
-             std::optional<nb::bytes> key, std::optional<nb::tuple> kdf) {
-            WriterOptions o = WriterArgs(num_threads, key, kdf);
+             std::optional<nb::bytes> key, std::optional<nb::tuple> kdf, uint64_t align) {
+            WriterOptions o = WriterArgs(num_threads, key, kdf, align);
             SinkOptions so;
             ParseRemoteOptions(options, &so.http, &so.s3, &so.s3_upload);
             Result<std::unique_ptr<Sink>> sink = Interruptible([&] { return CreateSink(uri, so); });
             return std::make_unique<PyWriter>(Take(Writer::Create(Take(std::move(sink)), o)));
           },
-          "uri"_a, "options"_a, "num_threads"_a = 0, "key"_a = nb::none(), "kdf"_a = nb::none())
+          "uri"_a, "options"_a, "num_threads"_a = 0, "key"_a = nb::none(), "kdf"_a = nb::none(),
+          "align"_a = 0)
       .def_static(
           "from_fd",
           [](int fd, const std::string& name, int num_threads, std::optional<nb::bytes> key,
-             std::optional<nb::tuple> kdf) {
-            WriterOptions o = WriterArgs(num_threads, key, kdf);
+             std::optional<nb::tuple> kdf, uint64_t align) {
+            WriterOptions o = WriterArgs(num_threads, key, kdf, align);
             auto sink = Take(CreateFdSink(fd, name));
             return std::make_unique<PyWriter>(Take(Writer::Create(std::move(sink), o)));
           },
-          "fd"_a, "name"_a, "num_threads"_a = 0, "key"_a = nb::none(), "kdf"_a = nb::none())
+          "fd"_a, "name"_a, "num_threads"_a = 0, "key"_a = nb::none(), "kdf"_a = nb::none(),
+          "align"_a = 0)
       .def("write", &PyWriter::Write)
       .def("close", &PyWriter::Close)
       .def("abort", [](PyWriter& w) { w.writer().Abort(); })
@@ -675,7 +769,40 @@ NB_MODULE(_core, m) {
       "passphrase"_a, "opslimit"_a, "memlimit"_a, "salt"_a);
   // The one redaction rule for URIs (include/tensorizer/uri.h), for the
   // Python layer's messages and reprs.
+  m.def("available_cores", &AvailableCores);
   m.def("redact_uri", [](const std::string& uri) { return RedactUri(uri); }, "uri"_a);
+
+  // The scheme registry's answer (src/storage/registry.h), so Python keeps
+  // no scheme list of its own: None for a bare local path, else what the
+  // URI's scheme is and whether a backend reads or writes it.
+  nb::class_<UriSchemeKind>(m, "UriSchemeKind")
+      .def_ro("scheme", &UriSchemeKind::scheme, "the scheme, lowercased")
+      .def_ro("kind", &UriSchemeKind::kind,
+              "the backend: 'file', 'http', 's3', 'redis'; None for an unknown scheme")
+      .def_ro("remote", &UriSchemeKind::remote, "not a local path (file:// is local)")
+      .def_ro("readable", &UriSchemeKind::readable)
+      .def_ro("writable", &UriSchemeKind::writable)
+      .def("__repr__", [](const UriSchemeKind& k) {
+        return "UriSchemeKind(scheme=" + k.scheme + ", kind=" + k.kind.value_or("None") + ")";
+      });
+  m.def(
+      "uri_scheme_kind",
+      [](const std::string& uri) -> std::optional<UriSchemeKind> {
+        std::optional<std::string> scheme = internal::UriScheme(uri);
+        if (!scheme) return std::nullopt;
+        UriSchemeKind k;
+        k.scheme = *scheme;
+        const internal::Backend* b = internal::FindBackend(uri);
+        k.remote = b == nullptr || !b->local;
+        if (b != nullptr) {
+          k.kind = b->kind;
+          k.readable = b->open_source != nullptr;
+          k.writable = b->create_sink != nullptr;
+        }
+        return k;
+      },
+      "uri"_a);
+  m.def("writable_schemes", [] { return internal::WritableSchemes(); });
   m.def("random_bytes", [](size_t n) {
     std::string out(n, '\0');
     Check(RandomBytes(reinterpret_cast<uint8_t*>(out.data()), n));

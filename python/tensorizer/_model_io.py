@@ -23,7 +23,7 @@ from typing import Any
 
 import torch
 
-from . import utils
+from . import _core, utils
 
 __all__ = ["load_model", "serialize_model"]
 
@@ -41,7 +41,9 @@ _TRANSIENT_CONFIG_KEYS = (
 
 
 def _is_uri(path: str) -> bool:
-    return "://" in path
+    # The engine's scheme registry says what is a URI ("dir/x://y" is a path).
+    kind = _core.uri_scheme_kind(path)
+    return kind is not None and kind.remote
 
 
 def _artifact_paths(directory, prefix: str):

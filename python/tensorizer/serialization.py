@@ -78,6 +78,8 @@ FilterFuncType = Callable[[Union[str, Tuple[Union[str, int], ...]]], bool]
 # first; flush before the copies pass this many bytes, so host memory stays
 # bounded for models larger than RAM.
 _WRITE_BATCH_COPY_BYTES = 1 << 30
+# TensorSerializer(align=...): the engine's kMaxDataAlignment.
+_MAX_ALIGN = 4096
 
 
 class TensorType(enum.IntEnum):
@@ -260,15 +262,6 @@ def _report_unhashed(uri: str, paths: list, check: int, safetensors: bool) -> No
     warnings.warn(f"verify_hash: {what}; the data was not verified", stacklevel=4)
 
 
-# Connections a remote load uses at least when num_readers is not given.
-_MIN_REMOTE_READERS = 4
-# Requests in flight a local file that may be read with O_DIRECT gets at
-# least: a cold disk reads faster with more (2.41 vs 2.13 GB/s for 4 vs 2 on
-# 2 cores, bench/bench_cold.py), and a worker waiting on the device holds no
-# core.
-_MIN_DIRECT_READERS = 4
-
-
 def _effective_cpu_count() -> int:
     """tensorizer's count of the CPUs a process may use: a CFS quota, rounded
     up, read where tensorizer reads it (cgroup v1's cpu,cpuacct controller,
@@ -302,14 +295,6 @@ def _effective_cpu_count() -> int:
 cpu_count: int = _effective_cpu_count()
 
 
-def _usable_cpus() -> int:
-    """CPUs this process may run on, for the default number of readers."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:
-        return os.cpu_count() or 1
-
-
 def _file_name(file_obj) -> str:
     name = getattr(file_obj, "name", None)
     if isinstance(name, (str, bytes, os.PathLike)):
@@ -337,6 +322,16 @@ def _byte_view(tensor: torch.Tensor) -> Tuple[Optional[np.ndarray], Optional[tor
     return t.reshape(-1).view(torch.uint8).numpy(), t
 
 
+def _checked_align(align) -> int:
+    if align is None:
+        return 0
+    if not isinstance(align, int) or isinstance(align, bool):
+        raise TypeError(f"align: expected int or None, got {align.__class__.__name__}")
+    if not 1 <= align <= _MAX_ALIGN or align & (align - 1):
+        raise ValueError(f"align must be a power of two from 1 to {_MAX_ALIGN}, got {align}")
+    return align
+
+
 class TensorSerializer:
     """Writes tensors, state dicts and modules to a .tensors file.
 
@@ -351,6 +346,13 @@ class TensorSerializer:
     vLLM among them, never call close()), unless it wrote nothing, or the
     interpreter is exiting after an unhandled exception (a script that died
     between write calls): then it is aborted and the previous file stays.
+
+    align (extension): pad each tensor header with zero bytes so that every
+    tensor's data starts at a file offset that is a multiple of ``align`` (a
+    power of two up to 4096; 64 suits every dtype), so that
+    TensorDeserializer(..., mmap=True) maps every tensor in place instead of
+    copying the unaligned ones. Readers skip the padding, tensorizer 2.12.1
+    included; None (the default) writes the same bytes as tensorizer.
     """
 
     @dataclasses.dataclass
@@ -368,6 +370,7 @@ class TensorSerializer:
         *,
         encryption: Optional[EncryptionParams] = None,
         limit_cpu_concurrency: Optional[int] = None,
+        align: Optional[int] = None,
     ) -> None:
         self._writer = None
         self._file = None
@@ -387,6 +390,7 @@ class TensorSerializer:
             if limit_cpu_concurrency < 1:
                 raise ValueError("limit_cpu_concurrency must be positive or None")
         self.cpu_limit = cpu_count if limit_cpu_concurrency is None else limit_cpu_concurrency
+        align = _checked_align(align)
         self.compress_tensors = compress_tensors
         self.total_compressed_tensor_bytes = 0
         self._registry = _paths.PathRegistry()
@@ -394,18 +398,20 @@ class TensorSerializer:
         if isinstance(file_obj, (str, bytes, os.PathLike)):
             path = os.fsdecode(file_obj)
             stream_io.check_local_write(path)
-            if path.lower().startswith(stream_io._ENGINE_WRITE_SCHEMES):
+            if stream_io._is_remote(path):
                 self._writer = _core.Writer.create_uri(
-                    path, {}, self.cpu_limit, Secret.reveal(key), kdf
+                    path, {}, self.cpu_limit, Secret.reveal(key), kdf, align=align
                 )
             else:
                 parent = os.path.dirname(os.path.abspath(path))
                 os.makedirs(parent, exist_ok=True)
-                self._writer = _core.Writer.create(path, self.cpu_limit, Secret.reveal(key), kdf)
+                self._writer = _core.Writer.create(
+                    path, self.cpu_limit, Secret.reveal(key), kdf, align=align
+                )
             self.name = path
         elif isinstance(file_obj, int):
             self._writer = _core.Writer.from_fd(
-                file_obj, f"<fd {file_obj}>", self.cpu_limit, Secret.reveal(key), kdf
+                file_obj, f"<fd {file_obj}>", self.cpu_limit, Secret.reveal(key), kdf, align=align
             )
             self.name = f"<fd {file_obj}>"
         elif isinstance(file_obj, stream_io._S3WriteStream):
@@ -413,7 +419,7 @@ class TensorSerializer:
             # the multipart upload itself, with the stream's credentials.
             uri, options = file_obj._take_for_serializer(self)
             self._writer = _core.Writer.create_uri(
-                uri, options, self.cpu_limit, Secret.reveal(key), kdf
+                uri, options, self.cpu_limit, Secret.reveal(key), kdf, align=align
             )
             self._file = file_obj
             self.name = uri
@@ -425,14 +431,19 @@ class TensorSerializer:
             if fd is not None:
                 file_obj.flush()
                 self._writer = _core.Writer.from_fd(
-                    fd, self.name, self.cpu_limit, Secret.reveal(key), kdf
+                    fd, self.name, self.cpu_limit, Secret.reveal(key), kdf, align=align
                 )
             else:
                 # A file object without a descriptor (BytesIO): write to an
                 # anonymous temporary file and mirror it after each call.
                 self._mirror = tempfile.TemporaryFile()
                 self._writer = _core.Writer.from_fd(
-                    self._mirror.fileno(), self.name, self.cpu_limit, Secret.reveal(key), kdf
+                    self._mirror.fileno(),
+                    self.name,
+                    self.cpu_limit,
+                    Secret.reveal(key),
+                    kdf,
+                    align=align,
                 )
                 self._sync_mirror()
         _unclosed.add(self)
@@ -685,6 +696,30 @@ def _abort_unclosed_after_crash() -> None:
 atexit.register(_abort_unclosed_after_crash)
 
 
+def _check_mappable(file_obj, device, dtype, encryption, direct_io) -> None:
+    """The TensorDeserializer arguments mmap=True cannot honour."""
+    if isinstance(file_obj, (str, bytes)) and stream_io._is_remote(os.fsdecode(file_obj)):
+        raise ValueError(
+            f"mmap=True needs a local file, not {_core.redact_uri(os.fsdecode(file_obj))}"
+        )
+    if isinstance(file_obj, stream_io._EngineReadStream) or not (
+        isinstance(file_obj, (str, bytes, os.PathLike, int)) or _fileno(file_obj) is not None
+    ):
+        raise ValueError(
+            "mmap=True needs a local file: a path, a descriptor or a file object on one"
+        )
+    if device is not None and torch.device(device).type != "cpu":
+        raise ValueError(
+            f"mmap=True loads to the CPU only, not {device!r}: a device load copies anyway"
+        )
+    if dtype is not None:
+        raise ValueError("mmap=True cannot cast (dtype=...): a cast makes a copy of every tensor")
+    if encryption is not None:
+        raise ValueError("mmap=True cannot decrypt: encrypted tensors are decrypted into memory")
+    if direct_io:
+        raise ValueError("mmap=True reads through the page cache; it cannot use direct_io=True")
+
+
 class TensorDeserializer(collections.abc.Mapping, contextlib.AbstractContextManager):
     """Loads a .tensors file as a mapping of names to tensors.
 
@@ -712,6 +747,15 @@ class TensorDeserializer(collections.abc.Mapping, contextlib.AbstractContextMana
       throughout, which leaves the page cache as it was; False: through the
       page cache. File systems without direct I/O (tmpfs) are read buffered
       whatever is asked. read_stats says what was done.
+    - mmap=True: CPU tensors are views on a private (copy-on-write) mapping
+      of a local file instead of copies, so loading takes no memory of its
+      own and processes that map one file share its pages through the page
+      cache; writing to a tensor changes only this process's copy, never the
+      file. Data not aligned for its dtype is copied (mmap_stats counts it;
+      write files with TensorSerializer(..., align=64) to map everything).
+      The file must not be truncated while mapped (SIGBUS). Refused, with
+      ValueError: encryption, remote URIs and streams, non-CPU devices,
+      dtype casts, direct_io=True. device=None means CPU here.
     """
 
     def __init__(
@@ -729,8 +773,10 @@ class TensorDeserializer(collections.abc.Mapping, contextlib.AbstractContextMana
         encryption: Optional[DecryptionParams] = None,
         cast_only_floating: bool = False,
         direct_io: Optional[bool] = None,
+        mmap: bool = False,
     ):
         self._reader = None
+        self._mmap_stats = None
         self._read_stats = None
         self._file = None
         self._stream = None  # an open_stream stream handed over, for its counters
@@ -744,6 +790,13 @@ class TensorDeserializer(collections.abc.Mapping, contextlib.AbstractContextMana
         self.read_bytes = 0
         self.total_compressed_tensor_bytes = 0
 
+        if not isinstance(mmap, bool):
+            raise TypeError(f"mmap: expected bool, got {mmap.__class__.__name__}")
+        if mmap:
+            _check_mappable(file_obj, device, dtype, encryption, direct_io)
+            device = "cpu" if device is None else device
+            direct_io = False  # no descriptor for O_DIRECT, no residency probe
+            self._mmap_stats = {"mapped": 0, "copied": 0, "mapped_bytes": 0, "copied_bytes": 0}
         self._device = utils.get_device() if device is None else torch.device(device)
         if self._device.type == "cuda":
             if not torch.cuda.is_available():
@@ -798,6 +851,13 @@ class TensorDeserializer(collections.abc.Mapping, contextlib.AbstractContextMana
             tensor_count=self._reader.tensor_count,
         )
         has_crypt = self._reader.has_crypt_info
+        if mmap:
+            if has_crypt:
+                raise ValueError(
+                    f"mmap=True cannot load {self._reader.uri}: it is encrypted, and its"
+                    " tensors must be decrypted into memory; load it without mmap"
+                )
+            self._reader.map()
         if encryption is not None:
             if version < ENCRYPTION_TENSORIZER_VERSION:
                 raise CryptographyError(
@@ -868,15 +928,9 @@ class TensorDeserializer(collections.abc.Mapping, contextlib.AbstractContextMana
             registry.filter(self._entries.__contains__)
         self._structure = registry.root
         if num_readers is None:
-            num_readers = _usable_cpus()
-            if self._reader.uri.lower().startswith(stream_io._REMOTE_SCHEMES):
-                # Remote reads wait on the network more than on a core: at
-                # least 4 connections (3.20 vs 3.01 GB/s for 4 vs 2 over
-                # HTTP on 2 cores, bench/results/http-*).
-                num_readers = max(num_readers, _MIN_REMOTE_READERS)
-            stats = self._reader.read_stats
-            if stats is not None and stats[0]:
-                num_readers = max(num_readers, _MIN_DIRECT_READERS)
+            # The engine's choice for this source: one per usable core, at
+            # least 4 for remote sources and direct reads.
+            num_readers = self._reader.default_threads()
         self._num_threads = min(num_readers, max(1, len(self._entries)))
         self._last_yielded: Optional[int] = None
         self._order = list(self._entries)
@@ -898,9 +952,7 @@ class TensorDeserializer(collections.abc.Mapping, contextlib.AbstractContextMana
         if isinstance(file_obj, (str, bytes, os.PathLike)):
             path = os.fsdecode(file_obj)
             stream_io.check_local_read(path)
-            if isinstance(file_obj, os.PathLike) or not path.lower().startswith(
-                stream_io._REMOTE_SCHEMES
-            ):
+            if isinstance(file_obj, os.PathLike) or not stream_io._is_remote(path):
                 return _core.Reader.open_path(path, direct_io=self._direct_io)
             source = _core.Source.open(path)
             self._response_headers = stream_io._header_message(source.response_headers)
@@ -949,7 +1001,7 @@ class TensorDeserializer(collections.abc.Mapping, contextlib.AbstractContextMana
         load_into_module)."""
         if self._stream is not None:
             return self._stream.bytes_read
-        if self._uri.lower().startswith(stream_io._REMOTE_SCHEMES):
+        if stream_io._is_remote(self._uri):
             return self._bytes_fetched
         if self._reader is None:
             return self.total_tensor_bytes
@@ -1031,6 +1083,9 @@ class TensorDeserializer(collections.abc.Mapping, contextlib.AbstractContextMana
             return
         if self._reader is None:
             raise RuntimeError("TensorDeserializer is closed; its file is no longer open")
+        if self._mmap_stats is not None:
+            self._load_mapped(pending, verify)
+            return
         device = self._target_device()
         copy_device = self._copy_device or _staging.copy_device(device)
         staged = None
@@ -1121,6 +1176,57 @@ class TensorDeserializer(collections.abc.Mapping, contextlib.AbstractContextMana
             with _perf_stats.lock:
                 _perf_stats.file_readinto_ns += time.perf_counter_ns() - started
                 _perf_stats.file_readinto_bytes += load.bytes_read
+
+    def _load_mapped(self, pending, verify) -> None:
+        """_load for mmap=True: views on the file's mapping, copies of the
+        tensors whose data is not aligned for their dtype."""
+        check = _hash_check(verify)
+        load = self._reader.start_mapped_load(
+            [self._entry_index[p] for p in pending], verify=check, num_threads=self._num_threads
+        )
+        mapping, arena, cpu = load.mapping(), load.arena(), torch.device("cpu")
+        for i, ((mapped, offset, nbytes), path) in enumerate(zip(load.layout(), pending)):
+            tensor = self._to_tensor(mapping if mapped else arena, offset, nbytes, path, cpu)
+            _, _, module_idx, hashes, hashed_header = load.tensor_info(i)
+            self._entries[path].hashes = [TensorHash(HashType(t), bytes(v)) for t, v in hashes]
+            self._loaded_info[path] = (module_idx, hashed_header)
+            self._cache[path] = tensor
+        if check:
+            _report_unhashed(
+                self._uri,
+                [p for p in pending if not self._entries[p].hashes],
+                check,
+                self._reader.format == "safetensors",
+            )
+        stats = self._mmap_stats
+        stats["mapped"] += sum(1 for mapped, _, _ in load.layout() if mapped)
+        stats["copied"] += load.copied_count
+        stats["mapped_bytes"] += load.mapped_bytes
+        stats["copied_bytes"] += load.copied_bytes
+        if load.copied_count:
+            logger.info(
+                "mmap: %s: copied %d of %d tensors (%d bytes) whose data is not aligned"
+                " for its dtype; files written with TensorSerializer(..., align=64) map"
+                " every tensor",
+                self._uri,
+                load.copied_count,
+                len(pending),
+                load.copied_bytes,
+            )
+        fetched = load.mapped_bytes + load.copied_bytes
+        self._count_read(
+            fetched,
+            max(e.data_offset + e.data_length for e in map(self._entries.__getitem__, pending)),
+        )
+        self.read_bytes += fetched
+
+    @property
+    def mmap_stats(self) -> Optional[dict]:
+        """With mmap=True (extension): tensors loaded so far as views on the
+        mapping (``mapped``, ``mapped_bytes``) and as copies because their
+        data is not aligned for their dtype (``copied``, ``copied_bytes``);
+        meta tensors, zero-filled, count in neither. ``None`` without mmap."""
+        return None if self._mmap_stats is None else dict(self._mmap_stats)
 
     def _to_tensor(self, arena, offset, nbytes, path, device) -> torch.Tensor:
         entry = self._entries[path]

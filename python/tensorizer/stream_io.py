@@ -52,15 +52,22 @@ default_s3_write_endpoint = "s3.us-east-1.amazonaws.com"
 # read1(-1) reads at most this much in one request, unless buffer_size says.
 _DEFAULT_BUFFER_SIZE = 16 << 20
 
-_REMOTE_SCHEMES = ("http://", "https://", "s3://", "redis://")
-# Schemes the engine can read from (TensorDeserializer).
-_ENGINE_READ_SCHEMES = _REMOTE_SCHEMES
-_ENGINE_WRITE_SCHEMES = ("s3://",)
 
 
 def _scheme(path: str) -> Optional[str]:
-    head, sep, _ = path.partition("://")
-    return head.lower() if sep else None
+    """The lowercased scheme of ``path``; None for a local path. Which
+    schemes exist, and what each can do, is the engine's scheme registry's
+    answer (``_core.uri_scheme_kind``): no scheme list lives here."""
+    kind = _core.uri_scheme_kind(path)
+    return None if kind is None else kind.scheme
+
+
+def _is_remote(path: str) -> bool:
+    """Whether ``path`` names something other than a local file: a URI whose
+    scheme is not file:// (an unknown scheme included, which the engine then
+    refuses by name)."""
+    kind = _core.uri_scheme_kind(path)
+    return kind is not None and kind.remote
 
 
 def check_local_read(path: str) -> None:
@@ -70,11 +77,11 @@ def check_local_read(path: str) -> None:
 
 def check_local_write(path: str) -> None:
     """Refuses remote destinations the engine cannot write to."""
-    lowered = path.lower()
-    if lowered.startswith(_REMOTE_SCHEMES) and not lowered.startswith(_ENGINE_WRITE_SCHEMES):
+    kind = _core.uri_scheme_kind(path)
+    if kind is not None and kind.remote and not kind.writable:
         raise ValueError(
-            f"{_core.redact_uri(path)}: only local paths and s3:// URIs can be written (got a"
-            f" {_scheme(path)}:// destination)"
+            f"{_core.redact_uri(path)}: only {_core.writable_schemes()} can be written (got a"
+            f" {kind.scheme}:// destination)"
         )
 
 
@@ -752,16 +759,22 @@ def open_stream(
         path_uri = os.fsdecode(path_uri)
     path = str(path_uri)
     normalized_mode = "".join(sorted(mode))
-    scheme = None if local_only else _scheme(path)
+    kind = None if local_only else _core.uri_scheme_kind(path)
 
-    if scheme in ("http", "https", "redis", "s3"):
+    if kind is not None and kind.remote:
+        scheme = kind.scheme
+        if kind.kind is None:
+            raise ValueError(
+                f"unsupported URI scheme {scheme!r} in {_core.redact_uri(path)}"
+                f" (tensorizer opens local paths and the schemes in docs/storage.md)"
+            )
         writing = any(c in mode for c in "wax+")
         remote_options = {}
         if certificate_handling is not None:
             remote_options.update(certificate_handling._options)
         if http_options is not None:
             remote_options.update(http_options._options())
-        if scheme == "s3":
+        if kind.kind == "s3":
             if normalized_mode not in ("br", "bw", "ab", "+bw", "+ab"):
                 raise ValueError(
                     'Only the modes "rb", "wb[+]", and "ab[+]" are valid'
@@ -785,7 +798,7 @@ def open_stream(
             return _S3ReadStream(path, remote_options, begin, end, buffer_size)
         if normalized_mode != "br":
             raise ValueError(f'Only the mode "rb" is valid when opening {scheme}:// streams.')
-        if scheme == "redis":
+        if kind.kind == "redis":
             return RedisStreamFile(
                 path, begin=begin, end=end, buffer_size=buffer_size, http_options=http_options
             )

@@ -27,7 +27,6 @@
 #include <utility>
 #include <vector>
 
-#include "convert/destination.h"
 #include "tensorizer/load.h"
 #include "tensorizer/source.h"
 #include "tensorizer/write.h"
@@ -98,19 +97,6 @@ class MeasuredSink final : public Sink {
 };
 
 }  // namespace
-
-bool IsRemoteUri(std::string_view uri) {
-  size_t colon = uri.find("://");
-  if (colon == std::string_view::npos || colon == 0) return false;
-  for (char c : uri.substr(0, colon)) {
-    bool ok = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
-              c == '+' || c == '-' || c == '.';
-    if (!ok) return false;  // "dir/x://y" is a relative path
-  }
-  std::string scheme(uri.substr(0, colon));
-  for (char& c : scheme) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
-  return scheme != "file";
-}
 
 Result<ConvertResult> ConvertFile(const std::string& source_uri, const std::string& dest_uri,
                                   const ConvertOptions& options) {
@@ -206,8 +192,7 @@ Result<ConvertResult> ConvertFile(const std::string& source_uri, const std::stri
 
   // (3) Load batch k+1 while batch k is written.
   std::atomic<uint64_t> written_end{0};
-  TZR_ASSIGN_OR_RETURN(std::unique_ptr<Sink> opened_sink,
-                       convert_internal::CreateDestination(dest, options.sink));
+  TZR_ASSIGN_OR_RETURN(std::unique_ptr<Sink> opened_sink, CreateSink(dest, options.sink));
   std::unique_ptr<Sink> sink = std::make_unique<MeasuredSink>(std::move(opened_sink), &written_end);
   Sink* raw_sink = sink.get();
   std::unique_ptr<Writer> writer;

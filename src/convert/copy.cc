@@ -16,12 +16,15 @@
 #include <cctype>
 #include <chrono>
 #include <condition_variable>
+#include <memory>
 #include <mutex>
 #include <string>
 #include <thread>
 #include <vector>
 
-#include "convert/destination.h"
+#include "storage/parsed_uri.h"
+#include "storage/registry.h"
+#include "tensorizer/cancel.h"
 #include "tensorizer/convert.h"
 #include "tensorizer/source.h"
 #include "tensorizer/write.h"
@@ -41,16 +44,12 @@ std::string BaseName(const std::string& path) {
 // The file name a URI's object goes by: the last path component, without an
 // HTTP query or fragment ("https://h/a/m.tensors?sig=x" -> "m.tensors").
 std::string SourceBaseName(const std::string& source_uri) {
-  std::string path = convert_internal::StripFileScheme(source_uri);
-  if (IsRemoteUri(path)) {
-    size_t authority = path.find("://") + 3;
-    size_t slash = path.find('/', authority);
-    path = slash == std::string::npos ? "" : path.substr(slash);
-    std::string scheme = source_uri.substr(0, source_uri.find("://"));
-    for (char& c : scheme) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
-    if (scheme == "http" || scheme == "https") path = path.substr(0, path.find_first_of("?#"));
-  }
-  return BaseName(path);
+  if (!IsRemoteUri(source_uri)) return BaseName(internal::LocalPath(source_uri));
+  Result<internal::ParsedUri> uri = internal::ParseUri(source_uri);
+  if (!uri.ok()) return "";
+  const internal::Backend* backend = internal::FindBackend(source_uri);
+  return BaseName(backend != nullptr && backend->query_ends_name ? uri->path
+                                                                 : uri->after_authority);
 }
 
 // Where `dest_uri` names a place to copy into rather than a file: an
@@ -60,11 +59,10 @@ Result<std::string> ResolveDestination(const std::string& source_uri, const std:
   bool into = false;
   std::string dest = dest_uri;
   if (IsRemoteUri(dest_uri)) {
-    std::string scheme = dest_uri.substr(0, dest_uri.find("://"));
-    for (char& c : scheme) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
-    into = scheme == "s3" && dest_uri.back() == '/';
+    const internal::Backend* backend = internal::FindBackend(dest_uri);
+    into = backend != nullptr && backend->copies_into_prefix && dest_uri.back() == '/';
   } else {
-    dest = convert_internal::StripFileScheme(dest_uri);
+    dest = internal::LocalPath(dest_uri);
     struct stat st;
     into = ::stat(dest.c_str(), &st) == 0 && S_ISDIR(st.st_mode);
     if (!into && !dest.empty() && dest.back() == '/') {
@@ -89,8 +87,7 @@ Result<uint64_t> CopyFile(const std::string& source_uri, const std::string& dest
   TZR_ASSIGN_OR_RETURN(std::unique_ptr<Source> source, OpenSource(source_uri, options.source));
   TZR_ASSIGN_OR_RETURN(std::string dest, ResolveDestination(source_uri, dest_uri));
   const uint64_t total = source->size();
-  TZR_ASSIGN_OR_RETURN(std::unique_ptr<Sink> sink,
-                       convert_internal::CreateDestination(dest, options.sink));
+  TZR_ASSIGN_OR_RETURN(std::unique_ptr<Sink> sink, CreateSink(dest, options.sink));
   const uint64_t chunks = total == 0 ? 0 : (total - 1) / options.chunk_bytes + 1;
   sink->Preallocate(0, total);
 
@@ -100,7 +97,10 @@ Result<uint64_t> CopyFile(const std::string& source_uri, const std::string& dest
   std::condition_variable cv;
   Status first_error;
   size_t running = 0;
+  // The workers are cancelled with the caller (tensorizer/cancel.h).
+  const std::shared_ptr<const CancelFlag> cancel = CurrentCancelFlag();
   auto work = [&] {
+    CancelScope scope(cancel);
     std::vector<uint8_t> buffer(std::min<uint64_t>(options.chunk_bytes, total));
     Status st;
     while (st.ok()) {

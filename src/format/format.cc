@@ -359,6 +359,7 @@ Result<EncodedHeader> EncodeTensorHeader(const TensorRecordSpec& spec) {
     out.crypt_info_bytes = spec.crypt_info_bytes;
     w.WriteBytes(std::string(spec.crypt_info_bytes, '\0'));  // filled in after sealing
   }
+  w.WriteBytes(std::string(spec.padding_bytes, '\0'));
   w.Write<int64_t>(static_cast<int64_t>(spec.data_length));
   uint64_t size = w.size();
   std::memcpy(w.str().data(), &size, 8);

@@ -9,6 +9,10 @@
 #include <cstdint>
 #include <memory>
 #include <string>
+#include <vector>
+
+#include "tensorizer/format.h"
+#include "tensorizer/status.h"
 
 namespace tensorizer::internal {
 
@@ -46,5 +50,15 @@ class TensorHasher {
   uint32_t crc_ = 0;
   Sha256 sha_;
 };
+
+// A tensor name as messages show it: printable ASCII only.
+std::string DisplayName(const std::string& name);
+
+// Checks a hasher fed a tensor's hashed header and data against the hashes
+// its header stores: every CRC32, then every SHA-256 when the hasher computed
+// it. kHashMismatch in tensorizer's words, naming the tensor (`name`, made
+// printable) and `uri`. Consumes the hasher's SHA-256.
+Status CheckStoredHashes(const std::vector<StoredHash>& stored, TensorHasher* hasher,
+                         const std::string& name, const std::string& uri);
 
 }  // namespace tensorizer::internal

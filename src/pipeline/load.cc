@@ -29,6 +29,7 @@
 #include "pipeline/staging_ring.h"
 #include "tensorizer/cancel.h"
 #include "tensorizer/crypto.h"
+#include "tensorizer/machine.h"
 #include "util/thread_annotations.h"
 
 namespace tensorizer {
@@ -36,24 +37,6 @@ namespace tensorizer {
 namespace {
 
 constexpr uint64_t kHugePage = 2ull << 20;
-
-std::string HexBytes(const std::string& s) {
-  static const char* digits = "0123456789abcdef";
-  std::string out;
-  for (unsigned char c : s) {
-    out.push_back(digits[c >> 4]);
-    out.push_back(digits[c & 15]);
-  }
-  return out;
-}
-
-std::string DisplayName(const std::string& name) {
-  std::string out;
-  for (unsigned char c : name) {
-    if (c >= 0x20 && c < 0x7f) out.push_back(static_cast<char>(c));
-  }
-  return out;
-}
 
 }  // namespace
 
@@ -174,30 +157,10 @@ struct Load::State {
   Status FinishHashes(uint32_t t) {
     TensorState& ts = tensors[t];
     const TensorEntry& e = index->entries[plan.tensors[t].entry];
-    uint32_t crc = ts.hasher->crc32();
-    const bool checked_sha = ts.hasher->with_sha256();
-    std::string sha = checked_sha ? ts.hasher->FinishSha256() : std::string();
+    Status st =
+        internal::CheckStoredHashes(ts.header.hashes, ts.hasher.get(), e.name, source->uri());
     ts.hasher.reset();
-    for (const StoredHash& h : ts.header.hashes) {
-      if (h.type == HashType::kCrc32) {
-        uint32_t stored = 0;
-        std::memcpy(&stored, h.value.data(), 4);
-        if (stored != crc) {
-          char buf[64];
-          snprintf(buf, sizeof buf, "Expected %u, got %u.", stored, crc);
-          return Status::HashMismatch("Tensor '" + DisplayName(e.name) + "' in " + source->uri() +
-                                      " failed CRC32 verification. " + buf);
-        }
-      }
-    }
-    for (const StoredHash& h : ts.header.hashes) {
-      if (checked_sha && h.type == HashType::kSha256 && h.value != sha) {
-        return Status::HashMismatch("Tensor '" + DisplayName(e.name) + "' in " + source->uri() +
-                                    " failed SHA256 verification. Expected " + HexBytes(h.value) +
-                                    ", got " + HexBytes(sha) + ".");
-      }
-    }
-    return Status::Ok();
+    return st;
   }
 
   Status OnHeader(uint32_t t) {
@@ -224,7 +187,7 @@ struct Load::State {
     // it is checked whatever `verify` says, while each chunk is in cache.
     const bool sealed = ts.sealed.has_value();
     if (sealed && !has_sha) {
-      return Status::Cryptography("tensor '" + DisplayName(e.name) + "' in " + source->uri() +
+      return Status::Cryptography("tensor '" + internal::DisplayName(e.name) + "' in " + source->uri() +
                                   " is encrypted but stores no SHA-256 of its plaintext, so "
                                   "its decrypted data cannot be checked");
     }
@@ -242,7 +205,7 @@ struct Load::State {
   Status PrepareDecryption(uint32_t t, const uint8_t* header) {
     TensorState& ts = tensors[t];
     const TensorEntry& e = index->entries[plan.tensors[t].entry];
-    const std::string what = "tensor '" + DisplayName(e.name) + "'";
+    const std::string what = "tensor '" + internal::DisplayName(e.name) + "'";
     auto info = ParseCryptInfo(header + ts.header.crypt_info_offset + 8,
                                ts.header.crypt_info_size - 8);
     if (!info.ok()) return info.status().WithContext(what);
@@ -299,7 +262,7 @@ struct Load::State {
       if (!st.ok()) {
         std::memset(window, 0, window_bytes);  // never leave partial plaintext
         const TensorEntry& e = index->entries[plan.tensors[t].entry];
-        return st.WithContext("tensor '" + DisplayName(e.name) + "' in " + source->uri());
+        return st.WithContext("tensor '" + internal::DisplayName(e.name) + "' in " + source->uri());
       }
       ++ts.chunks_opened;
       if (ts.hasher) TZR_RETURN_IF_ERROR(HashData(t, chunk, sc.length(i)));
@@ -365,7 +328,7 @@ struct Load::State {
       if (pos + carry.size() + seg.length > ring->buffer_bytes()) {
         const TensorEntry& e = index->entries[plan.tensors[seg.tensor].entry];
         return Status::InvalidArgument(
-            "tensor '" + DisplayName(e.name) + "' in " + source->uri() + ": " +
+            "tensor '" + internal::DisplayName(e.name) + "' in " + source->uri() + ": " +
             std::to_string(carry.size() + seg.length) + " bytes (a read" +
             (carry.empty() ? "" : " and the part of an encrypted chunk before it") +
             ") do not fit a staging buffer of " + std::to_string(ring->buffer_bytes()) +
@@ -484,21 +447,39 @@ void Load::Cancel() {
   s.cv.notify_all();
 }
 
+ResolvedLoadOptions ResolveLoadOptions(const LoadOptions& options, const LoadContext& context) {
+  ResolvedLoadOptions r;
+  r.threads = options.num_threads > 0
+                  ? options.num_threads
+                  : std::max({1, context.available_cores, context.source_concurrency});
+  r.verify = context.format == FileFormat::kSafetensors ? HashCheck::kNone : options.verify;
+  // Encrypted tensors are opened chunk by chunk in order, after their
+  // header (which holds the MACs): like hashing, that needs whole-tensor
+  // jobs.
+  r.whole_tensor_jobs = r.verify != HashCheck::kNone || context.encrypted;
+  r.chunk_bytes = r.whole_tensor_jobs ? std::min(options.chunk_bytes, kHashedChunkBytes)
+                                      : options.chunk_bytes;
+  return r;
+}
+
+LoadContext LoadContextOf(const Source& source, const Index& index) {
+  LoadContext c;
+  c.available_cores = AvailableCores();
+  c.source_concurrency = source.concurrency_hint();
+  c.format = index.format;
+  c.encrypted = index.header.has_crypt_info();
+  return c;
+}
+
 Result<std::unique_ptr<Load>> Load::Start(std::shared_ptr<const Source> source,
                                           std::shared_ptr<const Index> index,
                                           const std::vector<size_t>& selected,
                                           const LoadOptions& options) {
   auto st = std::make_unique<State>();
+  const ResolvedLoadOptions resolved = ResolveLoadOptions(options, LoadContextOf(*source, *index));
   PlanOptions po;
-  po.chunk_bytes = options.chunk_bytes;
-  // Safetensors files store no hashes: there is nothing to verify.
-  po.verify_hash = options.verify != HashCheck::kNone && index->format != FileFormat::kSafetensors;
-  // Encrypted tensors are opened chunk by chunk in order, after their header
-  // (which holds the MACs): like hashing, that needs whole-tensor jobs.
-  po.verify_hash |= index->header.has_crypt_info();
-  // Verification hashes each piece right after reading it; pieces that fit
-  // in L2 are still there when hashed.
-  if (po.verify_hash) po.chunk_bytes = std::min<uint64_t>(po.chunk_bytes, 2ull << 20);
+  po.chunk_bytes = resolved.chunk_bytes;
+  po.whole_tensor_jobs = resolved.whole_tensor_jobs;
   // A load that will read with O_DIRECT gets an arena laid out so the
   // file's blocks land on aligned memory, straight from the device. One
   // whose bytes are mostly in the page cache (auto mode reads it buffered)
@@ -520,9 +501,7 @@ Result<std::unique_ptr<Load>> Load::Start(std::shared_ptr<const Source> source,
     for (size_t e : selected) {
       if (e < index->entries.size()) load_bytes += index->entries[e].data_length;
     }
-    int workers = options.num_threads > 0 ? options.num_threads
-                                          : static_cast<int>(std::thread::hardware_concurrency());
-    ring_shape = internal::ChooseRingShape(*options.staging, workers, load_bytes);
+    ring_shape = internal::ChooseRingShape(*options.staging, resolved.threads, load_bytes);
     // A read's data fills at most one buffer; an encrypted one leaves room
     // for the part of a chunk carried over from the read before.
     uint64_t fits = index->header.has_crypt_info() ? ring_shape.buffer_bytes / 2
@@ -539,7 +518,7 @@ Result<std::unique_ptr<Load>> Load::Start(std::shared_ptr<const Source> source,
   st->keys = options.decryption && options.decryption->derived_keys
                  ? options.decryption->derived_keys
                  : std::make_shared<DerivedKeyCache>();
-  if (st->index->format == FileFormat::kSafetensors) st->options.verify = HashCheck::kNone;
+  st->options.verify = resolved.verify;
   auto arena = Arena::Allocate(options.staging ? 0 : st->plan.arena_bytes, options.huge_pages);
   if (!arena.ok()) return arena.status().WithContext("loading " + st->source->uri());
   st->arena = std::move(arena).value();
@@ -550,9 +529,7 @@ Result<std::unique_ptr<Load>> Load::Start(std::shared_ptr<const Source> source,
     // A safetensors tensor with no elements has nothing to read.
     st->tensors[i].ready = st->plan.tensors[i].read_count == 0;
   }
-  int threads = options.num_threads > 0 ? options.num_threads
-                                        : static_cast<int>(std::thread::hardware_concurrency());
-  threads = std::max(1, std::min<int>(threads, static_cast<int>(st->plan.job_count())));
+  int threads = std::max(1, std::min<int>(resolved.threads, static_cast<int>(st->plan.job_count())));
   if (st->plan.job_count() == 0) threads = 0;
   State* raw = st.get();
   if (options.staging) {

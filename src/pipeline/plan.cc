@@ -86,7 +86,7 @@ class PlanBuilder {
     for (uint32_t t : touched_) plan_->tensors[t].read_count++;
     touched_.clear();
     // With verification a new job may only begin where a tensor begins.
-    if (!opt_.verify_hash || cur_starts_tensor_) {
+    if (!opt_.whole_tensor_jobs || cur_starts_tensor_) {
       plan_->job_starts.push_back(static_cast<uint32_t>(plan_->reads.size()));
     }
     plan_->reads.push_back(cur_);
@@ -176,7 +176,7 @@ Result<LoadPlan> MakeLoadPlan(const Index& index, const std::vector<size_t>& sel
     // With verification, the tail of a split record ends its read, so the
     // next read starts at a tensor boundary and can begin a new job (a job
     // runs until a read that starts a tensor).
-    if (split && options.verify_hash) b.Flush();
+    if (split && options.whole_tensor_jobs) b.Flush();
   }
   b.Flush();
   return plan;

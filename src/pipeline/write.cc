@@ -15,11 +15,19 @@
 #include "format/hash.h"
 #include "tensorizer/cancel.h"
 #include "tensorizer/crypto.h"
+#include "tensorizer/machine.h"
 
 namespace tensorizer {
 
 Result<std::unique_ptr<Writer>> Writer::Create(std::unique_ptr<Sink> sink,
                                                const WriterOptions& options) {
+  const uint64_t align = options.data_alignment_bytes;
+  if (align > kMaxDataAlignment || (align & (align - 1)) != 0) {
+    sink->Abort();
+    return Status::InvalidArgument("data alignment must be a power of two up to " +
+                                   std::to_string(kMaxDataAlignment) + " bytes, not " +
+                                   std::to_string(align));
+  }
   std::unique_ptr<Writer> w(new Writer(std::move(sink), options));
   w->header_.metadata_length = kMetadataReserve;
   if (options.encryption) {
@@ -105,6 +113,11 @@ Status Writer::WriteBatch(const std::vector<TensorWrite>& tensors) {
       r.spec.crypt_info_bytes = EncodedCryptInfoBytes(SizedCryptInfo(r.spec, t.meta));
     }
     auto h = EncodeTensorHeader(r.spec);
+    if (h.ok() && options_.data_alignment_bytes > 1) {
+      const uint64_t a = options_.data_alignment_bytes;
+      r.spec.padding_bytes = (a - (pos + h->bytes.size()) % a) % a;
+      if (r.spec.padding_bytes != 0) h = EncodeTensorHeader(r.spec);
+    }
     if (!h.ok()) return h.status().WithContext("tensor '" + t.name + "'");
     r.header_offset = pos;
     r.data_offset = pos + h->bytes.size();
@@ -178,8 +191,7 @@ Status Writer::WriteBatch(const std::vector<TensorWrite>& tensors) {
       }
     }
   };
-  int threads = options_.num_threads > 0 ? options_.num_threads
-                                         : static_cast<int>(std::thread::hardware_concurrency());
+  int threads = options_.num_threads > 0 ? options_.num_threads : AvailableCores();
   threads = std::max(1, std::min<int>(threads, static_cast<int>(order.size())));
   std::vector<std::thread> pool;
   for (int t = 1; t < threads; ++t) pool.emplace_back(work);

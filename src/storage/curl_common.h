@@ -7,9 +7,12 @@
 
 #include <chrono>
 #include <cstdint>
+#include <functional>
 #include <random>
 #include <string>
+#include <vector>
 
+#include "storage/http_protocol.h"
 #include "tensorizer/source.h"
 
 namespace tensorizer::internal {
@@ -86,5 +89,50 @@ int ErrnoForStatus(long status);
 // Full-jitter exponential backoff: a random delay in
 // [0, min(retry_max_delay_ms, retry_base_delay_ms * 2^attempt)].
 uint64_t BackoffDelayMs(const HttpOptions& options, int attempt, std::mt19937_64& rng);
+
+// The answer to a request that sends a whole body (an upload, a control
+// request): the response's header fields and up to kMaxReplyBody bytes of
+// its body (an error document, a few hundred bytes of XML); a longer body
+// fails the request.
+inline constexpr size_t kMaxReplyBody = 1 << 20;
+struct Reply {
+  http::Response response;
+  std::string body;
+};
+
+// A request's body: `bytes` in memory, or the first `file_size` bytes of
+// the file `fd` (read with pread, so a retry sends them again).
+struct RequestBody {
+  const std::string* bytes = nullptr;
+  int fd = -1;
+  uint64_t file_size = 0;
+};
+
+// Performs one request on `handle` (reset first, then ApplyHttpOptions and
+// a redirect policy that follows none: a 3xx is the answer): `method` to
+// `url` with `headers` ("Name: value" lines) and `body`. Any HTTP status is
+// a Reply; a failed transfer is an error, with *retriable set when a new
+// attempt may not meet it (IsRetriableCurl). "Expect: 100-continue" is
+// never sent: servers that do not answer it would cost a second per request.
+Result<Reply> PerformRequest(CURL* handle, const HttpOptions& options, const std::string& method,
+                             const std::string& url, const std::vector<std::string>& headers,
+                             const RequestBody& body, bool* retriable);
+
+// What one attempt of a request with a whole, re-sendable body came to.
+struct Attempt {
+  Status status;         // ok: the request is done
+  long http_status = 0;  // the final answer's status, 0 when there was none
+  bool retriable = false;
+};
+
+// Runs `attempt` until it succeeds, fails in a way not worth retrying, or
+// the retries run out: max_retries consecutive failures, throttling and
+// server errors apart (ThrottleRetries), full-jitter backoff between
+// attempts, kCancelled as soon as the calling thread is cancelled. The
+// final failure gets `what` as context ("UploadPart 3 of s3://b/k").
+// Requests whose body is in memory or in a file (the S3 sink, the HTTP
+// upload) share this loop; reads, which resume mid-object, have their own.
+Status RetryRequest(const HttpOptions& options, const std::string& what,
+                    const std::function<Attempt()>& attempt);
 
 }  // namespace tensorizer::internal

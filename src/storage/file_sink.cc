@@ -43,7 +43,11 @@
 #include <string_view>
 #include <utility>
 
+#include "storage/parsed_uri.h"
+#include "storage/registry.h"
+#include "tensorizer/uri.h"
 #include "tensorizer/write.h"
+#include "util/decimal.h"
 
 namespace tensorizer {
 
@@ -114,15 +118,12 @@ std::optional<pid_t> WriterPid(std::string_view rest) {
   if (dash == std::string_view::npos || dash == 0 || dash > 10 || rest.size() != dash + 9) {
     return std::nullopt;
   }
-  int64_t pid = 0;
-  for (char c : rest.substr(0, dash)) {
-    if (!std::isdigit(static_cast<unsigned char>(c))) return std::nullopt;
-    pid = pid * 10 + (c - '0');
-  }
+  uint64_t pid = 0;
+  if (!internal::ParseDecimal(rest.substr(0, dash), &pid)) return std::nullopt;
   for (char c : rest.substr(dash + 1)) {
     if (!std::isxdigit(static_cast<unsigned char>(c))) return std::nullopt;
   }
-  if (pid <= 0 || pid > INT32_MAX) return std::nullopt;
+  if (pid == 0 || pid > INT32_MAX) return std::nullopt;
   return static_cast<pid_t>(pid);
 }
 
@@ -361,14 +362,14 @@ Result<std::unique_ptr<Sink>> CreateFdSink(int fd, const std::string& name) {
 }
 
 Result<std::unique_ptr<Sink>> CreateSink(const std::string& uri, const SinkOptions& options) {
-  auto scheme_end = uri.find("://");
-  if (scheme_end == std::string::npos) return CreateFileSink(uri);
-  std::string scheme = uri.substr(0, scheme_end);
-  for (char& c : scheme) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
-  if (scheme == "file") return CreateFileSink(uri.substr(scheme_end + 3));
-  if (scheme == "s3") return CreateS3Sink(uri, options.s3, options.http, options.s3_upload);
-  return Status::InvalidArgument("cannot write to '" + scheme + "' URIs (" + uri +
-                                 "): only local paths and s3:// are writable");
+  const internal::Backend* backend = internal::FindBackend(uri);
+  if (backend == nullptr || backend->create_sink == nullptr) {
+    return Status::InvalidArgument("cannot write to '" +
+                                   EscapeControls(internal::UriScheme(uri).value_or("")) +
+                                   "' URIs (" + RedactUri(uri) +
+                                   "): only " + internal::WritableSchemes() + " are writable");
+  }
+  return backend->create_sink(uri, options);
 }
 
 }  // namespace tensorizer

@@ -32,7 +32,9 @@
 #include <vector>
 
 #include "storage/direct_read.h"
+#include "storage/local_file.h"
 #include "storage/read_range.h"
+#include "storage/registry.h"
 #include "tensorizer/source.h"
 #include "util/thread_annotations.h"
 
@@ -230,6 +232,9 @@ class FileSource final : public ScatterReadSource {
 
   uint64_t size() const override { return size_; }
   const std::string& uri() const override { return uri_; }
+  // A worker waiting on a direct read holds no core.
+  int concurrency_hint() const override { return direct_on_ ? kMinRequestsInFlight : 0; }
+  int fd() const { return fd_; }
 
   FileReadStats stats() const {
     FileReadStats s;
@@ -436,6 +441,11 @@ std::optional<FileReadStats> FileReadStatsOf(const Source& source) {
   return std::nullopt;
 }
 
+int internal::LocalFileDescriptor(const Source& source) {
+  const auto* f = dynamic_cast<const FileSource*>(&source);
+  return f != nullptr ? f->fd() : -1;
+}
+
 bool WouldReadDirect(const Source& source, uint64_t offset, uint64_t length) {
   const auto* f = dynamic_cast<const FileSource*>(&source);
   return f != nullptr && length > 0 && offset < f->size() && length <= f->size() - offset &&
@@ -447,17 +457,8 @@ std::unique_ptr<Source> MakeMemorySource(std::string bytes, const std::string& n
 }
 
 Result<std::unique_ptr<Source>> OpenSource(const std::string& uri, const SourceOptions& options) {
-  auto scheme_end = uri.find("://");
-  if (scheme_end != std::string::npos) {
-    std::string scheme = uri.substr(0, scheme_end);
-    for (char& c : scheme) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
-    if (scheme == "file") return OpenFileSource(uri.substr(scheme_end + 3), options.file);
-    if (scheme == "http" || scheme == "https") return OpenHttpSource(uri, options.http);
-    if (scheme == "redis") return OpenRedisSource(uri, options.http);
-    if (scheme == "s3") return OpenS3Source(uri, options.s3, options.http);
-    return Status::InvalidArgument("unsupported URI scheme '" + scheme + "' in " + uri);
-  }
-  return OpenFileSource(uri, options.file);
+  TZR_ASSIGN_OR_RETURN(const internal::Backend* backend, internal::BackendFor(uri));
+  return backend->open_source(uri, options);
 }
 
 }  // namespace tensorizer

@@ -5,6 +5,8 @@
 #include <cstdlib>
 #include <cstring>
 
+#include "util/decimal.h"
+
 namespace tensorizer::http {
 
 std::string Trim(const std::string& s) {
@@ -40,20 +42,9 @@ bool IEquals(const std::string& a, const char* b) {
   return true;
 }
 
-bool ParseU64(const std::string& s, uint64_t* out) {
-  if (s.empty() || s.size() > 19) return false;
-  uint64_t v = 0;
-  for (char c : s) {
-    if (c < '0' || c > '9') return false;
-    v = v * 10 + static_cast<uint64_t>(c - '0');
-  }
-  *out = v;
-  return true;
-}
-
 bool RetryAfterMs(const std::string& value, uint64_t max_ms, uint64_t* ms) {
   uint64_t after_s = 0;
-  if (!ParseU64(value, &after_s)) return false;
+  if (!internal::ParseDecimal(value, &after_s)) return false;
   // A huge number of seconds is the maximum, not what its product in
   // milliseconds wraps to (2^64 ms is 584 million years).
   *ms = after_s > UINT64_MAX / 1000 ? max_ms : std::min<uint64_t>(after_s * 1000, max_ms);
@@ -71,13 +62,13 @@ bool ParseContentRange(const std::string& value, ContentRange* out) {
   if (range != "*") {
     size_t dash = range.find('-');
     if (dash == std::string::npos) return false;
-    if (!ParseU64(range.substr(0, dash), &cr.first) || !ParseU64(range.substr(dash + 1), &cr.last))
+    if (!internal::ParseDecimal(range.substr(0, dash), &cr.first) || !internal::ParseDecimal(range.substr(dash + 1), &cr.last))
       return false;
     if (cr.last < cr.first) return false;
     cr.has_range = true;
   }
   if (total != "*") {
-    if (!ParseU64(total, &cr.total)) return false;
+    if (!internal::ParseDecimal(total, &cr.total)) return false;
     cr.has_total = true;
   }
   *out = cr;
@@ -126,7 +117,7 @@ void Response::AddLine(const std::string& line) {
   } else if (IEquals(name, "retry-after")) {
     retry_after = value;
   } else if (IEquals(name, "content-length")) {
-    has_length = ParseU64(value, &content_length);
+    has_length = internal::ParseDecimal(value, &content_length);
   } else if (IEquals(name, "content-encoding")) {
     content_encoding = content_encoding.empty() ? value : content_encoding + ", " + value;
   } else if (IEquals(name, "transfer-encoding")) {

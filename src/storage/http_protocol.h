@@ -22,10 +22,6 @@ std::string OneLine(const std::string& s);
 // ASCII case-insensitive equality.
 bool IEquals(const std::string& a, const char* b);
 
-// A decimal number of 1 to 19 digits (so it cannot overflow); false for
-// anything else, `*out` untouched.
-bool ParseU64(const std::string& s, uint64_t* out);
-
 // The wait a Retry-After header in seconds asks for, in milliseconds and at
 // most `max_ms`. False when the value is not a number of seconds (an
 // HTTP-date is not honoured).

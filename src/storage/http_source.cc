@@ -15,16 +15,21 @@
 //     retried with exponential backoff and full jitter, resuming from the
 //     first byte not yet received; any other 4xx fails at once.
 //  4. A server without range support must say the object's size
-//     (Content-Length) at open. It is read into a growing prefix of the
-//     object (PrefixBuffer): a read past the prefix sends one GET without a
-//     Range, skips (and compares) the bytes already held, and extends the
-//     prefix to at least twice its size or to the read's end, whichever is
-//     more, then stops the transfer. Memory is what the load has read so far
-//     (never more than twice that, never more than the size seen at open),
-//     and the traffic about twice the prefix. Such a GET cannot resume, so
-//     every retry costs the bytes before the break again: its failures never
-//     reset, and max_retries bounds the bytes it moves to (max_retries + 1)
-//     times its target.
+//     (Content-Length) at open. Its object is read as one stream
+//     (WholeObjectStream): a GET without Range, run on a thread of the
+//     source's own, whose body is copied as it arrives into the buffers of
+//     the reads waiting for those bytes, and into a ring of the last
+//     kStreamWindowBytes. A read of bytes the stream has not reached waits
+//     for them; a read of bytes still in the ring is served from it; a read
+//     of bytes already gone (the stream is past them: a lazy load reading
+//     tensors out of file order) stops the stream and starts a new GET from
+//     byte 0, whose skipped bytes it costs. With no read waiting, the stream
+//     reads ahead kStreamReadAheadBytes and then holds (TCP backpressure).
+//     Memory is the ring, whatever the object's size; the body is bounded by
+//     the size seen at open. Such a GET cannot resume, so every retry costs
+//     the bytes before the break again: a read's failures never reset, and
+//     max_retries bounds the GETs one read waits through to max_retries + 1
+//     after its own first, each at most the object's size.
 //
 // Retry budget: a request gives up after max_retries failed attempts in a
 // row that made no progress; an attempt progresses when it delivered at
@@ -47,17 +52,22 @@
 #include <algorithm>
 #include <cerrno>
 #include <chrono>
-#include <optional>
+#include <condition_variable>
 #include <cstring>
+#include <functional>
 #include <mutex>
+#include <optional>
 #include <random>
 #include <string>
 #include <thread>
+#include <utility>
 #include <vector>
 
 #include "storage/curl_common.h"
 #include "storage/http_protocol.h"
+#include "storage/parsed_uri.h"
 #include "storage/read_range.h"
+#include "storage/registry.h"
 #include "tensorizer/format.h"
 #include "tensorizer/source.h"
 #include "tensorizer/uri.h"
@@ -74,9 +84,17 @@ constexpr size_t kErrorBodyBytes = 1024;
 // the count of failures.
 constexpr uint64_t kProgressBytes = 1 << 20;
 
-// The first prefix of an object without range support: the index read
-// (262,217 bytes in files tensorizer writes) and some tensors.
-constexpr uint64_t kFirstPrefixBytes = 4 << 20;
+// A stream of an object without range support keeps its last
+// kStreamWindowBytes (for a read that arrives just after its bytes went by:
+// load workers do not ask in exact file order), and reads up to
+// kStreamReadAheadBytes past the furthest read while none waits.
+constexpr uint64_t kStreamWindowBytes = 8 << 20;
+constexpr uint64_t kStreamReadAheadBytes = 4 << 20;
+
+// How long the stream waits, before pushing a read's end out of its window,
+// for the reader that just finished there to ask for what follows (a load
+// worker reading the next piece of a tensor).
+constexpr auto kContinuationHold = std::chrono::milliseconds(200);
 
 using internal::ByteRange;
 
@@ -102,61 +120,8 @@ struct SlistDeleter {
 };
 using Slist = std::unique_ptr<curl_slist, SlistDeleter>;
 
-// Bytes [0, size()) of an object, in fixed blocks so that growing it never
-// copies what it holds. Not thread-safe.
-class PrefixBuffer {
- public:
-  uint64_t size() const { return size_; }
-
-  void Append(const char* data, size_t n) {
-    while (n > 0) {
-      const size_t in_block = size_ % kBlock;
-      if (in_block == 0) blocks_.emplace_back(new char[kBlock]);
-      const size_t take = std::min(n, kBlock - in_block);
-      std::memcpy(blocks_.back().get() + in_block, data, take);
-      data += take;
-      n -= take;
-      size_ += take;
-    }
-  }
-
-  // Whether bytes [offset, offset + n) (all held) equal `data`.
-  bool Equals(uint64_t offset, const char* data, size_t n) const {
-    bool same = true;
-    Visit(offset, n, [&](const char* held, size_t k) {
-      same = same && std::memcmp(held, data, k) == 0;
-      data += k;
-    });
-    return same;
-  }
-
-  void CopyOut(uint64_t offset, char* dst, size_t n) const {
-    Visit(offset, n, [&](const char* held, size_t k) {
-      std::memcpy(dst, held, k);
-      dst += k;
-    });
-  }
-
- private:
-  static constexpr size_t kBlock = 4 << 20;
-
-  template <typename F>
-  void Visit(uint64_t offset, size_t n, F f) const {
-    while (n > 0) {
-      const size_t in_block = offset % kBlock;
-      const size_t k = std::min(n, kBlock - in_block);
-      f(blocks_[offset / kBlock].get() + in_block, k);
-      offset += k;
-      n -= k;
-    }
-  }
-
-  std::vector<std::unique_ptr<char[]>> blocks_;
-  uint64_t size_ = 0;
-};
-
 // Where one request's body goes. Exactly one of: the caller's buffers (iov),
-// the object's prefix (a GET without Range), or nowhere (probe).
+// a sink (the stream of a GET without Range), or nowhere (probe).
 struct Transfer {
   Response response;
   // Range asked for: [first, first + want); unused without `ranged`.
@@ -175,10 +140,9 @@ struct Transfer {
   int iovcnt = 0;
   int iov_index = 0;
   size_t iov_offset = 0;
-  // A GET without Range: the body from byte 0 extends `prefix` (skipping,
-  // and comparing, the bytes it holds) up to `prefix_target` bytes.
-  PrefixBuffer* prefix = nullptr;
-  uint64_t prefix_target = 0;
+  // A GET without Range: each piece of the body, bytes [got, got + n) of
+  // the object, in order; false stops the transfer (with `enough` set).
+  std::function<bool(const char* data, size_t n)> sink;
   bool probe = false;
   uint64_t got = 0;
   std::string error_body;
@@ -186,7 +150,7 @@ struct Transfer {
   // errno the failure maps to (ESTALE: the object changed).
   std::string abort_reason;
   int abort_errno = EIO;
-  // The probe or the prefix has what it needs; the rest is cut off.
+  // The probe or the sink has what it needs; the rest is cut off.
   bool enough = false;
 };
 
@@ -259,30 +223,18 @@ bool CheckBodyStart(Transfer* t) {
 }
 
 // The body of a GET without Range: bytes [got, got + n) of the object.
-size_t WritePrefix(Transfer* t, const char* data, size_t n) {
-  PrefixBuffer* prefix = t->prefix;
+size_t WriteSink(Transfer* t, const char* data, size_t n) {
   if (t->got + n > t->object_size) {
     t->abort_reason =
         "the server sent more than the object's " + std::to_string(t->object_size) + " bytes";
     return 0;
   }
-  size_t used = 0;
-  if (t->got < prefix->size()) {
-    used = static_cast<size_t>(std::min<uint64_t>(n, prefix->size() - t->got));
-    if (!prefix->Equals(t->got, data, used)) {
-      Changed(t,
-              ": bytes before " + std::to_string(prefix->size()) + " differ from an earlier GET");
-      return 0;
-    }
+  if (!t->sink(data, n)) {
+    t->enough = true;
+    return 0;
   }
-  const size_t take =
-      static_cast<size_t>(std::min<uint64_t>(n - used, t->prefix_target - prefix->size()));
-  prefix->Append(data + used, take);
-  t->got += used + take;
-  if (prefix->size() < t->prefix_target) return n;
-  // The prefix is long enough: cut the rest of the object off.
-  t->enough = true;
-  return used + take == n && t->got == t->object_size ? n : 0;
+  t->got += n;
+  return n;
 }
 
 size_t WriteCallback(char* data, size_t size, size_t count, void* user) {
@@ -315,7 +267,7 @@ size_t WriteCallback(char* data, size_t size, size_t count, void* user) {
     t->error_body.append(data, keep);
     return n;
   }
-  if (t->prefix) return WritePrefix(t, data, n);
+  if (t->sink) return WriteSink(t, data, n);
   if (n > t->want - t->got) {
     t->abort_reason =
         "the server sent more bytes than the " + std::to_string(t->want) + " asked for";
@@ -354,6 +306,266 @@ void Advance(const struct iovec* iov, int iovcnt, uint64_t bytes, int* index, si
   }
 }
 
+// The object of a server without range support, as one stream shared by
+// every read (step 4 at the top of this file).
+//
+// Invariants: a read's buffers are written only while it is registered (in
+// requests_), and only with the bytes at their offsets, in order; the ring
+// holds bytes [WindowStart(), pos_) of the current (or last) stream; one GET
+// runs at a time, on the producer thread.
+class WholeObjectStream {
+ public:
+  // Runs one GET without Range on the calling thread; the body goes to the
+  // Transfer's sink. Sets *retriable for a failure worth another GET.
+  using Get = std::function<Status(Transfer* t, bool* retriable)>;
+  // Sleeps before retry number `attempt` (from 0) after answer `r`.
+  using Backoff = std::function<void(int attempt, const Response& r)>;
+
+  WholeObjectStream(uint64_t size, HttpOptions options, Get get, Backoff backoff)
+      : size_(size),
+        options_(std::move(options)),
+        get_(std::move(get)),
+        backoff_(std::move(backoff)),
+        producer_cancel_(std::make_shared<CancelFlag>()) {}
+
+  WholeObjectStream(const WholeObjectStream&) = delete;
+  WholeObjectStream& operator=(const WholeObjectStream&) = delete;
+
+  ~WholeObjectStream() {
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      stop_ = true;
+    }
+    // Also ends a GET waiting on the network (its progress callback).
+    producer_cancel_->Cancel();
+    cv_.notify_all();
+    if (producer_.joinable()) producer_.join();
+  }
+
+  // Bytes [offset, offset + total) into the buffers; total > 0.
+  Status Read(uint64_t offset, uint64_t total, const struct iovec* iov, int iovcnt) {
+    std::unique_lock<std::mutex> lock(mu_);
+    Request r(offset, total, iov, iovcnt);
+    ClaimContinuation(offset);
+    FromWindow(&r);
+    if (r.done()) return Status::Ok();
+    requests_.push_back(&r);
+    furthest_end_ = std::max(furthest_end_, r.end);
+    struct Unregister {
+      std::vector<Request*>& requests;
+      Request* r;
+      ~Unregister() { requests.erase(std::find(requests.begin(), requests.end(), r)); }
+    } unregister{requests_, &r};
+    if (!producer_.joinable()) producer_ = std::thread([this] { Produce(); });
+
+    int failures = 0;
+    internal::ThrottleRetries throttled;
+    uint64_t ends_seen = ends_;  // GETs that ended before this read began are not its own
+    while (!r.done()) {
+      if (CancelRequested()) return CancelledStatus("the transfer");
+      if (ends_ > ends_seen) {
+        ends_seen = ends_;
+        if (!end_status_.ok()) {
+          if (!end_retriable_) return end_status_;
+          const Status failed = end_status_;
+          const Response answer = end_response_;
+          int attempt;
+          if (throttled.Retry(answer.status, options_)) {
+            attempt = throttled.count() - 1;
+          } else if (++failures > options_.max_retries) {
+            return Status(failed.code(),
+                          failed.message() + " (gave up after " + std::to_string(failures) +
+                              " attempts)",
+                          failed.sys_errno());
+          } else {
+            attempt = failures - 1;
+          }
+          lock.unlock();
+          backoff_(attempt, answer);
+          lock.lock();
+          continue;
+        }
+      }
+      // Bytes this read needs are behind the stream: only a new GET has them.
+      if (streaming_ && r.next < WindowStart()) abort_ = true;
+      if (!streaming_ && !start_requested_) {
+        start_requested_ = true;
+        cv_.notify_all();
+      }
+      cv_.wait_for(lock, std::chrono::milliseconds(internal::kCancelPollMs));
+    }
+    return Status::Ok();
+  }
+
+ private:
+  // One read waiting for its bytes: [next, end) are still missing.
+  struct Request {
+    Request(uint64_t offset, uint64_t total, const struct iovec* v, int n)
+        : next(offset), end(offset + total), iov(v), iovcnt(n) {}
+    bool done() const { return next == end; }
+    // Copies the part of bytes [pos, pos + n) that continues it.
+    void Take(uint64_t pos, const char* data, size_t n) {
+      if (next < pos || next >= pos + n) return;
+      size_t skip = static_cast<size_t>(next - pos);
+      size_t left = static_cast<size_t>(std::min<uint64_t>(end - next, n - skip));
+      data += skip;
+      next += left;
+      while (left > 0) {
+        const struct iovec& v = iov[iov_index];
+        const size_t take = std::min(v.iov_len - iov_offset, left);
+        std::memcpy(static_cast<char*>(v.iov_base) + iov_offset, data, take);
+        data += take;
+        left -= take;
+        iov_offset += take;
+        if (iov_offset == v.iov_len) {
+          ++iov_index;
+          iov_offset = 0;
+        }
+      }
+    }
+    uint64_t next, end;
+    const struct iovec* iov;
+    int iovcnt;
+    int iov_index = 0;
+    size_t iov_offset = 0;
+  };
+
+  struct Continuation {
+    uint64_t offset;
+    std::chrono::steady_clock::time_point since;
+  };
+
+  uint64_t WindowStart() const TZR_REQUIRES(mu_) {
+    return pos_ > kStreamWindowBytes ? pos_ - kStreamWindowBytes : 0;
+  }
+
+  // Serves the part of `r` that the ring holds.
+  void FromWindow(Request* r) TZR_REQUIRES(mu_) {
+    while (!r->done() && r->next >= WindowStart() && r->next < pos_) {
+      const uint64_t at = r->next % kStreamWindowBytes;
+      const uint64_t n = std::min({pos_ - r->next, kStreamWindowBytes - at, r->end - r->next});
+      r->Take(r->next, window_.data() + at, static_cast<size_t>(n));
+    }
+    if (r->done()) Finished(*r);
+  }
+
+  void Finished(const Request& r) TZR_REQUIRES(mu_) {
+    if (r.end < size_) continuations_.push_back({r.end, std::chrono::steady_clock::now()});
+  }
+
+  void ClaimContinuation(uint64_t offset) TZR_REQUIRES(mu_) {
+    continuations_.erase(std::remove_if(continuations_.begin(), continuations_.end(),
+                                        [&](const Continuation& c) { return c.offset == offset; }),
+                         continuations_.end());
+  }
+
+  // Whether the stream may take bytes [pos_, pos_ + n): a read waits for
+  // them (or for later ones) or they are within the read-ahead, and no read
+  // that just finished is about to be pushed out of the window.
+  bool MayAdvance(size_t n) TZR_REQUIRES(mu_) {
+    const uint64_t end = pos_ + n;
+    bool wanted = end <= furthest_end_ + kStreamReadAheadBytes;
+    for (const Request* r : requests_) wanted = wanted || r->end > pos_;
+    if (!wanted) return false;
+    const auto now = std::chrono::steady_clock::now();
+    continuations_.erase(std::remove_if(continuations_.begin(), continuations_.end(),
+                                        [&](const Continuation& c) {
+                                          return now - c.since > kContinuationHold;
+                                        }),
+                         continuations_.end());
+    const uint64_t window_start = end > kStreamWindowBytes ? end - kStreamWindowBytes : 0;
+    for (const Continuation& c : continuations_) {
+      if (c.offset < window_start) return false;
+    }
+    return true;
+  }
+
+  // The sink of the stream's GET: bytes [pos_, pos_ + n).
+  bool Deliver(const char* data, size_t n) {
+    std::unique_lock<std::mutex> lock(mu_);
+    while (!MayAdvance(n)) {
+      if (stop_ || abort_) return false;
+      cv_.wait_for(lock, std::chrono::milliseconds(internal::kCancelPollMs));
+    }
+    if (stop_ || abort_) return false;
+    for (Request* r : requests_) {
+      if (r->done()) continue;
+      r->Take(pos_, data, n);
+      if (r->done()) Finished(*r);
+    }
+    if (window_.empty()) window_.resize(kStreamWindowBytes);
+    for (size_t done = 0; done < n;) {
+      const uint64_t at = (pos_ + done) % kStreamWindowBytes;
+      const size_t k = static_cast<size_t>(std::min<uint64_t>(n - done, kStreamWindowBytes - at));
+      std::memcpy(window_.data() + at, data + done, k);
+      done += k;
+    }
+    pos_ += n;
+    cv_.notify_all();
+    return true;
+  }
+
+  // The producer thread: one GET from byte 0 each time a read asks.
+  void Produce() {
+    CancelScope scope(producer_cancel_);
+    std::unique_lock<std::mutex> lock(mu_);
+    while (true) {
+      cv_.wait(lock, [&] { return stop_ || start_requested_; });
+      if (stop_) return;
+      start_requested_ = false;
+      streaming_ = true;
+      abort_ = false;
+      pos_ = 0;
+      furthest_end_ = 0;
+      for (const Request* r : requests_) furthest_end_ = std::max(furthest_end_, r->end);
+      lock.unlock();
+      Transfer t;
+      t.ranged = false;
+      t.object_size = size_;
+      t.size_known = true;
+      t.sink = [this](const char* data, size_t n) { return Deliver(data, n); };
+      bool retriable = false;
+      Status st = get_(&t, &retriable);
+      if (st.ok() && !t.enough && t.got < size_) {
+        st = Status::IoError("the response ended after " + std::to_string(t.got) + " of " +
+                             std::to_string(size_) + " bytes");
+        retriable = true;
+      }
+      lock.lock();
+      streaming_ = false;
+      ++ends_;
+      end_status_ = st;
+      end_retriable_ = retriable;
+      end_response_ = t.response;
+      cv_.notify_all();
+    }
+  }
+
+  const uint64_t size_;
+  const HttpOptions options_;
+  const Get get_;
+  const Backoff backoff_;
+  const std::shared_ptr<CancelFlag> producer_cancel_;
+
+  std::mutex mu_;
+  std::condition_variable cv_;
+  std::thread producer_ TZR_GUARDED_BY(mu_);
+  std::vector<Request*> requests_ TZR_GUARDED_BY(mu_);
+  std::vector<Continuation> continuations_ TZR_GUARDED_BY(mu_);
+  std::vector<char> window_ TZR_GUARDED_BY(mu_);  // the ring, allocated with the first byte
+  uint64_t pos_ TZR_GUARDED_BY(mu_) = 0;           // bytes the current (or last) GET delivered
+  uint64_t furthest_end_ TZR_GUARDED_BY(mu_) = 0;  // of the reads of the current GET
+  bool stop_ TZR_GUARDED_BY(mu_) = false;
+  bool start_requested_ TZR_GUARDED_BY(mu_) = false;
+  bool streaming_ TZR_GUARDED_BY(mu_) = false;
+  bool abort_ TZR_GUARDED_BY(mu_) = false;
+  // How the last GET ended; ends_ counts the GETs that ended.
+  uint64_t ends_ TZR_GUARDED_BY(mu_) = 0;
+  Status end_status_ TZR_GUARDED_BY(mu_);
+  bool end_retriable_ TZR_GUARDED_BY(mu_) = false;
+  Response end_response_ TZR_GUARDED_BY(mu_);
+};
+
 class HttpSource final : public internal::ScatterReadSource {
  public:
   HttpSource(std::string url, std::string name, HttpOptions options,
@@ -372,6 +584,7 @@ class HttpSource final : public internal::ScatterReadSource {
 
   uint64_t size() const override { return size_; }
   const std::string& uri() const override { return name_; }
+  int concurrency_hint() const override { return kMinRequestsInFlight; }
   const std::vector<std::pair<std::string, std::string>>& open_headers() const {
     return open_headers_;
   }
@@ -421,12 +634,24 @@ class HttpSource final : public internal::ScatterReadSource {
     }
     size_ = r.content_length;
     size_known_ = true;
+    stream_ = std::make_unique<WholeObjectStream>(
+        size_, options_,
+        [this](Transfer* t, bool* retriable) {
+          Status st = Perform(t, /*conditional=*/true);
+          *retriable = retriable_;
+          return st;
+        },
+        [this](int attempt, const Response& answer) { Backoff(attempt, answer); });
     return Status::Ok();
   }
 
   Status ReadRange(uint64_t offset, uint64_t total, const struct iovec* iov,
                    int iovcnt) const override {
-    if (!ranges_) return ReadFromPrefix(offset, total, iov, iovcnt);
+    if (!ranges_) {
+      return stream_->Read(offset, total, iov, iovcnt)
+          .WithContext("reading " + name_ + " " + ByteRange(offset, total) +
+                       " (the server does not honour Range: streaming the object from byte 0)");
+    }
 
     uint64_t done = 0;
     int failures = 0;
@@ -553,7 +778,7 @@ class HttpSource final : public internal::ScatterReadSource {
       return Status::IoError(message, retriable_ ? EIO : internal::ErrnoForStatus(r.status));
     }
     // A 206 or 200 with no body bytes skips the checks in the write callback.
-    if (!t->probe && !t->body_checked && (t->want > 0 || t->prefix)) {
+    if (!t->probe && !t->body_checked && (t->want > 0 || t->sink)) {
       t->body_checked = true;
       if (!CheckBodyStart(t)) {
         return Status::IoError(t->abort_reason, t->abort_errno);
@@ -600,55 +825,6 @@ class HttpSource final : public internal::ScatterReadSource {
                            ETIMEDOUT);
   }
 
-  // Bytes [offset, offset + total) of an object whose server ignores Range.
-  Status ReadFromPrefix(uint64_t offset, uint64_t total, const struct iovec* iov,
-                        int iovcnt) const {
-    std::lock_guard<std::mutex> lock(prefix_mu_);
-    if (prefix_.size() < offset + total) {
-      const uint64_t target =
-          std::min(size_, std::max({offset + total, 2 * prefix_.size(), kFirstPrefixBytes}));
-      TZR_RETURN_IF_ERROR(FetchPrefix(target).WithContext(
-          "reading " + name_ + " " + ByteRange(offset, total) +
-          " (bytes [0, " + std::to_string(target) + "): the server does not honour Range)"));
-    }
-    for (int i = 0; i < iovcnt; ++i) {
-      prefix_.CopyOut(offset, static_cast<char*>(iov[i].iov_base), iov[i].iov_len);
-      offset += iov[i].iov_len;
-    }
-    return Status::Ok();
-  }
-
-  // Extends prefix_ to `target` bytes with GETs from byte 0.
-  Status FetchPrefix(uint64_t target) const TZR_REQUIRES(prefix_mu_) {
-    internal::ThrottleRetries throttled;
-    for (int failures = 0;;) {
-      Transfer t;
-      t.ranged = false;
-      t.prefix = &prefix_;
-      t.prefix_target = target;
-      t.object_size = size_;
-      t.size_known = true;
-      Status st = Perform(&t, /*conditional=*/true);
-      if (st.ok()) {
-        if (prefix_.size() >= target) return Status::Ok();
-        st = Status::IoError("the response ended after " + std::to_string(t.got) + " of " +
-                             std::to_string(size_) + " bytes");
-        retriable_ = true;
-      }
-      if (!retriable_) return st;
-      if (throttled.Retry(t.response.status, options_)) {
-        Backoff(throttled.count() - 1, t.response);
-        continue;
-      }
-      // Every retry starts again at byte 0: progress does not reset the count.
-      if (++failures > options_.max_retries) {
-        return Status(st.code(), st.message() + " (gave up after " + std::to_string(failures) +
-                                     " attempts)", st.sys_errno());
-      }
-      Backoff(failures - 1, t.response);
-    }
-  }
-
   Handle Acquire() const {
     {
       std::lock_guard<std::mutex> lock(mu_);
@@ -691,9 +867,9 @@ class HttpSource final : public internal::ScatterReadSource {
   mutable std::vector<Handle> idle_ TZR_GUARDED_BY(mu_);
   mutable std::mt19937_64 rng_ TZR_GUARDED_BY(mu_);
 
-  // Without range support: the bytes read so far.
-  mutable std::mutex prefix_mu_;
-  mutable PrefixBuffer prefix_ TZR_GUARDED_BY(prefix_mu_);
+  // Without range support: the stream every read shares. Last, so that it
+  // stops (joining its thread) before the handles it uses are freed.
+  std::unique_ptr<WholeObjectStream> stream_;
 
   // Whether the last Perform on this thread failed in a way worth retrying.
   static thread_local bool retriable_;
@@ -704,7 +880,8 @@ thread_local bool HttpSource::retriable_ = false;
 }  // namespace
 
 Result<std::unique_ptr<Source>> OpenHttpSource(const std::string& url, const HttpOptions& options) {
-  if (url.rfind("http://", 0) != 0 && url.rfind("https://", 0) != 0) {
+  const internal::Backend* backend = internal::FindBackend(url);
+  if (!internal::UriScheme(url) || backend == nullptr || std::strcmp(backend->kind, "http") != 0) {
     return Status::InvalidArgument("not an http:// or https:// URL: " + RedactUri(url));
   }
   internal::CurlGlobalInit();

@@ -69,11 +69,14 @@
 #include <unordered_set>
 #include <vector>
 
+#include "storage/parsed_uri.h"
 #include "storage/read_range.h"
 #include "storage/redis_protocol.h"
 #include "tensorizer/format.h"
 #include "tensorizer/source.h"
+#include "tensorizer/uri.h"
 #include "util/cancel_wait.h"
+#include "util/decimal.h"
 #include "util/thread_annotations.h"
 
 namespace tensorizer {
@@ -83,41 +86,7 @@ namespace redis {
 
 namespace {
 
-int HexValue(char c) {
-  if (c >= '0' && c <= '9') return c - '0';
-  if (c >= 'a' && c <= 'f') return c - 'a' + 10;
-  if (c >= 'A' && c <= 'F') return c - 'A' + 10;
-  return -1;
-}
-
-bool PercentDecode(const std::string& s, std::string* out) {
-  out->clear();
-  for (size_t i = 0; i < s.size(); ++i) {
-    if (s[i] != '%') {
-      *out += s[i];
-      continue;
-    }
-    if (i + 2 >= s.size()) return false;
-    int hi = HexValue(s[i + 1]), lo = HexValue(s[i + 2]);
-    if (hi < 0 || lo < 0) return false;
-    *out += static_cast<char>(hi * 16 + lo);
-    i += 2;
-  }
-  return true;
-}
-
-bool ParseDecimal(const std::string& s, uint64_t* out) {
-  if (s.empty() || s.size() > 20) return false;
-  uint64_t v = 0;
-  for (char c : s) {
-    if (c < '0' || c > '9') return false;
-    uint64_t d = static_cast<uint64_t>(c - '0');
-    if (v > (UINT64_MAX - d) / 10) return false;
-    v = v * 10 + d;
-  }
-  *out = v;
-  return true;
-}
+using internal::ParseDecimal;
 
 bool ParseSigned(const std::string& s, int64_t* out) {
   bool negative = !s.empty() && s[0] == '-';
@@ -149,66 +118,25 @@ constexpr int kMaxNesting = 8;
 }  // namespace
 
 Result<RedisUri> ParseRedisUri(const std::string& uri) {
-  constexpr size_t kSchemeLen = 8;  // "redis://"
-  std::string scheme = uri.substr(0, kSchemeLen);
-  for (char& c : scheme) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
-  if (scheme != "redis://") return Status::InvalidArgument("not a redis:// URI: " + uri);
-  std::string rest = uri.substr(kSchemeLen);
-  size_t slash = rest.find('/');
-  std::string authority = rest.substr(0, slash);
-  std::string path = slash == std::string::npos ? "" : rest.substr(slash);
-
+  if (internal::UriScheme(uri) != "redis") {
+    return Status::InvalidArgument("not a redis:// URI: " + RedactUri(uri));
+  }
+  TZR_ASSIGN_OR_RETURN(internal::ParsedUri parsed, internal::ParseUri(uri));
   RedisUri u;
-  std::string hostport = authority;
-  std::string redacted_userinfo;
-  size_t at = authority.rfind('@');
-  if (at != std::string::npos) {
-    std::string userinfo = authority.substr(0, at);
-    hostport = authority.substr(at + 1);
-    size_t colon = userinfo.find(':');
-    std::string user_raw = userinfo.substr(0, colon);
-    if (!PercentDecode(user_raw, &u.user)) {
-      return Status::InvalidArgument("bad percent-encoding in the user name of a redis:// URI");
-    }
-    redacted_userinfo = user_raw;
-    if (colon != std::string::npos) {
-      if (!PercentDecode(userinfo.substr(colon + 1), &u.password)) {
-        return Status::InvalidArgument("bad percent-encoding in the password of a redis:// URI");
-      }
-      u.has_password = true;
-      redacted_userinfo += ":***";
-    }
-    redacted_userinfo += "@";
+  u.redacted = RedactUri(uri);
+  if (parsed.userinfo) {
+    Result<internal::UserInfo> info = internal::DecodeUserInfo(*parsed.userinfo);
+    if (!info.ok()) return info.status().WithContext("a redis:// URI");
+    u.user = std::move(info->user);
+    u.has_password = info->password.has_value();
+    u.password = std::move(info->password).value_or("");
   }
-  u.redacted = "redis://" + redacted_userinfo + hostport + path;
-
-  std::string port;
-  if (!hostport.empty() && hostport[0] == '[') {
-    size_t close = hostport.find(']');
-    if (close == std::string::npos) return Status::InvalidArgument("unclosed '[' in " + u.redacted);
-    u.host = hostport.substr(1, close - 1);
-    std::string after = hostport.substr(close + 1);
-    if (!after.empty()) {
-      if (after[0] != ':') return Status::InvalidArgument("bad host in " + u.redacted);
-      port = after.substr(1);
-    }
-  } else {
-    size_t colon = hostport.rfind(':');
-    u.host = hostport.substr(0, colon);
-    if (colon != std::string::npos) port = hostport.substr(colon + 1);
-  }
-  if (u.host.empty()) return Status::InvalidArgument("no host in " + u.redacted);
-  if (!port.empty()) {
-    uint64_t p = 0;
-    if (!ParseDecimal(port, &p) || p == 0 || p > 65535) {
-      return Status::InvalidArgument("bad port '" + port + "' in " + u.redacted);
-    }
-    u.port = static_cast<uint16_t>(p);
-  }
+  if (parsed.host_port.host.empty()) return Status::InvalidArgument("no host in " + u.redacted);
+  u.host = parsed.host_port.host;
+  if (parsed.host_port.port) u.port = *parsed.host_port.port;
   // As urllib.parse.urlparse(uri).path.lstrip("/"): no query, no fragment.
-  path = path.substr(0, path.find_first_of("?#"));
-  size_t first = path.find_first_not_of('/');
-  u.prefix = first == std::string::npos ? "" : path.substr(first);
+  const size_t first = parsed.path.find_first_not_of('/');
+  u.prefix = first == std::string::npos ? "" : parsed.path.substr(first);
   return u;
 }
 
@@ -240,12 +168,8 @@ bool ParseKeyOffset(const std::string& key, const std::string& prefix, uint64_t*
   std::string rest = key.substr(prefix.size() + 1);
   size_t colon = rest.rfind(':');
   if (colon == std::string::npos) return false;
-  // Leading zeros spell the same offset (as Python's int() reads them), and
-  // do not count against ParseDecimal's 20 digits.
-  std::string digits = rest.substr(colon + 1);
-  size_t zeros = 0;
-  while (zeros + 1 < digits.size() && digits[zeros] == '0') ++zeros;
-  return ParseDecimal(digits.substr(zeros), offset);
+  // Leading zeros spell the same offset, as Python's int() reads them.
+  return ParseDecimal(rest.substr(colon + 1), offset);
 }
 
 Result<std::vector<Extent>> BuildExtentMap(std::vector<Extent> extents, const std::string& uri) {
@@ -773,6 +697,7 @@ class RedisSource final : public internal::ScatterReadSource {
   uint64_t size() const override { return size_; }
   // The URI with its password masked: it goes into error messages.
   const std::string& uri() const override { return u_.redacted; }
+  int concurrency_hint() const override { return kMinRequestsInFlight; }
 
   Status Open() {
     uint64_t max_keys = 0;

@@ -30,6 +30,8 @@
 #include <string_view>
 #include <utility>
 
+#include "storage/parsed_uri.h"
+
 extern char** environ;
 
 namespace tensorizer::s3 {
@@ -438,41 +440,19 @@ Result<Endpoint> ParseEndpoint(const std::string& raw, const std::string& where)
     }
     rest.remove_suffix(1);
   }
-  std::string_view host = rest, port;
-  if (!rest.empty() && rest[0] == '[') {
-    const size_t close = rest.find(']');
-    if (close == std::string_view::npos) return bad("'" + raw + "' has an unclosed '['");
-    host = rest.substr(0, close + 1);
-    std::string_view after = rest.substr(close + 1);
-    if (!after.empty()) {
-      if (after[0] != ':') return bad("'" + raw + "' has text after the IPv6 address");
-      port = after.substr(1);
-      if (port.empty()) return bad("'" + raw + "' has an empty port");
-    }
-  } else if (const size_t colon = rest.rfind(':'); colon != std::string_view::npos) {
-    host = rest.substr(0, colon);
-    port = rest.substr(colon + 1);
-    if (port.empty()) return bad("'" + raw + "' has an empty port");
-  }
-  if (host.empty() || host == "[]") return bad("'" + raw + "' has no host");
+  // An empty port ("minio:") is a typo here, though a URI may have one.
+  if (!rest.empty() && rest.back() == ':') return bad("'" + raw + "' has an empty port");
+  Result<internal::HostPort> hp = internal::ParseHostPort(rest);
+  if (!hp.ok()) return bad("'" + raw + "' " + hp.status().message());
+  const std::string host = hp->UrlHost();
   for (char c : host) {
     const auto u = static_cast<unsigned char>(c);
     if (!(std::isalnum(u) || c == '.' || c == '-' || c == '_' || c == '[' || c == ']' ||
-          (c == ':' && host[0] == '['))) {
+          (c == ':' && hp->ipv6))) {
       return bad("'" + raw + "' is not a host name");
     }
   }
-  if (!port.empty()) {
-    if (port.size() > 5) return bad("'" + raw + "' has a port out of range");
-    for (char c : port) {
-      if (!std::isdigit(static_cast<unsigned char>(c))) {
-        return bad("'" + raw + "' has a port that is not a number");
-      }
-    }
-    const int n = std::atoi(std::string(port).c_str());
-    if (n < 1 || n > 65535) return bad("'" + raw + "' has a port out of range");
-    ep.port = std::string(port);
-  }
+  if (hp->port) ep.port = std::to_string(*hp->port);
   ep.host = Lower(host);
   return ep;
 }

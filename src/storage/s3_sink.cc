@@ -48,7 +48,6 @@
 #include <map>
 #include <memory>
 #include <mutex>
-#include <random>
 #include <set>
 #include <string>
 #include <thread>
@@ -70,9 +69,6 @@ namespace {
 constexpr uint64_t kMinPartBytes = 5ull << 20;
 constexpr uint64_t kMaxParts = 10000;
 constexpr uint64_t kMaxPartBytes = 5ull << 30;
-// A control response (an upload id, a completion, an error) is a few hundred
-// bytes of XML, after any keep-alive whitespace; a longer one is refused.
-constexpr size_t kMaxResponseBody = 1 << 20;
 
 // An ETag comes from the server: escaped, it cannot add part entries to the
 // CompleteMultipartUpload body.
@@ -91,33 +87,7 @@ std::string XmlEscape(const std::string& s) {
   return out;
 }
 
-struct Reply {
-  http::Response response;
-  std::string body;
-  std::string abort_reason;  // why a callback stopped the transfer
-};
-
-size_t CollectHeader(char* data, size_t size, size_t count, void* user) {
-  auto* r = static_cast<Reply*>(user);
-  r->response.AddLine(std::string(data, size * count));
-  if (!r->response.header_problem.empty()) {
-    r->abort_reason = r->response.header_problem;
-    return 0;
-  }
-  return size * count;
-}
-
-size_t CollectBody(char* data, size_t size, size_t count, void* user) {
-  auto* r = static_cast<Reply*>(user);
-  size_t n = size * count;
-  if (r->body.size() + n > kMaxResponseBody) {
-    r->abort_reason = "the response body is longer than " +
-                      std::to_string(kMaxResponseBody >> 10) + " KiB";
-    return 0;
-  }
-  r->body.append(data, n);
-  return n;
-}
+using internal::Reply;
 
 // One S3 client connection: sends signed requests about one object.
 // Not thread-safe; each uploader thread has its own.
@@ -137,36 +107,29 @@ class S3Connection {
   Result<Reply> Send(const std::string& method, const s3::QueryList& query,
                      const std::string& body_data, const std::string& what) {
     if (!handle_) return Status::IoError("curl_easy_init failed");
-    std::mt19937_64 rng(std::random_device{}());
-    internal::ThrottleRetries throttled;
-    for (int attempt = 0;;) {
-      bool retriable = false;
-      Result<Reply> r = SendOnce(method, query, body_data, &retriable);
-      long status = r.ok() ? r->response.status : 0;
+    Result<Reply> r = Status::IoError("not sent");
+    Status st = internal::RetryRequest(http_, what + " of " + ObjectName(), [&] {
+      internal::Attempt a;
+      r = SendOnce(method, query, body_data, &a.retriable);
+      a.http_status = r.ok() ? r->response.status : 0;
       if (r.ok() && r->response.status >= 200 && r->response.status < 300) {
         // CompleteMultipartUpload may fail after a 200 with an Error body.
-        if (s3::ParseXml(r->body).root != "Error") return r;
-        retriable = true;
-        r = Status::IoError(
+        if (s3::ParseXml(r->body).root != "Error") return a;
+        a.retriable = true;
+        a.status = Status::IoError(
             s3::DescribeFailure(config_, location_, r->response.StatusText(), r->body));
       } else if (r.ok()) {
-        retriable = internal::IsRetriableStatus(status);
-        r = Status::IoError(
+        a.retriable = internal::IsRetriableStatus(a.http_status);
+        a.status = Status::IoError(
             s3::DescribeFailure(config_, location_, r->response.StatusText(), r->body),
-            retriable ? EIO : internal::ErrnoForStatus(status));
-      }
-      int backoff = 0;
-      if (retriable && throttled.Retry(status, http_)) {
-        backoff = throttled.count() - 1;
-      } else if (!retriable || attempt >= http_.max_retries) {
-        return r.status().WithContext(what + " of " + ObjectName());
+            a.retriable ? EIO : internal::ErrnoForStatus(a.http_status));
       } else {
-        backoff = attempt++;
+        a.status = r.status();
       }
-      if (!internal::SleepUnlessCancelled(internal::BackoffDelayMs(http_, backoff, rng))) {
-        return CancelledStatus(what + " of " + ObjectName());
-      }
-    }
+      return a;
+    });
+    if (!st.ok()) return st;
+    return r;
   }
 
   std::string ObjectName() const { return "s3://" + location_.bucket + "/" + location_.key; }
@@ -181,46 +144,11 @@ class S3Connection {
       if (!v.empty()) qs += "=" + s3::UriEncode(v, false);
     }
     url += qs;
-    curl_slist* headers = nullptr;
-    std::vector<std::string> lines = s3::AuthHeaders(
+    const std::vector<std::string> headers = s3::AuthHeaders(
         config_, location_, method, query, std::string(s3::kUnsignedPayload), std::time(nullptr));
-    lines.push_back("Expect:");
-    lines.push_back("Content-Type:");
-    for (const std::string& l : lines) headers = curl_slist_append(headers, l.c_str());
-
-    CURL* c = handle_;
-    curl_easy_reset(c);
-    curl_easy_setopt(c, CURLOPT_URL, url.c_str());
-    curl_easy_setopt(c, CURLOPT_CUSTOMREQUEST, method.c_str());
-    curl_easy_setopt(c, CURLOPT_HTTPHEADER, headers);
-    if (method == "PUT" || method == "POST") {
-      curl_easy_setopt(c, CURLOPT_POSTFIELDS, body_data.data());
-      curl_easy_setopt(c, CURLOPT_POSTFIELDSIZE_LARGE, static_cast<curl_off_t>(body_data.size()));
-    } else if (method == "HEAD") {
-      curl_easy_setopt(c, CURLOPT_NOBODY, 1L);
-    }
-    Reply reply;
-    curl_easy_setopt(c, CURLOPT_HEADERFUNCTION, CollectHeader);
-    curl_easy_setopt(c, CURLOPT_HEADERDATA, &reply);
-    curl_easy_setopt(c, CURLOPT_WRITEFUNCTION, CollectBody);
-    curl_easy_setopt(c, CURLOPT_WRITEDATA, &reply);
-    internal::ApplyHttpOptions(c, http_);
-    internal::ApplyRedirectPolicy(c, url, /*follow_redirects=*/false);
-    char errbuf[CURL_ERROR_SIZE] = {0};
-    curl_easy_setopt(c, CURLOPT_ERRORBUFFER, errbuf);
-    CURLcode rc = curl_easy_perform(c);
-    curl_easy_setopt(c, CURLOPT_ERRORBUFFER, nullptr);
-    curl_easy_setopt(c, CURLOPT_HTTPHEADER, nullptr);
-    curl_slist_free_all(headers);
-    if (rc == CURLE_WRITE_ERROR && !reply.abort_reason.empty()) {
-      return Status::IoError(reply.abort_reason);
-    }
-    if (rc != CURLE_OK) {
-      *retriable = internal::IsRetriableCurl(rc);
-      return internal::CurlFailure(rc, errbuf, internal::ErrnoForCurl(c, rc),
-                                   reply.response.status == 0);
-    }
-    return reply;
+    internal::RequestBody body;
+    if (method == "PUT" || method == "POST") body.bytes = &body_data;
+    return internal::PerformRequest(handle_, http_, method, url, headers, body, retriable);
   }
 
   const s3::ResolvedConfig& config_;

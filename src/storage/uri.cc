@@ -3,6 +3,9 @@
 #include <cctype>
 #include <cstdio>
 
+#include "storage/parsed_uri.h"
+#include "util/decimal.h"
+
 namespace tensorizer {
 namespace {
 
@@ -86,5 +89,136 @@ std::string RedactUri(const std::string& uri) {
   }
   return out + s.substr(query_end);
 }
+
+namespace internal {
+
+std::optional<std::string> UriScheme(std::string_view text) {
+  const size_t sep = text.find("://");
+  if (sep == std::string_view::npos || sep == 0) return std::nullopt;
+  if (!std::isalpha(static_cast<unsigned char>(text[0]))) return std::nullopt;
+  std::string scheme;
+  for (char c : text.substr(0, sep)) {
+    const auto u = static_cast<unsigned char>(c);
+    if (!std::isalnum(u) && c != '+' && c != '-' && c != '.') return std::nullopt;
+    scheme += static_cast<char>(std::tolower(u));
+  }
+  return scheme;
+}
+
+Result<HostPort> ParseHostPort(std::string_view text) {
+  HostPort hp;
+  std::string_view host = text, port;
+  bool has_port = false;
+  if (!text.empty() && text[0] == '[') {
+    const size_t close = text.find(']');
+    if (close == std::string_view::npos) return Status::InvalidArgument("has an unclosed '['");
+    host = text.substr(1, close - 1);
+    hp.ipv6 = true;
+    std::string_view after = text.substr(close + 1);
+    if (!after.empty()) {
+      if (after[0] != ':') return Status::InvalidArgument("has text after the IPv6 address");
+      port = after.substr(1);
+      has_port = true;
+    }
+  } else if (const size_t colon = text.rfind(':'); colon != std::string_view::npos) {
+    host = text.substr(0, colon);
+    port = text.substr(colon + 1);
+    has_port = true;
+  }
+  if (host.empty()) return Status::InvalidArgument("has no host");
+  hp.host = std::string(host);
+  if (has_port && !port.empty()) {
+    uint64_t n = 0;
+    if (!ParseDecimal(port, &n)) {
+      // Digits too many for a uint64_t are still a number, just too large.
+      const bool digits = port.find_first_not_of("0123456789") == std::string_view::npos;
+      return Status::InvalidArgument(digits ? "has a port out of range"
+                                            : "has a port that is not a number");
+    }
+    if (n < 1 || n > 65535) return Status::InvalidArgument("has a port out of range");
+    hp.port = static_cast<uint16_t>(n);
+  }
+  return hp;
+}
+
+Result<ParsedUri> ParseUri(std::string_view uri) {
+  std::optional<std::string> scheme = UriScheme(uri);
+  if (!scheme) {
+    return Status::InvalidArgument(RedactUri(std::string(uri)) + " is not a scheme://... URI");
+  }
+  ParsedUri u;
+  u.scheme = std::move(*scheme);
+  const size_t begin = u.scheme.size() + 3;
+  size_t end = uri.find_first_of("/?#", begin);
+  if (end == std::string_view::npos) end = uri.size();
+  u.authority = std::string(uri.substr(begin, end - begin));
+  u.after_authority = std::string(uri.substr(end));
+  // A password may hold '@': the userinfo ends at the authority's last one.
+  std::string_view host_port = u.authority;
+  if (const size_t at = host_port.rfind('@'); at != std::string_view::npos) {
+    u.userinfo = std::string(host_port.substr(0, at));
+    host_port.remove_prefix(at + 1);
+  }
+  if (!host_port.empty()) {
+    Result<HostPort> hp = ParseHostPort(host_port);
+    if (!hp.ok()) {
+      return Status::InvalidArgument(RedactUri(std::string(uri)) + " " + hp.status().message());
+    }
+    u.host_port = std::move(hp).value();
+  }
+  std::string_view rest = u.after_authority;
+  if (const size_t hash = rest.find('#'); hash != std::string_view::npos) {
+    u.fragment = std::string(rest.substr(hash + 1));
+    rest = rest.substr(0, hash);
+  }
+  if (const size_t q = rest.find('?'); q != std::string_view::npos) {
+    u.query = std::string(rest.substr(q + 1));
+    rest = rest.substr(0, q);
+  }
+  u.path = std::string(rest);
+  return u;
+}
+
+bool PercentDecode(std::string_view in, std::string* out) {
+  auto hex = [](char c) {
+    if (c >= '0' && c <= '9') return c - '0';
+    if (c >= 'a' && c <= 'f') return c - 'a' + 10;
+    if (c >= 'A' && c <= 'F') return c - 'A' + 10;
+    return -1;
+  };
+  std::string decoded;
+  decoded.reserve(in.size());
+  for (size_t i = 0; i < in.size(); ++i) {
+    if (in[i] != '%') {
+      decoded += in[i];
+      continue;
+    }
+    if (i + 2 >= in.size()) return false;
+    const int hi = hex(in[i + 1]), lo = hex(in[i + 2]);
+    if (hi < 0 || lo < 0) return false;
+    decoded += static_cast<char>(hi * 16 + lo);
+    i += 2;
+  }
+  *out = std::move(decoded);
+  return true;
+}
+
+Result<UserInfo> DecodeUserInfo(std::string_view userinfo) {
+  UserInfo info;
+  const size_t colon = userinfo.find(':');
+  if (!PercentDecode(userinfo.substr(0, colon), &info.user)) {
+    return Status::InvalidArgument("bad percent-encoding in the user name");
+  }
+  if (colon != std::string_view::npos) {
+    std::string password;
+    if (!PercentDecode(userinfo.substr(colon + 1), &password)) {
+      return Status::InvalidArgument("bad percent-encoding in the password");
+    }
+    info.password = std::move(password);
+  }
+  return info;
+}
+
+}  // namespace internal
 
 }  // namespace tensorizer

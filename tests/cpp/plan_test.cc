@@ -171,7 +171,7 @@ void CheckInvariants(const Index& index, const std::vector<size_t>& selected,
   ASSERT_GT(plan.job_count(), 0u);
   EXPECT_EQ(plan.job_starts[0], 0u);
   for (size_t j = 0; j < plan.job_count(); ++j) EXPECT_LT(plan.job_starts[j], plan.job_end(j));
-  if (!opt.verify_hash) {
+  if (!opt.whole_tensor_jobs) {
     EXPECT_EQ(plan.job_count(), plan.reads.size());
     return;
   }
@@ -218,7 +218,7 @@ TEST(PlanTest, SmallAdjacentRecordsCoalesceIntoOneRead) {
   for (bool verify : {false, true}) {
     SCOPED_TRACE(verify);
     PlanOptions opt;
-    opt.verify_hash = verify;
+    opt.whole_tensor_jobs = verify;
     LoadPlan plan = PlanOrDie(index, All(index), opt);
     ASSERT_EQ(plan.reads.size(), 1u);
     EXPECT_EQ(plan.job_count(), 1u);
@@ -284,7 +284,7 @@ TEST(PlanTest, LargeRecordIsSplitIntoChunks) {
     SCOPED_TRACE(verify);
     PlanOptions opt;
     opt.chunk_bytes = 1024;
-    opt.verify_hash = verify;
+    opt.whole_tensor_jobs = verify;
     LoadPlan plan = PlanOrDie(index, All(index), opt);
     for (const ReadOp& op : plan.reads) EXPECT_LE(op.length, 1024u);
     // The big tensor's reads: contiguous, covering header and data.
@@ -366,11 +366,11 @@ TEST(PlanTest, WithVerificationJobsFollowTensors) {
   Index index = MakeIndex(specs);
   PlanOptions opt;
   opt.chunk_bytes = 512;
-  opt.verify_hash = true;
+  opt.whole_tensor_jobs = true;
   LoadPlan plan = PlanOrDie(index, All(index), opt);
   EXPECT_GT(plan.reads.size(), plan.job_count());
   EXPECT_GT(plan.job_count(), 1u);
-  opt.verify_hash = false;
+  opt.whole_tensor_jobs = false;
   LoadPlan unverified = PlanOrDie(index, All(index), opt);
   EXPECT_EQ(unverified.job_count(), unverified.reads.size());
   // Verification may cut reads at more places (after a split record), but
@@ -410,7 +410,7 @@ TEST(PlanTest, MetaTensorsGetArenaSpaceButNoDataSegment) {
   for (bool verify : {false, true}) {
     SCOPED_TRACE(verify);
     PlanOptions opt;
-    opt.verify_hash = verify;
+    opt.whole_tensor_jobs = verify;
     LoadPlan plan = PlanOrDie(index, All(index), opt);
     const PlannedTensor& m = plan.tensors[1];
     EXPECT_TRUE(m.meta);
@@ -469,7 +469,7 @@ TEST(PlanTest, SegmentsPerReadAreCapped) {
     SCOPED_TRACE(cap);
     PlanOptions opt;
     opt.max_segments_per_read = cap;
-    opt.verify_hash = true;
+    opt.whole_tensor_jobs = true;
     LoadPlan plan = PlanOrDie(index, All(index), opt);
     EXPECT_GE(plan.reads.size(), 600u / cap);
   }
@@ -518,7 +518,7 @@ TEST(PlanTest, RandomIndexesKeepEveryInvariant) {
     PlanOptions opt;
     opt.chunk_bytes = 1 + pick(3000);
     opt.alignment_bytes = uint64_t{1} << pick(13);
-    opt.verify_hash = pick(2) == 0;
+    opt.whole_tensor_jobs = pick(2) == 0;
     opt.max_segments_per_read = static_cast<uint32_t>(2 + pick(20));
     PlanOrDie(index, selected, opt);
     if (::testing::Test::HasFailure()) break;

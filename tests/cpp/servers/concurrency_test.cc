@@ -184,7 +184,8 @@ TEST_F(ServersTest, HttpConnectionPoolSharedByConcurrentLoads) {
 }
 
 // nginx's `max_ranges 0` there: every GET answers 200 with the whole file,
-// so the source fetches it once, and every reader waits for that one fill.
+// so the source streams it to the readers that wait for its bytes (a reader
+// that falls behind the stream's window costs a GET from byte 0).
 TEST_F(ServersTest, HttpWholeObjectFilledOnceForConcurrentLoads) {
   WriteIntoNginxRoot("whole/model.tensors");
   auto source = OpenHttpSource(Need("TZR_TEST_HTTP_URL") + "/whole/model.tensors", HttpOptions());
