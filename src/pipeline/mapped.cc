@@ -23,6 +23,7 @@
 #include "format/hash.h"
 #include "storage/local_file.h"
 #include "tensorizer/cancel.h"
+#include "tensorizer/machine.h"
 
 namespace tensorizer {
 
@@ -211,8 +212,7 @@ Result<MappedLoad> MappedLoad::Run(const Source& source, const Index& index,
       }
     }
   };
-  int threads = options.num_threads > 0 ? options.num_threads
-                                        : static_cast<int>(std::thread::hardware_concurrency());
+  int threads = options.num_threads > 0 ? options.num_threads : AvailableCores();
   threads = std::max(1, std::min<int>(threads, static_cast<int>(work.size())));
   std::vector<std::thread> pool;
   for (int i = 1; i < threads && !work.empty(); ++i) pool.emplace_back(worker);
