@@ -21,6 +21,7 @@
 #include <string>
 #include <vector>
 
+#include "device/host_block_cache.h"
 #include "tensorizer/staging.h"
 
 namespace tensorizer {
@@ -94,32 +95,19 @@ class GpuCopyDevice final : public CopyDevice {
   GpuCopyDevice(GpuRuntime rt, std::string name, int device, int streams)
       : rt_(rt), name_(std::move(name)), device_(device), stream_count_(std::max(streams, 1)) {}
 
-  ~GpuCopyDevice() override {
-    Close();
-    if (cached_ != nullptr) rt_.free_host(cached_);
-  }
+  ~GpuCopyDevice() override { Close(); }
 
   std::string name() const override { return name_; }
 
   Result<uint8_t*> AllocateHost(uint64_t bytes) override {
-    std::lock_guard<std::mutex> lock(alloc_mu_);
-    if (cached_ != nullptr && cached_bytes_ == bytes) {
-      uint8_t* p = cached_;
-      cached_ = nullptr;
-      return p;
-    }
+    if (uint8_t* kept = kept_.Take(bytes)) return kept;
     TZR_RETURN_IF_ERROR(Check(rt_.set_device(device_), "selecting the device"));
     void* p = nullptr;
     TZR_RETURN_IF_ERROR(Check(rt_.host_alloc(&p, bytes, kHostAllocPortable), "pinning host memory"));
     return static_cast<uint8_t*>(p);
   }
 
-  void FreeHost(uint8_t* data, uint64_t bytes) override {
-    std::lock_guard<std::mutex> lock(alloc_mu_);
-    if (cached_ != nullptr) rt_.free_host(cached_);
-    cached_ = data;
-    cached_bytes_ = bytes;
-  }
+  void FreeHost(uint8_t* data, uint64_t bytes) override { kept_.Put(data, bytes); }
 
   Status Open() override {
     TZR_RETURN_IF_ERROR(Check(rt_.set_device(device_), "selecting the device"));
@@ -200,9 +188,8 @@ class GpuCopyDevice final : public CopyDevice {
   std::vector<void*> streams_;
   std::vector<void*> events_;
   std::vector<uint64_t> free_events_;
-  std::mutex alloc_mu_;
-  uint8_t* cached_ = nullptr;
-  uint64_t cached_bytes_ = 0;
+  // After rt_: released while the runtime is still loaded.
+  internal::HostBlockCache kept_{[this](uint8_t* p, uint64_t) { rt_.free_host(p); }};
 };
 
 }  // namespace

@@ -14,6 +14,7 @@
 #include <mutex>
 #include <thread>
 
+#include "device/host_block_cache.h"
 #include "tensorizer/staging.h"
 #include "util/thread_annotations.h"
 
@@ -29,31 +30,18 @@ class HostCopyDevice final : public CopyDevice {
   explicit HostCopyDevice(const HostCopyDeviceOptions& options)
       : options_(options), streams_(static_cast<size_t>(std::max(options.streams, 1))) {}
 
-  ~HostCopyDevice() override {
-    Close();
-    if (cached_ != nullptr) ::munmap(cached_, cached_bytes_);
-  }
+  ~HostCopyDevice() override { Close(); }
 
   std::string name() const override { return "host"; }
 
   Result<uint8_t*> AllocateHost(uint64_t bytes) override {
-    std::lock_guard<std::mutex> lock(alloc_mu_);
-    if (cached_ != nullptr && cached_bytes_ == bytes) {
-      uint8_t* p = cached_;
-      cached_ = nullptr;
-      return p;
-    }
+    if (uint8_t* kept = kept_.Take(bytes)) return kept;
     void* p = ::mmap(nullptr, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
     if (p == MAP_FAILED) return Status::ResourceExhausted(std::strerror(errno));
     return static_cast<uint8_t*>(p);
   }
 
-  void FreeHost(uint8_t* data, uint64_t bytes) override {
-    std::lock_guard<std::mutex> lock(alloc_mu_);
-    if (cached_ != nullptr) ::munmap(cached_, cached_bytes_);
-    cached_ = data;
-    cached_bytes_ = bytes;
-  }
+  void FreeHost(uint8_t* data, uint64_t bytes) override { kept_.Put(data, bytes); }
 
   Status Open() override {
     for (Stream& s : streams_) {
@@ -154,9 +142,7 @@ class HostCopyDevice final : public CopyDevice {
 
   const HostCopyDeviceOptions options_;
   std::deque<Stream> streams_;
-  std::mutex alloc_mu_;
-  uint8_t* cached_ = nullptr;  // the last block freed, kept for the next load
-  uint64_t cached_bytes_ = 0;
+  internal::HostBlockCache kept_{[](uint8_t* p, uint64_t bytes) { ::munmap(p, bytes); }};
 };
 
 }  // namespace
